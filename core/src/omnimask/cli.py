@@ -1,0 +1,197 @@
+"""The `omnimask` command line.
+
+    omnimask plugins | recipes [--show NAME] | pretrain RECIPE [--preset P] [--data PATH] [k=v...]
+    omnimask eval RUN | visualize RUN | export RUN --format F | bench RECIPE
+
+Every user-facing failure (unknown recipe, bad override, bad data, a run that cannot be resumed)
+is reported as one `omnimask: error: ...` message and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from omnimask.config import ConfigError, apply_overrides, to_yaml
+from omnimask.data import BadSampleError, DataPathError
+from omnimask.plugins import PluginError, UnknownRecipeError, discover, get_recipe
+
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    UnknownRecipeError,
+    ConfigError,
+    DataPathError,
+    BadSampleError,
+    PluginError,
+    FileNotFoundError,
+)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Error types that mean "bad input", imported lazily (they live in heavier modules)."""
+    from omnimask.engine import NonFiniteLossError, ResumeError
+    from omnimask.export import ExportError
+    from omnimask.runs import RunError
+
+    return (*USER_ERRORS, NonFiniteLossError, ResumeError, ExportError, RunError)
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    discovery = discover()
+    if not discovery.plugins and not discovery.problems:
+        print("no omnimask plugins installed")
+    for spec in sorted(discovery.plugins.values(), key=lambda s: s.name):
+        print(f"{spec.name:<16} {spec.version:<10} ok       {spec.modality}")
+        for recipe in sorted(spec.recipes):
+            print(f"    {recipe}")
+    for problem in discovery.problems:
+        print(f"{problem.entry_point:<27} FAILED   {problem.reason}")
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    if args.show:
+        recipe = get_recipe(args.show)
+        print(to_yaml(recipe.config(args.preset)), end="")
+        return 0
+    for name in discover().recipe_names():
+        try:
+            recipe = get_recipe(name)
+        except PluginError as error:
+            print(f"{name:<28} (cannot import: {error})")
+            continue
+        presets = ", ".join(sorted(recipe.presets))
+        print(f"{name:<28} presets: {presets:<20} {recipe.summary}")
+    return 0
+
+
+def build_config(recipe_name: str, preset: str, data: str | None, overrides: Sequence[str]):  # noqa: ANN201
+    recipe = get_recipe(recipe_name)
+    try:
+        config = recipe.config(preset)
+    except KeyError as error:
+        raise ConfigError(str(error.args[0])) from None
+    if data is not None:
+        config.data.path = data
+    return recipe, apply_overrides(config, list(overrides))
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from omnimask.engine import pretrain
+
+    recipe, config = build_config(args.recipe, args.preset, args.data, args.overrides)
+    result = pretrain(recipe, config, args.run_dir)
+    print(f"run directory: {result.run_dir}")
+    print(f"final loss: {result.last_loss:.4f} after {result.step} steps")
+    print(f"next: omnimask eval {result.run_dir} ; omnimask visualize {result.run_dir}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from omnimask.evaluation import evaluate_run
+
+    result = evaluate_run(Path(args.run), args.data, args.k)
+    print(json.dumps(result, indent=2))
+    print(f"written: {Path(args.run) / 'eval.json'}")
+    return 0
+
+
+def cmd_visualize(args: argparse.Namespace) -> int:
+    from omnimask.visualize import visualize_run
+
+    path = visualize_run(Path(args.run), args.out, args.num, args.seed)
+    print(f"figure: {path}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from omnimask.export import export_run
+
+    path = export_run(Path(args.run), args.format, args.out)
+    print(f"exported {args.format}: {path}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from omnimask.bench import bench_recipe
+
+    recipe, config = build_config(args.recipe, args.preset, args.data, args.overrides)
+    for record in bench_recipe(recipe, config, steps=args.steps, warmup=args.warmup, device=args.device):
+        print(json.dumps(record))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    main = argparse.ArgumentParser(
+        prog="omnimask", description="Masked-modeling self-supervised pretraining."
+    )
+    sub = main.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("plugins", help="list plugins, and why any failed to load").set_defaults(
+        func=cmd_plugins
+    )
+
+    recipes = sub.add_parser("recipes", help="list recipes, or --show one's config")
+    recipes.add_argument("--show", metavar="RECIPE", help="print this recipe's config as YAML")
+    recipes.add_argument("--preset", default="demo")
+    recipes.set_defaults(func=cmd_recipes)
+
+    def recipe_arguments(command: argparse.ArgumentParser) -> None:
+        command.add_argument("recipe", help="recipe name, e.g. vision/spark")
+        command.add_argument("--preset", default="demo", help="named config (demo, paper, ...)")
+        command.add_argument("--data", help="data path (default: the plugin's embedded data)")
+        command.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+
+    pretrain = sub.add_parser("pretrain", help="pretrain an encoder (resumes an existing run dir)")
+    recipe_arguments(pretrain)
+    pretrain.add_argument("--run-dir", type=Path, help="default runs/<recipe>/<timestamp>")
+    pretrain.set_defaults(func=cmd_pretrain)
+
+    evaluate = sub.add_parser("eval", help="linear probe and kNN on a run's frozen features")
+    evaluate.add_argument("run", help="run directory")
+    evaluate.add_argument("--data", help="labelled data (default: the plugin's embedded set)")
+    evaluate.add_argument("--k", type=int, default=20, help="neighbours for kNN")
+    evaluate.set_defaults(func=cmd_eval)
+
+    visualize = sub.add_parser("visualize", help="original | masked | reconstruction PNG")
+    visualize.add_argument("run", help="run directory")
+    visualize.add_argument("--out", type=Path, help="PNG path (default RUN/figures/...)")
+    visualize.add_argument("--num", type=int, default=4, help="samples to draw")
+    visualize.add_argument("--seed", type=int, default=0)
+    visualize.set_defaults(func=cmd_visualize)
+
+    export = sub.add_parser("export", help="export the encoder (safetensors, plugin formats)")
+    export.add_argument("run", help="run directory")
+    export.add_argument("--format", default="safetensors")
+    export.add_argument("--out", type=Path, help="output folder (default RUN/exports/FORMAT)")
+    export.set_defaults(func=cmd_export)
+
+    bench = sub.add_parser("bench", help="step time, throughput, memory and FLOP/s of a recipe")
+    recipe_arguments(bench)
+    bench.add_argument("--steps", type=int, default=10)
+    bench.add_argument("--warmup", type=int, default=3)
+    bench.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    bench.set_defaults(func=cmd_bench)
+    return main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("omnimask: interrupted; the newest checkpoint is kept for resuming", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if isinstance(error, _user_errors()):
+            print(f"omnimask: error: {error}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Data plumbing shared by every plugin: bad-sample errors, the embedded-data location, and the
+engine-side wrapper that indexes samples, seeds their augmentation and applies the bad-sample
+policy."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from omnimask.seeding import mix_seed, seeded_rng
+
+BAD_SAMPLE_POLICIES = ("raise", "skip")
+
+
+class BadSampleError(Exception):
+    """A sample that cannot be used. Always names the file (or record) and what is wrong."""
+
+    def __init__(self, source: str | os.PathLike[str], reason: str) -> None:
+        super().__init__(f"{source}: {reason}")
+        self.source = str(source)
+        self.reason = reason
+
+
+class DataPathError(ValueError):
+    """A data path that is missing, empty or holds nothing readable."""
+
+
+def check_data_path(path: str | os.PathLike[str], patterns: tuple[str, ...]) -> list[Path]:
+    """The files under `path` matching any glob in `patterns`, sorted; clear errors otherwise."""
+    root = Path(path)
+    if not root.exists():
+        raise DataPathError(f"data path {root} does not exist")
+    if root.is_file():
+        files = [root] if any(root.match(p) for p in patterns) else []
+    else:
+        files = sorted({f for p in patterns for f in root.rglob(p) if f.is_file()})
+    if not files:
+        raise DataPathError(f"data path {root} holds no files matching {', '.join(patterns)}")
+    return files
+
+
+def default_data_dir(name: str) -> Path:
+    """Where a plugin's generated default data lives: `$OMNIMASK_DATA_DIR/<name>`, or under
+    `~/.cache/omnimask/`. Generation is deterministic, so the directory can be deleted anytime."""
+    base = os.environ.get("OMNIMASK_DATA_DIR") or Path.home() / ".cache" / "omnimask"
+    return Path(base) / name
+
+
+@dataclass
+class LoadedSample:
+    """What `EngineDataset` yields: the sample (None when skipped), its id, and the failure."""
+
+    sample_id: int
+    sample: dict[str, Any] | None
+    error: str | None = None
+
+
+class EngineDataset(Dataset):
+    """Wraps a recipe's dataset for the engine.
+
+    Keys are `(index, epoch)` pairs from `ResumableBatchSampler`. For each it:
+    - adds the sample's index (`sample_id`), used for per-sample masks and error reports;
+    - seeds Python/NumPy/torch RNGs from (run seed, epoch, index) around `__getitem__`, so random
+      augmentation of a sample is the same whichever worker or process loads it and whenever
+      (which is what makes a resumed run bit-exact);
+    - applies the bad-sample policy: `raise` propagates `BadSampleError` (naming the file),
+      `skip` drops the sample and reports it so the engine can count and log it.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int, on_bad_sample: str = "raise") -> None:
+        if on_bad_sample not in BAD_SAMPLE_POLICIES:
+            raise ValueError(
+                f"data.on_bad_sample must be one of {BAD_SAMPLE_POLICIES}, got {on_bad_sample!r}"
+            )
+        self.dataset = dataset
+        self.seed = seed
+        self.on_bad_sample = on_bad_sample
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> LoadedSample:
+        index, epoch = key
+        with seeded_rng(mix_seed(self.seed, epoch, index)):
+            try:
+                return LoadedSample(index, self.dataset[index])
+            except BadSampleError as error:
+                if self.on_bad_sample == "raise":
+                    raise
+                return LoadedSample(index, None, str(error))
+
+
+def engine_collate(
+    collate: Callable[[list[dict[str, Any]]], dict[str, Any]],
+) -> Callable[[list[LoadedSample]], tuple[dict[str, Any] | None, list[str]]]:
+    """Collate `LoadedSample`s with the recipe's collate; returns (batch or None, skip reasons)."""
+    import torch
+
+    def collate_loaded(items: list[LoadedSample]) -> tuple[dict[str, Any] | None, list[str]]:
+        good = [item for item in items if item.sample is not None]
+        skipped = [item.error or "" for item in items if item.sample is None]
+        if not good:
+            return None, skipped
+        batch = collate([item.sample for item in good])  # type: ignore[misc]
+        batch["sample_id"] = torch.tensor([item.sample_id for item in good], dtype=torch.long)
+        return batch, skipped
+
+    return collate_loaded

@@ -1,0 +1,344 @@
+"""The training engine: one code path for CPU, one GPU, many GPUs and many nodes.
+
+Hugging Face Accelerate owns devices, process groups, DDP wrapping and bf16 autocast. The engine
+owns what makes a run reproducible and safe: the resumable sampler (we do not let Accelerate
+re-shard the DataLoader, because the sampler's position is part of the saved state), per-step mask
+generators, atomic checkpoints with every RNG, and the non-finite loss guard.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from contextlib import nullcontext
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list, send_to_device
+from safetensors.torch import load_model
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from omnimask.config import RESUMABLE_KEYS, differences, from_yaml, to_yaml
+from omnimask.data import EngineDataset, engine_collate
+from omnimask.engine import checkpoint as ckpt
+from omnimask.engine.metrics import MetricsWriter
+from omnimask.engine.optim import build_optimizer, build_scheduler
+from omnimask.engine.sampler import ResumableBatchSampler
+from omnimask.model import MaskedModel
+from omnimask.recipe import Recipe, RecipeConfig
+from omnimask.seeding import mix_seed
+
+logger = logging.getLogger("omnimask")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many non-finite losses in a row."""
+
+
+class ResumeError(ValueError):
+    """The run directory holds a run that this config cannot continue."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    last_loss: float
+
+
+def set_progress(model: torch.nn.Module, progress: float) -> None:
+    """Tell schedule-driven parts (mask-ratio schedules, HPM) how far training is, in [0, 1]."""
+    for module in model.modules():
+        if hasattr(module, "set_progress") and module is not model:
+            module.set_progress(progress)
+
+
+def step_generator(seed: int, step: int, micro_step: int) -> torch.Generator:
+    """The mask generator of one micro-batch; the same on every process (masks are then drawn
+    per sample id, see `MaskedModel.draw_mask`)."""
+    return torch.Generator().manual_seed(mix_seed(seed, step, micro_step))
+
+
+class Engine:
+    """Trains a recipe's `MaskedModel` into a run directory.
+
+    A run directory that already holds checkpoints is resumed from its newest readable one;
+    the config must then agree with the saved one except for `RESUMABLE_KEYS`.
+    """
+
+    def __init__(self, recipe: Recipe, config: RecipeConfig, run_dir: Path | None = None) -> None:
+        self.recipe = recipe
+        self.config = config
+        self.train = config.train
+        cuda = torch.cuda.is_available()
+        use_bf16 = cuda and self.train.mixed_precision == "bf16"
+        # cpu=True without CUDA lets `accelerate launch --multi_gpu` / torchrun processes on a
+        # CPU-only machine form a gloo process group (Accelerate needs to be told).
+        self.accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no", cpu=not cuda)
+        self.is_main = self.accelerator.is_main_process
+        if run_dir is None:  # every process must write to the one directory the first names
+            from omnimask.runs import new_run_dir
+
+            chosen = [str(new_run_dir(recipe.name))]
+            if self.accelerator.num_processes > 1:
+                chosen = broadcast_object_list(chosen)
+            run_dir = Path(chosen[0])
+        self.run_dir = Path(run_dir)
+
+    # ---------------------------------------------------------------- run directory
+    def _prepare_run_dir(self) -> None:
+        """Create the run directory, or check that an existing one is this run's."""
+        config_path = self.run_dir / "config.yaml"
+        if config_path.exists():
+            saved = from_yaml(config_path.read_text(), type(self.config), str(config_path))
+            changed = differences(saved, self.config)
+            blocking = [d for d in changed if d[0] not in RESUMABLE_KEYS]
+            if blocking:
+                lines = "\n".join(f"  {k}: saved {a!r}, now {b!r}" for k, a, b in blocking)
+                raise ResumeError(
+                    f"{self.run_dir} holds a run with a different config; resuming it with this "
+                    f"one would not continue the same run:\n{lines}\n"
+                    "Use a new run directory, or the saved values."
+                )
+            if changed and self.is_main:
+                stamp = time.strftime("%Y%m%d-%H%M%S")
+                config_path.rename(self.run_dir / f"config.before-{stamp}.yaml")
+        if self.is_main:
+            for sub in ("checkpoints", "figures"):
+                (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
+            if not config_path.exists():
+                config_path.write_text(to_yaml(self.config))
+        self.accelerator.wait_for_everyone()
+
+    # ---------------------------------------------------------------- data
+    def _loader(self, dataset: EngineDataset, start: int, stop: int) -> DataLoader:
+        sampler = ResumableBatchSampler(
+            len(dataset),
+            self.train.batch_size,
+            seed=self.train.seed,
+            start=start,
+            stop=stop,
+            shuffle=self.config.data.shuffle,
+            num_replicas=self.accelerator.num_processes,
+            rank=self.accelerator.process_index,
+        )
+        workers = self.config.data.num_workers
+        return DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=engine_collate(self.recipe.collate),
+            num_workers=workers,
+            pin_memory=torch.cuda.is_available(),
+            prefetch_factor=4 if workers else None,
+            persistent_workers=False,
+            # Its own generator: drawing worker seeds from the global RNG would shift the
+            # dropout stream of a resumed run against the uninterrupted one.
+            generator=torch.Generator().manual_seed(mix_seed(self.train.seed, start)),
+        )
+
+    # ---------------------------------------------------------------- training
+    def run(self) -> TrainResult:
+        train = self.train
+        accelerator = self.accelerator
+        # The data is opened first: a bad data path fails before a run directory is made.
+        dataset = EngineDataset(
+            self.recipe.build_dataset(self.config), train.seed, self.config.data.on_bad_sample
+        )
+        self._prepare_run_dir()
+        torch.manual_seed(mix_seed(train.seed, accelerator.process_index))
+
+        model = self.recipe.build_model(self.config)
+        optimizer = build_optimizer(model, train, accelerator.num_processes)
+        scheduler = build_scheduler(optimizer, train)
+        ema = None
+        if train.ema_decay > 0:
+            from timm.utils import ModelEmaV3
+
+            ema = ModelEmaV3(model, decay=train.ema_decay)
+
+        start_step = 0
+        loaded = ckpt.load_latest(self.run_dir / "checkpoints", accelerator.process_index)
+        if loaded is not None:
+            load_model(model, str(loaded.path / "model.safetensors"))
+            optimizer.load_state_dict(loaded.state["optimizer"])
+            scheduler.load_state_dict(loaded.state["scheduler"])
+            if ema is not None and loaded.ema is not None:
+                load_model(ema.module, str(loaded.path / "ema.safetensors"))
+            start_step = int(loaded.state["step"])
+            if loaded.rng is not None:
+                ckpt.restore_rng_state(loaded.rng)
+            if self.is_main:
+                logger.info("resuming %s from %s (step %d)", self.run_dir, loaded.path, start_step)
+
+        model, optimizer = accelerator.prepare(model, optimizer)
+        if train.compile:
+            model = torch.compile(model)
+        if ema is not None:
+            ema.to(accelerator.device)
+
+        loader = self._loader(dataset, start_step * train.grad_accum, train.steps * train.grad_accum)
+        batches: Iterator[tuple[dict[str, Any] | None, list[str]]] = iter(loader)
+
+        metrics = MetricsWriter(self.run_dir, start_step) if self.is_main else None
+        bar = tqdm(
+            total=train.steps,
+            initial=start_step,
+            desc=self.recipe.name,
+            disable=not (train.progress and self.is_main),
+            dynamic_ncols=True,
+        )
+        nonfinite_run = int(loaded.state.get("nonfinite_run", 0)) if loaded else 0
+        skipped_total = int(loaded.state.get("skipped_samples", 0)) if loaded else 0
+        last_loss = math.nan
+        window_start, window_samples, window_tokens = time.perf_counter(), 0, 0
+        model.train()
+        try:
+            for step in range(start_step, train.steps):
+                set_progress(model, step / max(1, train.steps))
+                sums: dict[str, float] = {}
+                sample_ids: list[int] = []
+                finite = True
+                for micro in range(train.grad_accum):
+                    batch, skipped = next(batches)
+                    skipped_total += len(skipped)
+                    for reason in skipped:
+                        logger.warning("skipped bad sample: %s", reason)
+                    if batch is None:
+                        raise RuntimeError(
+                            f"every sample of the batch at step {step} was bad; "
+                            "see the warnings above"
+                        )
+                    sample_ids += batch["sample_id"].tolist()
+                    batch = send_to_device(batch, accelerator.device, non_blocking=True)
+                    generator = step_generator(train.seed, step, micro)
+                    last_micro = micro == train.grad_accum - 1
+                    context = accelerator.no_sync(model) if not last_micro else nullcontext()
+                    with context, accelerator.autocast():
+                        losses = model(batch, generator)
+                    loss = losses["loss"]
+                    finite = finite and bool(torch.isfinite(loss.detach()))
+                    accelerator.backward(loss / train.grad_accum)
+                    for key, value in losses.items():
+                        sums[key] = sums.get(key, 0.0) + float(value.detach())
+                    window_samples += len(batch["sample_id"])
+                    window_tokens += int(losses.get("num_tokens", torch.tensor(0)).item())
+
+                finite = self._all_processes(finite)
+                if not finite:
+                    optimizer.zero_grad(set_to_none=True)
+                    nonfinite_run += 1
+                    logger.warning(
+                        "non-finite loss at step %d (samples %s); step skipped (%d in a row)",
+                        step,
+                        sample_ids,
+                        nonfinite_run,
+                    )
+                    if nonfinite_run >= train.max_nonfinite:
+                        raise NonFiniteLossError(
+                            f"stopping: {nonfinite_run} non-finite losses in a row, the last at "
+                            f"step {step} (samples {sample_ids}). The last good state is in "
+                            f"{self.run_dir / 'checkpoints'}. Lower train.lr, set "
+                            "train.clip_grad, or check the data for NaN/inf values."
+                        )
+                else:
+                    nonfinite_run = 0
+                    if train.clip_grad > 0:
+                        accelerator.clip_grad_norm_(model.parameters(), train.clip_grad)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    if ema is not None:
+                        ema.update(accelerator.unwrap_model(model), step=step)
+                scheduler.step()
+
+                means = {k: v / train.grad_accum for k, v in sums.items()}
+                means = self._mean_over_processes(means)
+                last_loss = means["loss"]
+                done = step + 1
+                bar.update(1)
+                if metrics is not None and (done % train.log_every == 0 or done == train.steps):
+                    elapsed = max(time.perf_counter() - window_start, 1e-9)
+                    record = {k: v for k, v in means.items() if k != "num_tokens"}
+                    record["lr"] = scheduler.get_last_lr()[0]
+                    record["samples_per_s"] = window_samples * accelerator.num_processes / elapsed
+                    record["tokens_per_s"] = window_tokens * accelerator.num_processes / elapsed
+                    record["skipped_samples"] = skipped_total
+                    metrics.log(step, record)
+                    bar.set_postfix(
+                        loss=f"{last_loss:.4f}",
+                        samples_s=f"{record['samples_per_s']:.1f}",
+                        tokens_s=f"{record['tokens_per_s']:.0f}",
+                    )
+                    window_start, window_samples, window_tokens = time.perf_counter(), 0, 0
+                if done % train.checkpoint_every == 0 or done == train.steps:
+                    self._save(model, ema, optimizer, scheduler, done, nonfinite_run, skipped_total)
+        finally:
+            bar.close()
+            if metrics is not None:
+                metrics.close()
+        accelerator.wait_for_everyone()
+        return TrainResult(self.run_dir, train.steps, last_loss)
+
+    # ---------------------------------------------------------------- helpers
+    def _all_processes(self, flag: bool) -> bool:
+        if self.accelerator.num_processes == 1:
+            return flag
+        value = torch.tensor([1.0 if flag else 0.0], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(value, reduction="sum").item() == self.accelerator.num_processes)
+
+    def _mean_over_processes(self, values: dict[str, float]) -> dict[str, float]:
+        if self.accelerator.num_processes == 1:
+            return values
+        keys = sorted(values)
+        stacked = torch.tensor([values[k] for k in keys], device=self.accelerator.device)
+        reduced = self.accelerator.reduce(stacked, reduction="mean").tolist()
+        return dict(zip(keys, reduced))
+
+    def _save(
+        self,
+        model: torch.nn.Module,
+        ema: Any,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        step: int,
+        nonfinite_run: int,
+        skipped_total: int,
+    ) -> None:
+        accelerator = self.accelerator
+        directory = self.run_dir / "checkpoints"
+        temp = directory / f"{ckpt.TEMP_PREFIX}{ckpt.checkpoint_name(step)}"
+        if self.is_main:
+            ckpt.begin_checkpoint(directory, step)
+        accelerator.wait_for_everyone()
+        ckpt.write_rng(temp, accelerator.process_index)
+        accelerator.wait_for_everyone()
+        if self.is_main:
+            state = {
+                "step": step,
+                "data_position": step * self.train.grad_accum,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "nonfinite_run": nonfinite_run,
+                "skipped_samples": skipped_total,
+                "num_processes": accelerator.num_processes,
+            }
+            ckpt.finish_checkpoint(
+                temp,
+                model=accelerator.unwrap_model(model),
+                ema=ema.module if ema is not None else None,
+                state=state,
+                config_yaml=to_yaml(self.config),
+                keep_last=self.train.keep_last,
+            )
+        accelerator.wait_for_everyone()
+
+
+def pretrain(recipe: Recipe, config: RecipeConfig, run_dir: str | Path | None = None) -> TrainResult:
+    """Train `recipe` with `config` into `run_dir` (default `runs/<recipe>/<timestamp>`);
+    resumes automatically when `run_dir` already holds checkpoints."""
+    return Engine(recipe, config, Path(run_dir) if run_dir is not None else None).run()

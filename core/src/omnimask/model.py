@@ -1,0 +1,160 @@
+"""The four protocols and `MaskedModel`, the composition every pipeline trains.
+
+One step of every pipeline is the same walk::
+
+    batch --Tokenizer--> Tokens --Masker--> mask --Encoder(tokens, mask)--> latent
+          --Decoder(latent, tokens, mask)--> prediction
+    Target(batch, tokens) --> target ; Target.loss(prediction, target, mask) --> {"loss": ...}
+
+Models know nothing about the engine: `MaskedModel.forward(batch, generator)` returns a dict of
+named losses, "loss" being the one optimised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from omnimask.seeding import mix_seed
+from omnimask.tokens import Tokens
+
+Batch = dict[str, Any]
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """batch -> Tokens. May be an `nn.Module` with parameters (a learned tokenizer)."""
+
+    def __call__(self, batch: Batch) -> Tokens: ...
+
+
+@runtime_checkable
+class Masker(Protocol):
+    """Token layout -> bool mask `[B, N]`, True = hidden from the encoder.
+
+    All randomness comes from `generator` (a CPU `torch.Generator`), so a seed reproduces the mask.
+    """
+
+    def __call__(self, tokens: Tokens, generator: torch.Generator) -> Tensor: ...
+
+
+class Encoder(nn.Module):
+    """`forward(tokens, mask) -> latent`; `forward_features(tokens)` for unmasked use downstream.
+
+    The encoder decides how masked tokens are skipped: gathering the visible ones (MAE), sparse
+    convolution (SparK), or replacing them by a mask token (SimMIM, BERT).
+    """
+
+    def forward(self, tokens: Tokens, mask: Tensor) -> Any:
+        raise NotImplementedError
+
+    def forward_features(self, tokens: Tokens) -> Any:
+        raise NotImplementedError
+
+    def pool(self, features: Any, tokens: Tokens) -> Tensor:
+        """One vector per sample `[B, D]` from `forward_features`, for probes and kNN.
+
+        The default averages the real (non-padding) tokens of a `[B, N, D]` output, or the last
+        map of a hierarchical CNN's list of `[B, C, ...]` feature maps.
+        """
+        if isinstance(features, (list, tuple)):
+            last = features[-1]
+            return last.flatten(2).mean(-1)
+        if tokens.padding is None or features.shape[1] != tokens.num_tokens:
+            return features.mean(1)
+        keep = (~tokens.padding).unsqueeze(-1).to(features.dtype)
+        return (features * keep).sum(1) / keep.sum(1).clamp_min(1.0)
+
+
+class Decoder(nn.Module):
+    """latent -> prediction in target space. Lightweight by default."""
+
+    def forward(self, latent: Any, tokens: Tokens, mask: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class Target(nn.Module):
+    """What is predicted and how it is scored."""
+
+    def forward(self, batch: Batch, tokens: Tokens) -> Any:
+        raise NotImplementedError
+
+    def loss(self, prediction: Any, target: Any, mask: Tensor) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+
+@dataclass
+class MaskedOutput:
+    """Everything one masked forward pass produced, for figures and tests."""
+
+    tokens: Tokens
+    mask: Tensor
+    prediction: Any
+    target: Any
+    losses: dict[str, Tensor]
+
+
+class MaskedModel(nn.Module):
+    """Tokenizer + masker + encoder + decoder + target, as an ordinary `nn.Module`.
+
+    Pipelines with several objectives (contrastive + reconstruction) subclass it and override
+    `predict`. Masks are drawn per sample when the batch carries `sample_id` (the engine always
+    adds it): row i's mask comes from a generator seeded by (the step's seed, sample id i), so a
+    sample's mask does not depend on batch composition, device or the number of processes. That
+    is what makes one process with batch 2B train exactly like two processes with batch B.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        masker: Masker,
+        encoder: Encoder,
+        decoder: Decoder,
+        target: Target,
+    ) -> None:
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.masker = masker
+        self.encoder = encoder
+        self.decoder = decoder
+        self.target = target
+
+    def draw_mask(
+        self, tokens: Tokens, batch: Batch, generator: torch.Generator | None
+    ) -> Tensor:
+        """Bool mask `[B, N]` on the tokens' device (True = hidden)."""
+        if generator is None:
+            generator = torch.Generator().manual_seed(0)
+        sample_ids = batch.get("sample_id")
+        if sample_ids is None:
+            mask = self.masker(tokens, generator)
+        else:
+            step_seed = generator.initial_seed()
+            rows = []
+            for row, sample_id in enumerate(sample_ids.tolist()):
+                row_generator = torch.Generator().manual_seed(mix_seed(step_seed, sample_id))
+                rows.append(self.masker(tokens.rows(slice(row, row + 1)), row_generator))
+            mask = torch.cat(rows)
+        return mask.to(tokens.device, non_blocking=True)
+
+    def predict(self, batch: Batch, generator: torch.Generator | None = None) -> MaskedOutput:
+        tokens = self.tokenizer(batch)
+        mask = self.draw_mask(tokens, batch, generator)
+        latent = self.encoder(tokens, mask)
+        prediction = self.decoder(latent, tokens, mask)
+        target = self.target(batch, tokens)
+        losses = self.target.loss(prediction, target, mask)
+        losses["num_tokens"] = torch.tensor(float(tokens.count()))
+        return MaskedOutput(tokens, mask, prediction, target, losses)
+
+    def forward(self, batch: Batch, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        return self.predict(batch, generator).losses
+
+    @torch.no_grad()
+    def embed(self, batch: Batch) -> Tensor:
+        """One feature vector per sample `[B, D]` from the unmasked encoder (probe, kNN)."""
+        tokens = self.tokenizer(batch)
+        return self.encoder.pool(self.encoder.forward_features(tokens), tokens)

@@ -1,0 +1,129 @@
+"""Recipes: a named, typed config with presets, and the factory that builds everything from it.
+
+A recipe is what a plugin registers (`<plugin>/<method>`). Its config is a dataclass that extends
+`RecipeConfig` with the method's own sections (`model`, `mask`...); presets are functions that
+return a config (`demo` runs in about a minute on a CPU, `paper` is the paper's setting). A model is
+built only from its config (the Hugging Face habit), so a run directory's `config.yaml` is enough
+to rebuild it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from torch.utils.data import Dataset, default_collate
+
+from omnimask.model import Batch, MaskedModel
+
+
+@dataclass
+class TrainConfig:
+    """Engine settings shared by every recipe."""
+
+    steps: int = 100
+    batch_size: int = 16
+    grad_accum: int = 1
+    optimizer: str = "adamw"  # adamw | lamb | lion (timm implementations)
+    lr: float = 1.5e-4
+    lr_scale_batch: int = 0  # if > 0: lr is per `lr_scale_batch` samples (lr * batch / 256 rule)
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.05
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.0
+    clip_grad: float = 0.0  # max grad norm; 0 disables clipping
+    ema_decay: float = 0.0  # 0 disables EMA
+    compile: bool = False
+    mixed_precision: str = "bf16"  # bf16 autocast on CUDA ("no" to disable); always fp32 on CPU
+    seed: int = 0
+    checkpoint_every: int = 50
+    keep_last: int = 3
+    log_every: int = 1
+    max_nonfinite: int = 5  # stop after this many non-finite losses in a row
+    progress: bool = True
+
+
+@dataclass
+class DataConfig:
+    """Where the data comes from and what to do with bad samples."""
+
+    path: str | None = None  # None: the plugin's embedded default data
+    on_bad_sample: str = "raise"  # raise | skip
+    num_workers: int = 0
+    shuffle: bool = True
+
+
+@dataclass
+class RecipeConfig:
+    """Base of every recipe's config: subclasses add `model`, `mask`... sections."""
+
+    recipe: str = ""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+class Recipe(ABC):
+    """Builds a pipeline's parts from its config. One subclass per method."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str] = ""
+    config_class: ClassVar[type[RecipeConfig]]
+    #: preset name -> function returning the full config; must include "demo".
+    presets: ClassVar[dict[str, Callable[[], RecipeConfig]]]
+    #: plugin export formats besides safetensors (which the core always writes).
+    export_formats: ClassVar[Sequence[str]] = ()
+
+    def config(self, preset: str = "demo") -> RecipeConfig:
+        if preset not in self.presets:
+            known = ", ".join(sorted(self.presets))
+            raise KeyError(f"recipe {self.name!r} has no preset {preset!r}; presets: {known}")
+        config = self.presets[preset]()
+        config.recipe = self.name
+        return config
+
+    @abstractmethod
+    def build_model(self, config: RecipeConfig) -> MaskedModel:
+        """The `MaskedModel` described by `config`, freshly initialised."""
+
+    @abstractmethod
+    def build_dataset(self, config: RecipeConfig) -> Dataset:
+        """The unlabelled training set: `config.data.path`, or the embedded default data.
+
+        Items are dicts of tensors. A sample that cannot be read raises `BadSampleError`
+        naming the file; the engine applies `config.data.on_bad_sample`.
+        """
+
+    def collate(self, samples: list[dict[str, Any]]) -> Batch:
+        """Samples -> batch. Override for variable-length data (padding, packing)."""
+        return default_collate(samples)
+
+    def tokens_per_sample(self, config: RecipeConfig) -> int | None:
+        """Token count of one sample when it is fixed (for FLOP and throughput estimates)."""
+        return None
+
+    def build_eval_datasets(
+        self, config: RecipeConfig, path: str | None = None
+    ) -> tuple[Dataset, Dataset]:
+        """Labelled (train, test) sets for `omnimask eval`: items carry an int `label`."""
+        raise NotImplementedError(f"recipe {self.name!r} has no labelled evaluation data")
+
+    def visualize(self, model: MaskedModel, batch: Batch, path: Path) -> Path:
+        """Write an original | masked | reconstruction PNG for `batch` to `path`."""
+        raise NotImplementedError(f"recipe {self.name!r} has no figure")
+
+    def export(self, model: MaskedModel, config: RecipeConfig, fmt: str, out_dir: Path) -> Path:
+        """Write the encoder in a plugin format (one of `export_formats`) under `out_dir`."""
+        raise NotImplementedError(f"recipe {self.name!r} cannot export {fmt!r}")
+
+    def load_export(
+        self, config: RecipeConfig, fmt: str, path: Path
+    ) -> Callable[[Batch], Any]:
+        """Load what `export` wrote through the target ecosystem's own loader.
+
+        Returns `embed(batch) -> [B, D]` that must equal `MaskedModel.embed(batch)` of the
+        exported model: the conformance kit's export round trip checks exactly that.
+        """
+        raise NotImplementedError(f"recipe {self.name!r} cannot load {fmt!r}")

@@ -1,0 +1,166 @@
+"""Checks that hold for every recipe: the contract of DESIGN.md, tested the same way for all.
+
+Each check takes a `Subject` (a recipe with its demo config and a small fixed batch) and raises
+`AssertionError` with a message naming the recipe when the contract is broken.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_model, save_model
+
+from omnimask.config import from_yaml, to_yaml
+from omnimask.engine.optim import build_optimizer
+from omnimask.export import export_model, load_safetensors_export
+from omnimask.model import MaskedModel
+from omnimask.plugins import discover, get_recipe
+from omnimask.recipe import Recipe, RecipeConfig
+from omnimask.visualize import sample_batch
+
+BATCH_SIZE = 4
+OVERFIT_STEPS = 30
+OVERFIT_LR = 1e-3
+
+
+@dataclass
+class Subject:
+    name: str
+    recipe: Recipe
+    config: RecipeConfig
+    batch: dict[str, Any]
+
+    def fresh_model(self, seed: int = 0) -> MaskedModel:
+        torch.manual_seed(seed)
+        return self.recipe.build_model(copy.deepcopy(self.config))
+
+
+@cache
+def subject(name: str) -> Subject:
+    """The recipe, its demo config and a fixed batch of `BATCH_SIZE` embedded samples."""
+    recipe = get_recipe(name)
+    config = recipe.config("demo")
+    config.train.batch_size = min(config.train.batch_size, BATCH_SIZE)
+    batch = sample_batch(recipe, config, recipe.build_dataset(config), config.train.batch_size)
+    return Subject(name, recipe, config, batch)
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def check_builds_from_spec(s: Subject) -> None:
+    plugin = discover().plugins[s.name.split("/")[0]]
+    assert s.name in plugin.recipes, f"{s.name}: not declared by its plugin spec"
+    assert "demo" in s.recipe.presets, f"{s.name}: no 'demo' preset"
+    assert len(s.recipe.presets) >= 2, f"{s.name}: needs the paper preset beside 'demo'"
+    for preset in s.recipe.presets:
+        config = s.recipe.config(preset)
+        assert isinstance(config, s.recipe.config_class), f"{s.name}/{preset}: wrong config type"
+        again = from_yaml(to_yaml(config), s.recipe.config_class)
+        assert again == config, f"{s.name}/{preset}: config does not survive a YAML round trip"
+    assert isinstance(s.fresh_model(), MaskedModel), f"{s.name}: build_model is no MaskedModel"
+
+
+def check_masks_reproducible(s: Subject) -> None:
+    model = s.fresh_model()
+    tokens = model.tokenizer(s.batch)
+    first = model.draw_mask(tokens, s.batch, _generator(7))
+    again = model.draw_mask(tokens, s.batch, _generator(7))
+    assert first.dtype == torch.bool, f"{s.name}: mask must be bool, got {first.dtype}"
+    assert first.shape == (tokens.batch_size, tokens.num_tokens), f"{s.name}: mask shape"
+    assert torch.equal(first, again), f"{s.name}: same seed gave different masks"
+    assert first.any(), f"{s.name}: nothing was masked"
+    assert not first.all(), f"{s.name}: everything was masked"
+    others = [model.draw_mask(tokens, s.batch, _generator(seed)) for seed in range(8, 12)]
+    assert any(not torch.equal(first, other) for other in others), f"{s.name}: mask ignores seed"
+
+
+def check_forward_backward(s: Subject) -> None:
+    model = s.fresh_model().train()
+    losses = model(s.batch, _generator(0))
+    assert "loss" in losses, f"{s.name}: the loss dict has no 'loss'"
+    loss = losses["loss"]
+    assert loss.ndim == 0 and torch.isfinite(loss), f"{s.name}: loss {loss} is not a finite scalar"
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
+    assert grads, f"{s.name}: no parameter received a gradient"
+    assert all(torch.isfinite(g).all() for g in grads), f"{s.name}: non-finite gradients"
+    assert any(g.abs().sum() > 0 for g in grads), f"{s.name}: all gradients are zero"
+    features = model.embed(s.batch)
+    assert features.ndim == 2 and features.shape[0] == len(s.batch["sample_id"]), (
+        f"{s.name}: embed must return [B, D], got {tuple(features.shape)}"
+    )
+    assert torch.isfinite(features).all(), f"{s.name}: non-finite features"
+
+
+def check_state_dict_round_trip(s: Subject) -> None:
+    model = s.fresh_model(seed=0).eval()
+    other = s.fresh_model(seed=1).eval()
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.safetensors"
+        save_model(model, str(path))
+        load_model(other, str(path))
+    with torch.no_grad():
+        expected = model(s.batch, _generator(3))["loss"]
+        actual = other(s.batch, _generator(3))["loss"]
+    assert torch.equal(expected, actual), f"{s.name}: reloaded model gives a different loss"
+
+
+def check_export_round_trip(s: Subject) -> None:
+    model = s.fresh_model().eval()
+    expected = model.embed(s.batch)
+    for fmt in ("safetensors", *s.recipe.export_formats):
+        with tempfile.TemporaryDirectory() as folder:
+            path = export_model(s.recipe, model, s.config, fmt, Path(folder))
+            if fmt == "safetensors":
+                _, _, loaded = load_safetensors_export(path)
+                actual = loaded.embed(s.batch)
+            else:
+                embed = s.recipe.load_export(s.config, fmt, path)
+                with torch.no_grad():
+                    actual = embed(s.batch)
+        torch.testing.assert_close(
+            actual, expected, atol=1e-5, rtol=1e-4, msg=lambda m: f"{s.name} {fmt} export: {m}"
+        )
+
+
+def check_loss_falls_on_fixed_batch(s: Subject) -> None:
+    """A few optimiser steps on one batch with one mask must lower the loss."""
+    model = s.fresh_model().train()
+    config = copy.deepcopy(s.config.train)
+    config.lr = getattr(s.recipe, "overfit_lr", OVERFIT_LR)
+    config.lr_scale_batch = 0
+    optimizer = build_optimizer(model, config)
+    history = []
+    for _ in range(getattr(s.recipe, "overfit_steps", OVERFIT_STEPS)):
+        loss = model(s.batch, _generator(5))["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        history.append(float(loss))
+    first, last = history[0], sum(history[-3:]) / 3
+    assert last < 0.9 * first, f"{s.name}: loss did not fall on a fixed batch: {history}"
+
+
+CHECKS: tuple[Callable[[Subject], None], ...] = (
+    check_builds_from_spec,
+    check_masks_reproducible,
+    check_forward_backward,
+    check_state_dict_round_trip,
+    check_export_round_trip,
+    check_loss_falls_on_fixed_batch,
+)
+
+
+def run_conformance(name: str) -> None:
+    """Run every check on recipe `name` (raises on the first failure)."""
+    for check in CHECKS:
+        check(subject(name))

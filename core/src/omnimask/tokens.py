@@ -1,0 +1,62 @@
+"""`Tokens`: the one data structure every tokenizer produces and every masker and encoder reads."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Tokens:
+    """A batch of tokens.
+
+    Attributes:
+        values: embeddings-ready features `[B, N, D]` or integer ids `[B, N]`.
+        positions: where each token sits, `[B, N, P]`: grid indices, xyz centres or times.
+        grid: the regular grid shape the N tokens flatten (row-major), e.g. `(14, 14)`
+            or `(8, 14, 14)`; None for irregular tokens such as point groups.
+        padding: `[B, N]` bool, True where a token is padding; None when nothing is padded.
+        extras: modality-specific tensors indexed by batch first (e.g. point-group members).
+    """
+
+    values: Tensor
+    positions: Tensor | None = None
+    grid: tuple[int, ...] | None = None
+    padding: Tensor | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def batch_size(self) -> int:
+        return self.values.shape[0]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.values.shape[1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.values.device
+
+    def count(self) -> int:
+        """Number of real (non-padding) tokens in the batch: what tokens/s is measured in."""
+        if self.padding is None:
+            return self.batch_size * self.num_tokens
+        return int((~self.padding).sum())
+
+    def rows(self, index: slice | Tensor) -> Tokens:
+        """The tokens of the selected batch rows (every batch-first tensor is indexed)."""
+
+        def take(value: Any) -> Any:
+            return value[index] if isinstance(value, Tensor) else value
+
+        return dataclasses.replace(
+            self,
+            values=self.values[index],
+            positions=take(self.positions),
+            padding=take(self.padding),
+            extras={key: take(value) for key, value in self.extras.items()},
+        )

@@ -1,0 +1,16 @@
+"""Plugin specs for discovery tests: one good, and one of each kind of broken."""
+
+from omnimask.plugins import PluginSpec
+
+good = PluginSpec(
+    name="good",
+    modality="test",
+    version="1.0",
+    core_api=">=0.1,<0.2",
+    recipes={"good/mim": "toy_recipe:ToyRecipe"},
+)
+incompatible = PluginSpec(name="future", modality="test", version="9.0", core_api=">=2.0")
+missing_dependency = PluginSpec(
+    name="needy", modality="test", version="1.0", core_api=">=0.1", requires=("no_such_module_xyz",)
+)
+not_a_spec = {"name": "dict"}

@@ -1,0 +1,129 @@
+"""A tiny recipe used to test the engine in-process (no plugin install needed).
+
+Tokens are 8 vectors of 4 features; masked ones are replaced by a learned mask token; a linear
+decoder predicts the originals; MSE on masked tokens. Dropout and random augmentation make the
+test of exact resumption meaningful (both consume RNG state).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from omnimask import Decoder, Encoder, MaskedModel, Recipe, RecipeConfig, Target, Tokens
+from omnimask.data import BadSampleError
+
+
+class ToyData(Dataset):
+    def __init__(
+        self, bad: tuple[int, ...] = (), nan: tuple[int, ...] = (), delay: float = 0.0
+    ) -> None:
+        self.values = torch.randn(64, 8, 4, generator=torch.Generator().manual_seed(1))
+        self.bad, self.nan, self.delay = bad, nan, delay
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        time.sleep(self.delay)  # lets a test kill the run at a known step
+        if index in self.bad:
+            raise BadSampleError(f"toy/{index}.npy", "corrupt")
+        values = self.values[index] + 0.01 * torch.randn(8, 4)  # augmentation: global RNG
+        if index in self.nan:
+            values = values * float("nan")
+        return {"values": values}
+
+
+class ToyTokenizer(nn.Module):
+    def forward(self, batch: dict) -> Tokens:
+        values = batch["values"]
+        return Tokens(values=values, grid=(values.shape[1],))
+
+
+class HalfMasker(nn.Module):
+    def forward(self, tokens: Tokens, generator: torch.Generator) -> Tensor:
+        noise = torch.rand(tokens.batch_size, tokens.num_tokens, generator=generator)
+        order = noise.argsort(1)
+        mask = torch.zeros_like(noise, dtype=torch.bool)
+        mask.scatter_(1, order[:, : tokens.num_tokens // 2], True)
+        return mask
+
+
+class ToyEncoder(Encoder):
+    def __init__(self, width: int, dropout: float) -> None:
+        super().__init__()
+        self.mask_token = nn.Parameter(torch.zeros(4))
+        self.body = nn.Sequential(nn.Linear(4, width), nn.GELU(), nn.Dropout(dropout))
+
+    def forward(self, tokens: Tokens, mask: Tensor) -> Tensor:
+        values = torch.where(mask.unsqueeze(-1), self.mask_token, tokens.values)
+        return self.body(values)
+
+    def forward_features(self, tokens: Tokens) -> Tensor:
+        return self.body(tokens.values)
+
+
+class ToyDecoder(Decoder):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.head = nn.Linear(width, 4)
+
+    def forward(self, latent: Tensor, tokens: Tokens, mask: Tensor) -> Tensor:
+        return self.head(latent)
+
+
+class ToyTarget(Target):
+    def forward(self, batch: dict, tokens: Tokens) -> Tensor:
+        return tokens.values
+
+    def loss(self, prediction: Tensor, target: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        per_token = (prediction - target).pow(2).mean(-1)
+        return {"loss": (per_token * mask).sum() / mask.sum()}
+
+
+@dataclass
+class ToyModelConfig:
+    width: int = 16
+    dropout: float = 0.1
+
+
+@dataclass
+class ToyConfig(RecipeConfig):
+    model: ToyModelConfig = field(default_factory=ToyModelConfig)
+    bad: tuple[int, ...] = ()
+    nan: tuple[int, ...] = ()
+    delay: float = 0.0
+
+
+def demo() -> ToyConfig:
+    config = ToyConfig()
+    config.train.steps = 12
+    config.train.batch_size = 8
+    config.train.lr = 1e-2
+    config.train.warmup_steps = 2
+    config.train.checkpoint_every = 4
+    config.train.progress = False
+    return config
+
+
+class ToyRecipe(Recipe):
+    name = "toy/mim"
+    config_class = ToyConfig
+    presets = {"demo": demo}
+
+    def build_model(self, config: ToyConfig) -> MaskedModel:
+        width = config.model.width
+        return MaskedModel(
+            ToyTokenizer(),
+            HalfMasker(),
+            ToyEncoder(width, config.model.dropout),
+            ToyDecoder(width),
+            ToyTarget(),
+        )
+
+    def build_dataset(self, config: ToyConfig) -> Dataset:
+        return ToyData(tuple(config.bad), tuple(config.nan), config.delay)
