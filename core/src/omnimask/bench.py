@@ -63,7 +63,7 @@ def bench_recipe(
 
     def one_step(step: int) -> dict[str, torch.Tensor]:
         with autocast:
-            losses = model(batch, step_generator(config.train.seed, step, 0))
+            losses = model(batch, step_generator(config.train.seed, step))
         losses["loss"].backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -84,7 +84,9 @@ def from_yaml(text: str, config_class: type[C], source: str = "config") -> C:
         loaded = OmegaConf.create(text)
         merged = OmegaConf.merge(OmegaConf.structured(config_class), loaded)
     except OmegaConfBaseException as error:
-        raise ConfigError(f"{source}: {str(error).splitlines()[0]}") from None
+        key = getattr(error, "full_key", None)
+        where = f" at {key!r}" if key else ""
+        raise ConfigError(f"{source}{where}: {str(error).splitlines()[0]}") from None
     return OmegaConf.to_object(merged)  # type: ignore[return-value]
 
 

@@ -12,6 +12,7 @@ import logging
 import math
 from contextlib import nullcontext
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,10 +60,11 @@ def set_progress(model: torch.nn.Module, progress: float) -> None:
             module.set_progress(progress)
 
 
-def step_generator(seed: int, step: int, micro_step: int) -> torch.Generator:
-    """The mask generator of one micro-batch; the same on every process (masks are then drawn
-    per sample id, see `MaskedModel.draw_mask`)."""
-    return torch.Generator().manual_seed(mix_seed(seed, step, micro_step))
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The mask generator of one optimiser step, the same for every micro-batch and process:
+    masks are then drawn per sample id (`MaskedModel.draw_mask`), so splitting a batch into
+    micro-batches or over processes does not change them."""
+    return torch.Generator().manual_seed(mix_seed(seed, step))
 
 
 class Engine:
@@ -216,7 +218,7 @@ class Engine:
                         )
                     sample_ids += batch["sample_id"].tolist()
                     batch = send_to_device(batch, accelerator.device, non_blocking=True)
-                    generator = step_generator(train.seed, step, micro)
+                    generator = step_generator(train.seed, step)
                     last_micro = micro == train.grad_accum - 1
                     context = accelerator.no_sync(model) if not last_micro else nullcontext()
                     with context, accelerator.autocast():
@@ -254,7 +256,10 @@ class Engine:
                     optimizer.zero_grad(set_to_none=True)
                     if ema is not None:
                         ema.update(accelerator.unwrap_model(model), step=step)
-                scheduler.step()
+                with warnings.catch_warnings():
+                    # a skipped step still advances the schedule, so it stays aligned with `step`
+                    warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()`")
+                    scheduler.step()
 
                 means = {k: v / train.grad_accum for k, v in sums.items()}
                 means = self._mean_over_processes(means)

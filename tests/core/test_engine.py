@@ -1,0 +1,190 @@
+"""The engine: exact resumption, checkpoint fallback, loss guard, bad samples, accumulation,
+multi-process equivalence. Runs the toy recipe (tests/core/toy_recipe.py)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from toy_recipe import ToyRecipe
+
+from omnimask.config import apply_overrides
+from omnimask.data import BadSampleError
+from omnimask.engine import Engine, NonFiniteLossError, ResumeError
+from omnimask.engine.checkpoint import list_checkpoints
+from omnimask.engine.metrics import read_metrics
+from omnimask.engine.optim import warmup_cosine
+from omnimask.engine.sampler import ResumableBatchSampler
+
+RUN_TOY = Path(__file__).parent / "run_toy.py"
+BIN = Path(sys.executable).parent
+
+
+def train(run_dir: Path, *overrides: str) -> dict[int, dict]:
+    recipe = ToyRecipe()
+    Engine(recipe, apply_overrides(recipe.config("demo"), list(overrides)), run_dir).run()
+    return read_metrics(run_dir / "metrics.jsonl")
+
+
+def losses(metrics: dict[int, dict]) -> list[float]:
+    return [metrics[step]["loss"] for step in sorted(metrics)]
+
+
+def final_weights(run_dir: Path) -> bytes:
+    _, newest = list_checkpoints(run_dir / "checkpoints")[0]
+    return (newest / "model.safetensors").read_bytes()
+
+
+def test_run_killed_with_sigkill_resumes_bit_exact(tmp_path: Path) -> None:
+    args = ["train.ema_decay=0.9", "delay=0.01"]
+    reference = tmp_path / "reference"
+    subprocess.run([sys.executable, RUN_TOY, reference, *args], check=True)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, RUN_TOY, killed, *args])
+    metrics = killed / "metrics.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline:  # kill between the step-4 and step-8 checkpoints
+        if metrics.exists() and len(read_metrics(metrics)) >= 6:
+            break
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert [step for step, _ in list_checkpoints(killed / "checkpoints")] == [4]
+    subprocess.run([sys.executable, RUN_TOY, killed, *args], check=True)
+
+    assert losses(read_metrics(metrics)) == losses(read_metrics(reference / "metrics.jsonl"))
+    assert final_weights(killed) == final_weights(reference)
+    _, newest = list_checkpoints(killed / "checkpoints")[0]
+    _, newest_reference = list_checkpoints(reference / "checkpoints")[0]
+    assert (newest / "ema.safetensors").read_bytes() == (
+        newest_reference / "ema.safetensors"
+    ).read_bytes()
+
+
+def test_truncated_newest_checkpoint_falls_back_with_a_warning(tmp_path, caplog) -> None:
+    reference = tmp_path / "reference"
+    expected = losses(train(reference))
+    run = tmp_path / "run"
+    train(run)
+    # As if the run had died while step 12 was being written and step 8 had been cut short.
+    (run / "checkpoints" / "step_00000012" / "state.pt").unlink()
+    weights = run / "checkpoints" / "step_00000008" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with caplog.at_level(logging.WARNING):
+        resumed = losses(train(run))
+    assert "step_00000012 is unreadable" in caplog.text
+    assert "step_00000008 is unreadable" in caplog.text
+    assert "falling back" in caplog.text
+    assert resumed == expected
+    assert final_weights(run) == final_weights(reference)
+
+
+def test_nonfinite_loss_skips_the_step_and_names_the_samples(tmp_path, caplog) -> None:
+    with caplog.at_level(logging.WARNING):
+        metrics = train(tmp_path / "run", "nan=[5]")
+    bad_steps = [s for s, record in metrics.items() if record["loss"] == "nan"]
+    assert bad_steps, "the NaN sample must have produced a non-finite loss"
+    assert f"non-finite loss at step {bad_steps[0]}" in caplog.text
+    assert "5" in caplog.text.split(f"step {bad_steps[0]} (samples ")[1].split(")")[0]
+    assert all(isinstance(metrics[s]["loss"], float) for s in metrics if s not in bad_steps)
+
+
+def test_too_many_nonfinite_losses_stop_the_run(tmp_path) -> None:
+    every = "[" + ",".join(str(i) for i in range(64)) + "]"
+    with pytest.raises(NonFiniteLossError, match="3 non-finite losses in a row"):
+        train(tmp_path / "run", f"nan={every}", "train.max_nonfinite=3")
+
+
+def test_bad_sample_raise_names_the_file(tmp_path) -> None:
+    with pytest.raises(BadSampleError, match="toy/3.npy: corrupt"):
+        train(tmp_path / "run", "bad=[3]")
+
+
+def test_bad_sample_skip_counts_and_continues(tmp_path, caplog) -> None:
+    with caplog.at_level(logging.WARNING):
+        metrics = train(tmp_path / "run", "bad=[3]", "data.on_bad_sample=skip")
+    assert len(metrics) == 12
+    assert metrics[11]["skipped_samples"] >= 1
+    assert "skipped bad sample: toy/3.npy: corrupt" in caplog.text
+
+
+def test_resume_with_an_incompatible_config_is_refused_and_loses_nothing(tmp_path) -> None:
+    run = tmp_path / "run"
+    train(run)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(ResumeError, match=r"model.width: saved 16, now 32"):
+        train(run, "model.width=32")
+    after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert before == after
+
+
+def test_gradient_accumulation_equals_the_large_batch(tmp_path) -> None:
+    large = losses(train(tmp_path / "large", "model.dropout=0.0", "train.batch_size=8"))
+    accumulated = losses(
+        train(tmp_path / "acc", "model.dropout=0.0", "train.batch_size=4", "train.grad_accum=2")
+    )
+    torch.testing.assert_close(torch.tensor(accumulated), torch.tensor(large))
+
+
+def test_data_loader_workers_do_not_change_the_run(tmp_path) -> None:
+    inline = losses(train(tmp_path / "inline"))
+    workers = losses(train(tmp_path / "workers", "data.num_workers=2"))
+    assert inline == workers
+
+
+def test_keep_last_prunes_old_checkpoints(tmp_path) -> None:
+    train(tmp_path / "run", "train.checkpoint_every=2", "train.keep_last=2")
+    assert [s for s, _ in list_checkpoints(tmp_path / "run" / "checkpoints")] == [12, 10]
+
+
+def test_two_processes_match_one_process_with_the_doubled_batch(tmp_path) -> None:
+    args = ["model.dropout=0.0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(
+        [sys.executable, RUN_TOY, tmp_path / "one", *args, "train.batch_size=8"],
+        check=True,
+        env=env,
+    )
+    launch = [BIN / "accelerate", "launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    subprocess.run(
+        [*launch, RUN_TOY, tmp_path / "two", *args, "train.batch_size=4"], check=True, env=env
+    )
+    one = losses(read_metrics(tmp_path / "one" / "metrics.jsonl"))
+    two = losses(read_metrics(tmp_path / "two" / "metrics.jsonl"))
+    torch.testing.assert_close(torch.tensor(two), torch.tensor(one), rtol=1e-5, atol=1e-6)
+
+
+def test_each_process_takes_its_slice_of_the_global_batch() -> None:
+    single = ResumableBatchSampler(10, 4, seed=3, start=0, stop=6)
+    ranks = [
+        ResumableBatchSampler(10, 2, seed=3, start=0, stop=6, num_replicas=2, rank=r)
+        for r in range(2)
+    ]
+    for whole, *parts in zip(single, *ranks):
+        assert whole == parts[0] + parts[1]
+    epochs = [epoch for batch in single for _, epoch in batch]
+    assert epochs == sorted(epochs) and epochs[-1] == 2  # 24 draws over 10 samples: 3 epochs
+    first_epoch = [index for batch in single for index, epoch in batch if epoch == 0]
+    assert sorted(first_epoch) == list(range(10))  # each epoch is a permutation
+
+
+def test_resumed_sampler_continues_the_same_stream() -> None:
+    whole = list(ResumableBatchSampler(7, 3, seed=1, start=0, stop=9))
+    tail = list(ResumableBatchSampler(7, 3, seed=1, start=4, stop=9))
+    assert whole[4:] == tail
+
+
+def test_warmup_cosine_schedule() -> None:
+    assert warmup_cosine(0, 4, 20, 0.0) == pytest.approx(0.25)
+    assert warmup_cosine(3, 4, 20, 0.0) == pytest.approx(1.0)
+    assert warmup_cosine(12, 4, 20, 0.0) == pytest.approx(0.5)  # half way through the decay
+    assert warmup_cosine(20, 4, 20, 0.1) == pytest.approx(0.1)
