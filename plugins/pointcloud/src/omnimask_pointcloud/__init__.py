@@ -1,0 +1,1 @@
+"""omnimask pointcloud plugin."""

@@ -1,0 +1,1 @@
+"""omnimask remote_sensing plugin."""

@@ -1,0 +1,1 @@
+"""omnimask vision plugin."""
