@@ -9,6 +9,6 @@ or through the pytest plugin: a test that takes a `recipe_name` argument is run 
 discovered recipe.
 """
 
-from omnimask.testing.conformance import CHECKS, Subject, run_conformance
+from omnimask.testing.conformance import CHECKS, Subject, run_conformance, subject
 
-__all__ = ["CHECKS", "Subject", "run_conformance"]
+__all__ = ["CHECKS", "Subject", "run_conformance", "subject"]
