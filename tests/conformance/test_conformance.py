@@ -5,7 +5,6 @@ new recipe is covered the moment its plugin is installed.
 """
 
 import pytest
-
 from omnimask.plugins import discover
 from omnimask.testing import CHECKS, subject
 

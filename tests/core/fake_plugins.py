@@ -14,3 +14,12 @@ missing_dependency = PluginSpec(
     name="needy", modality="test", version="1.0", core_api=">=0.1", requires=("no_such_module_xyz",)
 )
 not_a_spec = {"name": "dict"}
+
+toy = PluginSpec(
+    name="toy",
+    modality="test vectors",
+    version="0.0.1",
+    core_api=">=0.1,<0.2",
+    requires=("torch",),
+    recipes={"toy/mim": "toy_recipe:ToyRecipe"},
+)

@@ -6,10 +6,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from toy_recipe import ToyRecipe  # noqa: E402
-
 from omnimask.config import apply_overrides  # noqa: E402
 from omnimask.engine import pretrain  # noqa: E402
+from toy_recipe import ToyRecipe  # noqa: E402
 
 if __name__ == "__main__":
     recipe = ToyRecipe()

@@ -1,9 +1,8 @@
 """Typed overrides and config files: clear errors that name the key and the problem."""
 
 import pytest
-from toy_recipe import ToyRecipe
-
 from omnimask.config import ConfigError, apply_overrides, differences, from_yaml, to_yaml
+from toy_recipe import ToyRecipe
 
 
 @pytest.fixture
@@ -46,4 +45,6 @@ def test_yaml_round_trip_and_differences(config) -> None:
 
 def test_bad_config_file_names_the_source(config) -> None:
     with pytest.raises(ConfigError, match=r"run/config.yaml at 'train.steps': Value 'lots'"):
-        from_yaml(to_yaml(config).replace("steps: 12", "steps: lots"), type(config), "run/config.yaml")
+        from_yaml(
+            to_yaml(config).replace("steps: 12", "steps: lots"), type(config), "run/config.yaml"
+        )

@@ -13,8 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from toy_recipe import ToyRecipe
-
 from omnimask.config import apply_overrides
 from omnimask.data import BadSampleError
 from omnimask.engine import Engine, NonFiniteLossError, ResumeError
@@ -22,6 +20,7 @@ from omnimask.engine.checkpoint import list_checkpoints
 from omnimask.engine.metrics import read_metrics
 from omnimask.engine.optim import warmup_cosine
 from omnimask.engine.sampler import ResumableBatchSampler
+from toy_recipe import ToyRecipe
 
 RUN_TOY = Path(__file__).parent / "run_toy.py"
 BIN = Path(sys.executable).parent

@@ -3,7 +3,6 @@
 from importlib.metadata import EntryPoint
 
 import pytest
-
 from omnimask import plugins
 from omnimask.plugins import PluginError, UnknownRecipeError, discover, get_recipe
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+from omnimask import Decoder, Encoder, MaskedModel, Recipe, RecipeConfig, Target, Tokens
+from omnimask.data import BadSampleError, check_data_path
 from torch import Tensor, nn
 from torch.utils.data import Dataset
-
-from omnimask import Decoder, Encoder, MaskedModel, Recipe, RecipeConfig, Target, Tokens
-from omnimask.data import BadSampleError
 
 
 class ToyData(Dataset):
@@ -36,6 +36,22 @@ class ToyData(Dataset):
         if index in self.nan:
             values = values * float("nan")
         return {"values": values}
+
+
+class LabelledToyData(Dataset):
+    """Two clusters of token sets (label 0 / 1), for `omnimask eval`."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        self.labels = torch.arange(size) % 2
+        centres = torch.tensor([-1.0, 1.0])[self.labels].view(size, 1, 1)
+        self.values = centres + 0.5 * torch.randn(size, 8, 4, generator=generator)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        return {"values": self.values[index], "label": self.labels[index]}
 
 
 class ToyTokenizer(nn.Module):
@@ -126,4 +142,31 @@ class ToyRecipe(Recipe):
         )
 
     def build_dataset(self, config: ToyConfig) -> Dataset:
+        if config.data.path is not None:
+            check_data_path(config.data.path, ("*.npy",))
         return ToyData(tuple(config.bad), tuple(config.nan), config.delay)
+
+    def build_eval_datasets(self, config: ToyConfig, path: str | None = None):
+        return LabelledToyData(40, seed=2), LabelledToyData(20, seed=3)
+
+    def visualize(self, model: MaskedModel, batch: dict, path: Path) -> Path:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        output = model.predict(batch, torch.Generator().manual_seed(0))
+        figure, axes = plt.subplots(1, 3, figsize=(6, 2))
+        for axis, (title, image) in zip(
+            axes,
+            [
+                ("original", output.target[0]),
+                ("masked", output.target[0] * ~output.mask[0].unsqueeze(-1)),
+                ("reconstruction", output.prediction[0]),
+            ],
+        ):
+            axis.imshow(image.detach().numpy())
+            axis.set_title(title)
+        figure.savefig(path)
+        plt.close(figure)
+        return path

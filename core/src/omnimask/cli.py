@@ -119,7 +119,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from omnimask.bench import bench_recipe
 
     recipe, config = build_config(args.recipe, args.preset, args.data, args.overrides)
-    for record in bench_recipe(recipe, config, steps=args.steps, warmup=args.warmup, device=args.device):
+    for record in bench_recipe(
+        recipe, config, steps=args.steps, warmup=args.warmup, device=args.device
+    ):
         print(json.dumps(record))
     return 0
 
@@ -178,8 +180,21 @@ def parser() -> argparse.ArgumentParser:
     return main
 
 
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse, letting `key=value` overrides stand anywhere after the recipe (argparse alone
+    stops collecting positionals at the first option)."""
+    command_line = parser()
+    args, extra = command_line.parse_known_args(argv)
+    stray = [item for item in extra if "=" not in item or item.startswith("-")]
+    if stray or (extra and not hasattr(args, "overrides")):
+        command_line.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)

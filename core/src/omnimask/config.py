@@ -59,7 +59,9 @@ def apply_overrides(config: C, overrides: list[str]) -> C:
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.lr=1e-3)")
+            raise ConfigError(
+                f"override {item!r} is not of the form key=value (e.g. train.lr=1e-3)"
+            )
         try:
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
         except ConfigKeyError:

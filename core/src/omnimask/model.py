@@ -122,9 +122,7 @@ class MaskedModel(nn.Module):
         self.decoder = decoder
         self.target = target
 
-    def draw_mask(
-        self, tokens: Tokens, batch: Batch, generator: torch.Generator | None
-    ) -> Tensor:
+    def draw_mask(self, tokens: Tokens, batch: Batch, generator: torch.Generator | None) -> Tensor:
         """Bool mask `[B, N]` on the tokens' device (True = hidden)."""
         if generator is None:
             generator = torch.Generator().manual_seed(0)

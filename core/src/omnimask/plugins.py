@@ -138,7 +138,11 @@ def get_recipe(name: str) -> Recipe:
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         listing = ", ".join(known) or "none (no plugin installed)"
         broken = [p.entry_point for p in discovery.problems]
-        note = f" Plugins that failed to load: {', '.join(broken)} (see `omnimask plugins`)." if broken else ""
+        note = (
+            f" Plugins that failed to load: {', '.join(broken)} (see `omnimask plugins`)."
+            if broken
+            else ""
+        )
         raise UnknownRecipeError(f"unknown recipe {name!r}{hint} Known recipes: {listing}.{note}")
     module_name, _, attribute = plugin.recipes[name].partition(":")
     try:

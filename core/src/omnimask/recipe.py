@@ -118,9 +118,7 @@ class Recipe(ABC):
         """Write the encoder in a plugin format (one of `export_formats`) under `out_dir`."""
         raise NotImplementedError(f"recipe {self.name!r} cannot export {fmt!r}")
 
-    def load_export(
-        self, config: RecipeConfig, fmt: str, path: Path
-    ) -> Callable[[Batch], Any]:
+    def load_export(self, config: RecipeConfig, fmt: str, path: Path) -> Callable[[Batch], Any]:
         """Load what `export` wrote through the target ecosystem's own loader.
 
         Returns `embed(batch) -> [B, D]` that must equal `MaskedModel.embed(batch)` of the

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import logging
 import math
-from contextlib import nullcontext
 import time
 import warnings
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,6 @@ from omnimask.engine import checkpoint as ckpt
 from omnimask.engine.metrics import MetricsWriter
 from omnimask.engine.optim import build_optimizer, build_scheduler
 from omnimask.engine.sampler import ResumableBatchSampler
-from omnimask.model import MaskedModel
 from omnimask.recipe import Recipe, RecipeConfig
 from omnimask.seeding import mix_seed
 
@@ -184,7 +183,9 @@ class Engine:
         if ema is not None:
             ema.to(accelerator.device)
 
-        loader = self._loader(dataset, start_step * train.grad_accum, train.steps * train.grad_accum)
+        loader = self._loader(
+            dataset, start_step * train.grad_accum, train.steps * train.grad_accum
+        )
         batches: Iterator[tuple[dict[str, Any] | None, list[str]]] = iter(loader)
 
         metrics = MetricsWriter(self.run_dir, start_step) if self.is_main else None
@@ -294,7 +295,9 @@ class Engine:
         if self.accelerator.num_processes == 1:
             return flag
         value = torch.tensor([1.0 if flag else 0.0], device=self.accelerator.device)
-        return bool(self.accelerator.reduce(value, reduction="sum").item() == self.accelerator.num_processes)
+        return bool(
+            self.accelerator.reduce(value, reduction="sum").item() == self.accelerator.num_processes
+        )
 
     def _mean_over_processes(self, values: dict[str, float]) -> dict[str, float]:
         if self.accelerator.num_processes == 1:
@@ -343,7 +346,9 @@ class Engine:
         accelerator.wait_for_everyone()
 
 
-def pretrain(recipe: Recipe, config: RecipeConfig, run_dir: str | Path | None = None) -> TrainResult:
+def pretrain(
+    recipe: Recipe, config: RecipeConfig, run_dir: str | Path | None = None
+) -> TrainResult:
     """Train `recipe` with `config` into `run_dir` (default `runs/<recipe>/<timestamp>`);
     resumes automatically when `run_dir` already holds checkpoints."""
     return Engine(recipe, config, Path(run_dir) if run_dir is not None else None).run()

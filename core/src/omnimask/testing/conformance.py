@@ -127,8 +127,9 @@ def check_export_round_trip(s: Subject) -> None:
                 embed = s.recipe.load_export(s.config, fmt, path)
                 with torch.no_grad():
                     actual = embed(s.batch)
+        label = f"{s.name} {fmt} export"
         torch.testing.assert_close(
-            actual, expected, atol=1e-5, rtol=1e-4, msg=lambda m: f"{s.name} {fmt} export: {m}"
+            actual, expected, atol=1e-5, rtol=1e-4, msg=lambda m, label=label: f"{label}: {m}"
         )
 
 

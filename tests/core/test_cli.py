@@ -1,0 +1,160 @@
+"""The `omnimask` CLI end to end on the toy plugin, as a user runs it (in-process for speed)."""
+
+from __future__ import annotations
+
+import json
+from importlib.metadata import EntryPoint
+from pathlib import Path
+
+import pytest
+import torch
+from omnimask import plugins
+from omnimask.cli import main
+from omnimask.export import load_safetensors_export
+from omnimask.plugins import discover
+from omnimask.runs import load_run
+from PIL import Image
+
+TOY = EntryPoint(name="toy", value="fake_plugins:toy", group=plugins.ENTRY_POINT_GROUP)
+BROKEN = EntryPoint(name="broken", value="broken_plugin:spec", group=plugins.ENTRY_POINT_GROUP)
+FAST = ["train.steps=6", "train.progress=false", "train.checkpoint_every=3"]
+
+
+@pytest.fixture(autouse=True)
+def toy_plugin(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(plugins, "_entry_points", lambda: [TOY, BROKEN])
+    discover.cache_clear()
+    yield
+    discover.cache_clear()
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "run"
+    assert main(["pretrain", "toy/mim", "--run-dir", str(path), *FAST]) == 0
+    return path
+
+
+def test_plugins_lists_the_good_and_explains_the_broken(capsys) -> None:
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "toy" in out and "toy/mim" in out
+    assert "broken" in out and "FAILED" in out and "libfoo.so" in out
+
+
+def test_recipes_lists_presets_and_shows_a_config(capsys) -> None:
+    main(["recipes"])
+    assert "toy/mim" in capsys.readouterr().out
+    main(["recipes", "--show", "toy/mim"])
+    shown = capsys.readouterr().out
+    assert "recipe: toy/mim" in shown and "batch_size: 8" in shown
+
+
+def test_pretrain_eval_visualize_export(run_dir: Path, capsys) -> None:
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "checkpoints",
+        "config.yaml",
+        "figures",
+        "metrics.jsonl",
+        "tensorboard",
+    ]
+    assert [p.name for p in sorted((run_dir / "checkpoints").iterdir())] == [
+        "step_00000003",
+        "step_00000006",
+    ]
+    assert main(["eval", str(run_dir)]) == 0
+    result = json.loads((run_dir / "eval.json").read_text())
+    # the toy's two clusters are separable from the pretrained features
+    assert result["pretrained"]["linear_probe_accuracy"] >= 0.9
+    assert 0 <= result["random_init"]["knn_accuracy"] <= 1
+
+    assert main(["visualize", str(run_dir)]) == 0
+    figure = run_dir / "figures" / "reconstruction_step00000006.png"
+    with Image.open(figure) as image:
+        assert image.format == "PNG" and image.width > 200
+
+    assert main(["export", str(run_dir), "--format", "safetensors"]) == 0
+    exported = run_dir / "exports" / "safetensors" / "encoder.safetensors"
+    _, _, model = load_safetensors_export(exported)
+    run = load_run(run_dir)
+    batch = {"values": torch.randn(3, 8, 4)}
+    torch.testing.assert_close(model.embed(batch), run.model.embed(batch))
+
+    assert main(["export", str(run_dir), "--format", "onnx"]) == 2
+    assert "cannot export 'onnx'; formats: safetensors" in capsys.readouterr().err
+
+
+def test_bench_prints_json_lines(capsys) -> None:
+    assert main(["bench", "toy/mim", "--steps", "2", "--warmup", "1"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    metrics = {r["metric"]: r["value"] for r in records}
+    assert metrics["step_time_s"] > 0 and metrics["samples_per_s"] > 0
+    assert metrics["flops_per_step"] > 0 and 0 < metrics["fraction_of_matmul_peak"] < 10
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["pretrain", "toy/mmi"], "unknown recipe 'toy/mmi'; did you mean toy/mim"),
+        (
+            ["pretrain", "toy/mim", "train.stepz=3"],
+            "unknown config key 'train.stepz'; did you mean train.steps",
+        ),
+        (["pretrain", "toy/mim", "train.steps=lots"], "bad value for 'train.steps'"),
+        (["pretrain", "toy/mim", "--preset", "huge"], "has no preset 'huge'; presets: demo"),
+        (
+            ["pretrain", "toy/mim", "--data", "/no/such/dir"],
+            "data path /no/such/dir does not exist",
+        ),
+        (["pretrain", "toy/mim", "bad=[2]"], "toy/2.npy: corrupt"),
+        (["eval", "/no/such/run"], "is not a run directory"),
+    ],
+)
+def test_bad_input_gets_one_clear_message(arguments, message, capsys, tmp_path) -> None:
+    code = main(
+        [*arguments, *(["--run-dir", str(tmp_path / "r")] if arguments[0] == "pretrain" else [])]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("omnimask: error: ") and message in err
+
+
+def test_empty_data_folder_is_named(tmp_path, capsys) -> None:
+    (tmp_path / "empty").mkdir()
+    code = main(
+        ["pretrain", "toy/mim", "--data", str(tmp_path / "empty"), "--run-dir", str(tmp_path / "r")]
+    )
+    assert code == 2
+    assert (
+        f"data path {tmp_path / 'empty'} holds no files matching *.npy" in capsys.readouterr().err
+    )
+    assert not (tmp_path / "r").exists()  # no run directory for a run that could not start
+
+
+def test_skip_policy_through_the_cli(tmp_path) -> None:
+    run = tmp_path / "run"
+    assert (
+        main(
+            [
+                "pretrain",
+                "toy/mim",
+                "--run-dir",
+                str(run),
+                "bad=[2]",
+                "data.on_bad_sample=skip",
+                *FAST,
+                "train.steps=8",
+            ]
+        )
+        == 0
+    )
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["skipped_samples"] >= 1
+
+
+def test_resume_with_another_model_is_refused_and_keeps_the_run(run_dir, capsys) -> None:
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    code = main(["pretrain", "toy/mim", "--run-dir", str(run_dir), "model.width=32", *FAST])
+    assert code == 2
+    assert "model.width: saved 16, now 32" in capsys.readouterr().err
+    assert before == {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
