@@ -19,13 +19,12 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
-
 from omnimask.config import apply_overrides
 from omnimask.data import EngineDataset, engine_collate
 from omnimask.engine import Engine
 from omnimask.engine.optim import build_optimizer
 from omnimask.plugins import get_recipe
+from torch.utils.data import DataLoader
 
 
 def emit(figure: str, value: float, **extra: object) -> None:
@@ -65,7 +64,8 @@ def engine_step_time(recipe, config, steps: int) -> float:  # noqa: ANN001
 
     def run(total: int) -> float:
         run_config = apply_overrides(
-            config, [f"train.steps={total}", "train.checkpoint_every=100000", "train.progress=false"]
+            config,
+            [f"train.steps={total}", "train.checkpoint_every=100000", "train.progress=false"],
         )
         with tempfile.TemporaryDirectory() as folder:
             start = time.perf_counter()
@@ -79,7 +79,9 @@ def engine_step_time(recipe, config, steps: int) -> float:  # noqa: ANN001
 def loader_samples_per_s(recipe, config, workers: int, batches: int) -> float:  # noqa: ANN001
     dataset = EngineDataset(recipe.build_dataset(config), seed=0)
     size = config.train.batch_size
-    keys = [[(i % len(dataset), 0) for i in range(b * size, (b + 1) * size)] for b in range(batches)]
+    keys = [
+        [(i % len(dataset), 0) for i in range(b * size, (b + 1) * size)] for b in range(batches)
+    ]
     loader = DataLoader(
         dataset, batch_sampler=keys, collate_fn=engine_collate(recipe.collate), num_workers=workers
     )

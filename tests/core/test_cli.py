@@ -158,3 +158,16 @@ def test_resume_with_another_model_is_refused_and_keeps_the_run(run_dir, capsys)
     assert code == 2
     assert "model.width: saved 16, now 32" in capsys.readouterr().err
     assert before == {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+
+
+def test_figures_are_png_only(run_dir, capsys) -> None:
+    assert main(["visualize", str(run_dir), "--out", str(run_dir / "figure.jpg")]) == 2
+    assert "does not end in .png" in capsys.readouterr().err
+
+
+def test_eval_falls_back_when_the_newest_weights_are_truncated(run_dir, caplog) -> None:
+    weights = run_dir / "checkpoints" / "step_00000006" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    assert main(["eval", str(run_dir)]) == 0
+    assert json.loads((run_dir / "eval.json").read_text())["step"] == 3
+    assert "step_00000006/model.safetensors is unreadable" in caplog.text

@@ -35,8 +35,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from omnimask.engine import NonFiniteLossError, ResumeError
     from omnimask.export import ExportError
     from omnimask.runs import RunError
+    from omnimask.visualize import FigureError
 
-    return (*USER_ERRORS, NonFiniteLossError, ResumeError, ExportError, RunError)
+    return (*USER_ERRORS, NonFiniteLossError, ResumeError, ExportError, RunError, FigureError)
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ directory."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,9 @@ from omnimask.engine.checkpoint import list_checkpoints
 from omnimask.model import MaskedModel
 from omnimask.plugins import get_recipe
 from omnimask.recipe import Recipe, RecipeConfig
+
+
+logger = logging.getLogger(__name__)
 
 
 class RunError(ValueError):
@@ -58,17 +62,23 @@ class LoadedRun:
 
 
 def load_run(run_dir: str | Path, *, ema: bool = False, device: str = "cpu") -> LoadedRun:
-    """Rebuild a run's model from its config and newest checkpoint's weights."""
+    """Rebuild a run's model from its config and newest readable checkpoint's weights."""
     run_dir = Path(run_dir)
     recipe, config = read_run_config(run_dir)
     checkpoints = list_checkpoints(run_dir / "checkpoints")
     if not checkpoints:
         raise RunError(f"{run_dir} has no finished checkpoint yet")
-    step, checkpoint = checkpoints[0]
     model = recipe.build_model(config)
-    weights = checkpoint / ("ema.safetensors" if ema else "model.safetensors")
-    if ema and not weights.exists():
-        raise RunError(f"{checkpoint} has no EMA weights (train.ema_decay was 0)")
-    load_model(model, str(weights), device=device)
-    model.to(torch.device(device)).eval()
-    return LoadedRun(run_dir, recipe, config, model, step, checkpoint)
+    name = "ema.safetensors" if ema else "model.safetensors"
+    for step, checkpoint in checkpoints:
+        weights = checkpoint / name
+        if ema and not weights.exists():
+            raise RunError(f"{checkpoint} has no EMA weights (train.ema_decay was 0)")
+        try:
+            load_model(model, str(weights), device=device)
+        except Exception as error:  # a truncated or corrupt file: try the previous checkpoint
+            logger.warning("%s is unreadable (%s); trying the previous checkpoint", weights, error)
+            continue
+        model.to(torch.device(device)).eval()
+        return LoadedRun(run_dir, recipe, config, model, step, checkpoint)
+    raise RunError(f"no checkpoint of {run_dir} is readable")
