@@ -18,7 +18,6 @@ from omnimask.model import MaskedModel
 from omnimask.plugins import get_recipe
 from omnimask.recipe import Recipe, RecipeConfig
 
-
 logger = logging.getLogger(__name__)
 
 
