@@ -122,6 +122,7 @@ class MaskedModel(nn.Module):
         self.decoder = decoder
         self.target = target
 
+    @torch.compiler.disable  # host-side RNG work; tracing it would only cause graph breaks
     def draw_mask(self, tokens: Tokens, batch: Batch, generator: torch.Generator | None) -> Tensor:
         """Bool mask `[B, N]` on the tokens' device (True = hidden)."""
         if generator is None:
