@@ -1,0 +1,184 @@
+"""Typed configs of the point-cloud recipes, and their presets (demo: tiny, on the embedded
+primitives, about a minute on a CPU; paper: the papers' settings)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from omnimask import RecipeConfig
+
+
+@dataclass
+class PatchConfig:
+    """How a cloud becomes tokens (both papers: 1024 points, 64 patches of 32)."""
+
+    num_points: int = 1024
+    num_groups: int = 64
+    group_size: int = 32
+    backend: str = "auto"  # auto: compiled FPS/kNN on CPU, PyTorch on CUDA; torch: PyTorch always
+
+
+@dataclass
+class TransformerConfig:
+    dim: int = 384
+    depth: int = 12
+    heads: int = 6
+    pointnet_width: int = 128
+    drop_path: float = 0.1
+
+
+@dataclass
+class MAEDecoderConfig:
+    depth: int = 4
+    heads: int = 6
+
+
+@dataclass
+class RandomMaskConfig:
+    ratio: float = 0.6
+
+
+@dataclass
+class BlockMaskConfig:
+    min_ratio: float = 0.25
+    max_ratio: float = 0.45
+
+
+@dataclass
+class DVAEArchitecture:
+    """Point-BERT's dVAE: 8192 codes, 256-dim features and code embeddings."""
+
+    vocab_size: int = 8192
+    dim: int = 256
+    token_dim: int = 256
+    pointnet_width: int = 128
+    graph_width: int = 128
+    graph_layers: int = 4
+    graph_neighbours: int = 4
+    fold_width: int = 256
+
+
+@dataclass
+class DVAELossConfig:
+    chamfer: str = "l1"  # l1 | l2
+    kl_weight: float = 0.1
+    kl_ramp: float = 0.2  # fraction of training over which the KL weight ramps 0 -> kl_weight
+    temperature_start: float = 1.0
+    temperature_end: float = 0.0625
+
+
+@dataclass
+class PointMAEConfig(RecipeConfig):
+    patches: PatchConfig = field(default_factory=PatchConfig)
+    encoder: TransformerConfig = field(default_factory=TransformerConfig)
+    decoder: MAEDecoderConfig = field(default_factory=MAEDecoderConfig)
+    mask: RandomMaskConfig = field(default_factory=RandomMaskConfig)
+    chamfer: str = "l2"
+
+
+@dataclass
+class DVAEConfig(RecipeConfig):
+    patches: PatchConfig = field(default_factory=PatchConfig)
+    model: DVAEArchitecture = field(default_factory=DVAEArchitecture)
+    loss: DVAELossConfig = field(default_factory=DVAELossConfig)
+    #: drawn only for the figure: what the MPM stage will hide.
+    mask: BlockMaskConfig = field(default_factory=BlockMaskConfig)
+
+
+@dataclass
+class PointBERTConfig(RecipeConfig):
+    """Stage 2. `dvae_run` names the trained `pointcloud/point_bert_dvae` run directory whose
+    frozen dVAE gives the targets; `dvae` must match that run's `model` section.
+
+    Empty `dvae_run` is the DEMO/TESTING FALLBACK ONLY: a freshly initialised dVAE (seeded by
+    `dvae_seed`, frozen) gives deterministic but meaningless codes, so the pipeline can be run
+    and tested without first training stage 1. Real pretraining must set `dvae_run`.
+    """
+
+    patches: PatchConfig = field(default_factory=PatchConfig)
+    encoder: TransformerConfig = field(default_factory=TransformerConfig)
+    mask: BlockMaskConfig = field(default_factory=BlockMaskConfig)
+    dvae: DVAEArchitecture = field(default_factory=DVAEArchitecture)
+    dvae_run: str = ""
+    dvae_seed: int = 0
+
+
+def _demo_train(config: RecipeConfig, steps: int, lr: float) -> None:
+    config.train.steps = steps
+    config.train.batch_size = 16
+    config.train.lr = lr
+    config.train.warmup_steps = 5
+    config.train.weight_decay = 0.05
+    config.train.checkpoint_every = steps
+
+
+def _demo_patches() -> PatchConfig:
+    return PatchConfig(num_points=512, num_groups=32, group_size=16)
+
+
+def _demo_transformer() -> TransformerConfig:
+    return TransformerConfig(dim=64, depth=2, heads=4, pointnet_width=32, drop_path=0.0)
+
+
+def _demo_dvae() -> DVAEArchitecture:
+    return DVAEArchitecture(vocab_size=64, dim=64, token_dim=32, pointnet_width=32, graph_width=32,
+                            graph_layers=2, graph_neighbours=4, fold_width=64)  # fmt: skip
+
+
+def point_mae_demo() -> PointMAEConfig:
+    config = PointMAEConfig(patches=_demo_patches(), encoder=_demo_transformer(),
+                            decoder=MAEDecoderConfig(depth=1, heads=4))  # fmt: skip
+    _demo_train(config, steps=120, lr=2e-3)
+    return config
+
+
+def point_mae_paper() -> PointMAEConfig:
+    """ShapeNet-55 (41,952 shapes), 300 epochs of batch 128 (~98k steps), AdamW lr 1e-3,
+    weight decay 0.05, cosine schedule with 10 warm-up epochs."""
+    config = PointMAEConfig()
+    config.train.steps = 98_300
+    config.train.batch_size = 128
+    config.train.lr = 1e-3
+    config.train.weight_decay = 0.05
+    config.train.warmup_steps = 3_280
+    config.train.checkpoint_every = 3_280
+    return config
+
+
+def dvae_demo() -> DVAEConfig:
+    config = DVAEConfig(patches=_demo_patches(), model=_demo_dvae())
+    _demo_train(config, steps=120, lr=2e-3)
+    return config
+
+
+def dvae_paper() -> DVAEConfig:
+    """Point-BERT's dVAE: ShapeNet, batch 64, AdamW lr 5e-4, weight decay 5e-4, 300 epochs
+    (~197k steps), KL weight ramped 0 -> 0.1, temperature 1 -> 1/16."""
+    config = DVAEConfig()
+    config.train.steps = 196_650
+    config.train.batch_size = 64
+    config.train.lr = 5e-4
+    config.train.weight_decay = 5e-4
+    config.train.warmup_steps = 6_555
+    config.train.checkpoint_every = 6_555
+    return config
+
+
+def point_bert_demo() -> PointBERTConfig:
+    """dvae_run is empty: the documented demo fallback (a seeded, untrained, frozen dVAE)."""
+    config = PointBERTConfig(patches=_demo_patches(), encoder=_demo_transformer(), dvae=_demo_dvae())
+    _demo_train(config, steps=120, lr=2e-3)
+    return config
+
+
+def point_bert_paper() -> PointBERTConfig:
+    """Point-BERT MPM: ShapeNet, batch 128, AdamW lr 5e-4, weight decay 0.05, 300 epochs;
+    set `dvae_run` to a trained `pointcloud/point_bert_dvae` run (paper preset)."""
+    config = PointBERTConfig()
+    config.train.steps = 98_300
+    config.train.batch_size = 128
+    config.train.lr = 5e-4
+    config.train.weight_decay = 0.05
+    config.train.warmup_steps = 960
+    config.train.checkpoint_every = 3_280
+    return config

@@ -1,0 +1,190 @@
+"""Reading the point-cloud and mesh files users have into `[N, 3]` float32 arrays.
+
+Point files: PLY, PCD (open3d), XYZ/TXT/PTS (plain text, the first three columns; ModelNet's
+resampled `.txt` files are comma-separated), NPY/NPZ. Meshes: OFF, OBJ, STL (and PLY files that
+hold faces) are read with open3d and sampled uniformly over their area. Every problem raises
+`BadSampleError` naming the file.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from omnimask.data import BadSampleError
+
+POINT_SUFFIXES = (".pcd", ".xyz", ".txt", ".pts", ".npy", ".npz")
+MESH_SUFFIXES = (".off", ".obj", ".stl")
+#: PLY holds either a point cloud or a mesh; the reader looks for faces.
+SUFFIXES = (".ply", *POINT_SUFFIXES, *MESH_SUFFIXES)
+PATTERNS = tuple(f"*{suffix}" for suffix in SUFFIXES)
+
+
+def read_points(path: str | Path, mesh_samples: int = 2048) -> np.ndarray:
+    """The points of `path` as a finite, non-empty `[N, 3]` float32 array.
+
+    Meshes are sampled to `mesh_samples` points with the global NumPy RNG (which the engine seeds
+    per sample, so a resumed run samples the same points).
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise BadSampleError(path, f"unsupported file type {suffix!r}; known: {', '.join(SUFFIXES)}")
+    if not path.is_file():
+        raise BadSampleError(path, "file does not exist")
+    try:
+        if suffix in MESH_SUFFIXES or (suffix == ".ply" and _ply_has_faces(path)):
+            points = sample_mesh(*_read_mesh(path), mesh_samples, path)
+        elif suffix in (".ply", ".pcd"):
+            points = _read_open3d_points(path)
+        elif suffix in (".npy", ".npz"):
+            points = _read_numpy(path)
+        else:
+            points = np.loadtxt(path, delimiter="," if _comma_separated(path) else None, ndmin=2)
+    except BadSampleError:
+        raise
+    except (OSError, ValueError, UnicodeDecodeError) as error:
+        raise BadSampleError(path, f"unreadable: {error}") from None
+    return check_points(points, path)
+
+
+def check_points(points: np.ndarray, source: str | Path) -> np.ndarray:
+    """`points[:, :3]` as float32 after checking shape, emptiness and finiteness."""
+    points = np.asarray(points)
+    if points.size == 0:
+        raise BadSampleError(source, "the cloud is empty (no points)")
+    if points.ndim != 2 or points.shape[1] < 3:
+        raise BadSampleError(source, f"expected an [N, 3+] array of points, got shape {points.shape}")
+    points = points[:, :3].astype(np.float32)
+    bad = ~np.isfinite(points).all(1)
+    if bad.any():
+        raise BadSampleError(source, f"{int(bad.sum())} of {len(points)} points have NaN or infinite coordinates")
+    return points
+
+
+def normalize_unit_sphere(points: np.ndarray) -> np.ndarray:
+    """Centre on the centroid and scale so the farthest point is at distance 1 (Point-BERT/MAE)."""
+    centred = points - points.mean(0, keepdims=True)
+    radius = float(np.linalg.norm(centred, axis=1).max())
+    return centred / radius if radius > 0 else centred
+
+
+def resample(points: np.ndarray, count: int, minimum: int, source: str | Path) -> np.ndarray:
+    """Exactly `count` points: a random subset, or every point plus random repeats when the
+    cloud is smaller. Fewer than `minimum` points (the group size) warns: groups will repeat points."""
+    have = len(points)
+    if have < minimum:
+        warnings.warn(
+            f"{source}: only {have} points, fewer than the group size {minimum}; "
+            "resampled with repetition",
+            stacklevel=2,
+        )
+    if have >= count:
+        return points[np.random.permutation(have)[:count]]
+    extra = np.random.randint(0, have, size=count - have)
+    return np.concatenate([points, points[extra]])[np.random.permutation(count)]
+
+
+def sample_mesh(vertices: np.ndarray, faces: np.ndarray, count: int, source: str | Path) -> np.ndarray:
+    """`count` points uniformly over a triangle mesh's area.
+
+    Written here instead of open3d's `sample_points_uniformly` because that one draws from
+    open3d's own global RNG, which the engine's per-sample seeding cannot reach.
+    """
+    if len(faces) == 0:
+        raise BadSampleError(source, "the mesh has no faces to sample points from")
+    check_points(vertices, source)
+    corners = vertices[faces].astype(np.float64)  # [F, 3, 3]
+    areas = np.linalg.norm(np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]), axis=1)
+    if not areas.sum() > 0:
+        raise BadSampleError(source, "the mesh's faces all have zero area")
+    chosen = np.random.choice(len(faces), size=count, p=areas / areas.sum())
+    u, v = np.random.rand(2, count)
+    flip = u + v > 1  # reflect into the triangle so the barycentric draw stays uniform
+    u[flip], v[flip] = 1 - u[flip], 1 - v[flip]
+    tri = corners[chosen]
+    points = tri[:, 0] + u[:, None] * (tri[:, 1] - tri[:, 0]) + v[:, None] * (tri[:, 2] - tri[:, 0])
+    return points.astype(np.float32)
+
+
+def _ply_has_faces(path: Path) -> bool:
+    with path.open("rb") as handle:
+        header = handle.read(4096).split(b"end_header", 1)[0]
+    for line in header.splitlines():
+        words = line.split()
+        if len(words) >= 3 and words[0] == b"element" and words[1] == b"face":
+            return int(words[2]) > 0
+    return False
+
+
+def _read_mesh(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    if path.suffix.lower() == ".off":
+        return _read_off(path)
+    import open3d as o3d
+
+    mesh = o3d.io.read_triangle_mesh(str(path))
+    vertices, faces = np.asarray(mesh.vertices), np.asarray(mesh.triangles)
+    if len(vertices) == 0:
+        raise BadSampleError(path, "unreadable mesh (open3d read no vertices)")
+    return vertices, faces
+
+
+def _read_off(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """OFF parsed directly: ModelNet's files often glue the counts to the keyword
+    (`OFF490 518 0`), which open3d's reader rejects."""
+    words = path.read_text().split()
+    if not words or not words[0].startswith("OFF"):
+        raise BadSampleError(path, "not an OFF file (no OFF header)")
+    rest = words[1:] if words[0] == "OFF" else [words[0][3:], *words[1:]]
+    num_vertices, num_faces = int(rest[0]), int(rest[1])
+    numbers = rest[3:]
+    vertices = np.array(numbers[: 3 * num_vertices], dtype=np.float64).reshape(num_vertices, 3)
+    faces: list[list[int]] = []
+    cursor = 3 * num_vertices
+    for _ in range(num_faces):
+        size = int(numbers[cursor])
+        polygon = [int(i) for i in numbers[cursor + 1 : cursor + 1 + size]]
+        faces += [[polygon[0], polygon[i], polygon[i + 1]] for i in range(1, size - 1)]
+        cursor += 1 + size
+    return vertices, np.array(faces, dtype=np.int64).reshape(-1, 3)
+
+
+def _read_open3d_points(path: Path) -> np.ndarray:
+    import open3d as o3d
+
+    cloud = o3d.io.read_point_cloud(str(path))
+    points = np.asarray(cloud.points)
+    if len(points) == 0 and path.stat().st_size > 0 and not _declares_no_points(path):
+        raise BadSampleError(path, "unreadable point cloud (open3d read no points)")
+    return points.reshape(-1, 3)
+
+
+def _declares_no_points(path: Path) -> bool:
+    """True when the header says the cloud is empty, to tell 'empty' from 'unreadable'."""
+    with path.open("rb") as handle:
+        header = handle.read(4096)
+    for line in header.splitlines():
+        words = line.split()
+        if path.suffix.lower() == ".ply" and words[:2] == [b"element", b"vertex"]:
+            return words[2:3] == [b"0"]
+        if words[:1] == [b"POINTS"]:
+            return words[1:2] == [b"0"]
+    return False
+
+
+def _read_numpy(path: Path) -> np.ndarray:
+    loaded = np.load(path, allow_pickle=False)
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        with loaded:
+            key = "points" if "points" in loaded.files else (loaded.files or [None])[0]
+            if key is None:
+                raise BadSampleError(path, "the NPZ archive holds no arrays")
+            return loaded[key]
+    return loaded
+
+
+def _comma_separated(path: Path) -> bool:
+    with path.open() as handle:
+        return "," in handle.readline()
