@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from omnimask.gather import gather_tokens, mask_to_indices, scatter_tokens
 from omnimask.masking import random_mask
 

@@ -4,8 +4,6 @@ import math
 
 import pytest
 import torch
-from torch import nn
-
 from omnimask.masking import (
     BlockMasker,
     RandomMasker,
@@ -20,6 +18,7 @@ from omnimask.masking import (
 )
 from omnimask.model import Masker
 from omnimask.tokens import Tokens
+from torch import nn
 
 
 def seeded(seed: int) -> torch.Generator:
@@ -112,7 +111,7 @@ def test_block_mask_1d_single_span():
 
 @pytest.mark.parametrize("grid", [(64,), (12, 12), (6, 6, 6)])
 def test_block_mask_is_clustered(grid):
-    ratio, draws = 0.4, 200
+    ratio, draws = 0.4, 100
     blocks = neighbour_statistics(block_mask(draws, grid, ratio, seeded(4)), grid)
     random = neighbour_statistics(random_mask(draws, math.prod(grid), ratio, seeded(4)), grid)
     assert blocks[0] > random[0], (blocks, random)

@@ -6,7 +6,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from omnimask.patching import (
     grid_positions,
     patch_grid,

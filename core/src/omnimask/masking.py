@@ -68,7 +68,8 @@ def block_mask(
       the loop ends after at most `mask_count` boxes.
 
     If the last box overshoots, its newly hidden cells are unhidden from the end in row-major
-    order, which makes the count exact while keeping the box one connected piece.
+    order: the count becomes exact and what is left of the box is a prefix of it, not a box
+    with random holes.
     """
     grid = tuple(grid)
     num_tokens = math.prod(grid)
