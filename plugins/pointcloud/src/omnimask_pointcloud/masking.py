@@ -33,16 +33,3 @@ class PointBlockMasker(nn.Module):
         rank = torch.argsort(torch.argsort(distance, dim=1, stable=True), dim=1, stable=True)
         return rank < hidden.unsqueeze(1)
 
-
-class RandomPatchMasker(nn.Module):
-    """Hide `round(ratio * N)` patches chosen uniformly at random per sample (Point-MAE)."""
-
-    def __init__(self, ratio: float = 0.6) -> None:
-        super().__init__()
-        self.ratio = ratio
-
-    def forward(self, tokens: Tokens, generator: torch.Generator) -> Tensor:
-        batch, count = tokens.values.shape[:2]
-        hidden = min(max(round(self.ratio * count), 1), count - 1)
-        rank = torch.rand(batch, count, generator=generator).argsort(1).argsort(1)
-        return rank < hidden

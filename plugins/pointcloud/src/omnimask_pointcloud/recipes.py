@@ -12,11 +12,12 @@ import torch
 from torch.utils.data import Dataset
 
 from omnimask import MaskedModel, Recipe, RecipeConfig
+from omnimask.masking import RandomMasker
 from omnimask_pointcloud import config as presets
 from omnimask_pointcloud.config import DVAEArchitecture, DVAEConfig, PointBERTConfig, PointMAEConfig
 from omnimask_pointcloud.data import PointCloudDataset, labelled_splits, pretraining_files
 from omnimask_pointcloud.figures import Panel, draw_panels, patch_points
-from omnimask_pointcloud.masking import PointBlockMasker, RandomPatchMasker
+from omnimask_pointcloud.masking import PointBlockMasker
 from omnimask_pointcloud.models.dvae import (
     DVAEDecoder, DVAEEncoder, DVAELoss, DVAEModel, GumbelQuantizer,
 )  # fmt: skip
@@ -86,7 +87,7 @@ class PointMAERecipe(PointCloudRecipe):
         enc = config.encoder
         return MaskedModel(
             build_tokenizer(config),
-            RandomPatchMasker(config.mask.ratio),
+            RandomMasker(config.mask.ratio),
             PointMAEEncoder(enc.dim, enc.depth, enc.heads, enc.pointnet_width, enc.drop_path),
             PointMAEDecoder(enc.dim, config.decoder.depth, config.decoder.heads, config.patches.group_size),
             PatchChamferTarget(config.chamfer),

@@ -8,9 +8,9 @@ import torch
 from torch import Tensor, nn
 
 from omnimask import Decoder, Encoder, Target, Tokens
+from omnimask.gather import gather_tokens, mask_to_indices
 from omnimask_pointcloud.geometry import chamfer_distance
 from omnimask_pointcloud.layers import MiniPointNet, PositionalTransformer, position_mlp
-from omnimask_pointcloud.patches import split_visible_masked, take_rows
 
 
 def max_mean_pool(features: Tensor) -> Tensor:
@@ -29,10 +29,10 @@ class PointMAEEncoder(Encoder):
         self.transformer = PositionalTransformer(dim, depth, heads, drop_path)
 
     def forward(self, tokens: Tokens, mask: Tensor) -> Tensor:
-        """Latent `[B, V, D]` of the visible patches, in `split_visible_masked` order."""
+        """Latent `[B, V, D]` of the visible patches, in ascending patch order."""
         embedded = self.patch_embed(tokens.extras["neighbourhood"])
-        visible, _ = split_visible_masked(mask)
-        return self.transformer(take_rows(embedded, visible), self.position(take_rows(tokens.positions, visible)))
+        visible, _ = mask_to_indices(mask)
+        return self.transformer(gather_tokens(embedded, visible), self.position(gather_tokens(tokens.positions, visible)))
 
     def forward_features(self, tokens: Tokens) -> Tensor:
         embedded = self.patch_embed(tokens.extras["neighbourhood"])
@@ -56,11 +56,11 @@ class PointMAEDecoder(Decoder):
         self.group_size = group_size
 
     def forward(self, latent: Tensor, tokens: Tokens, mask: Tensor) -> Tensor:
-        visible, masked = split_visible_masked(mask)
+        visible, masked = mask_to_indices(mask)
         batch, hidden = masked.shape
         queries = self.mask_token.expand(batch, hidden, -1)
         x = torch.cat([latent, queries], dim=1)
-        positions = self.position(torch.cat([take_rows(tokens.positions, visible), take_rows(tokens.positions, masked)], 1))
+        positions = self.position(torch.cat([gather_tokens(tokens.positions, visible), gather_tokens(tokens.positions, masked)], 1))
         x = self.transformer(x, positions)[:, -hidden:]
         return self.head(x).reshape(batch, hidden, self.group_size, 3)
 
@@ -77,8 +77,8 @@ class PatchChamferTarget(Target):
         return tokens.extras["neighbourhood"]
 
     def loss(self, prediction: Tensor, target: Tensor, mask: Tensor) -> dict[str, Tensor]:
-        _, masked = split_visible_masked(mask)
-        truth = take_rows(target, masked)
+        _, masked = mask_to_indices(mask)
+        truth = gather_tokens(target, masked)
         k = truth.shape[-2]
         distance = chamfer_distance(prediction.reshape(-1, k, 3), truth.reshape(-1, k, 3), self.variant)
         return {"loss": distance, f"chamfer_{self.variant}": distance.detach()}
