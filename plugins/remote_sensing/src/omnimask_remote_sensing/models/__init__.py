@@ -1,0 +1,1 @@
+"""CROMA's building blocks (`layers`, `alibi`) and the pipeline (`croma`)."""

@@ -1,0 +1,340 @@
+"""CROMA (Fuller et al., NeurIPS 2023): contrastive radar-optical masked autoencoders.
+
+One step: both sensors are cut into patches on the same grid; one random spatial mask hides the
+same patches of both; the optical encoder (depth L) and the radar encoder (depth L/2) see only
+the visible patches; a symmetric InfoNCE aligns their pooled, projected encodings; the joint
+encoder (depth L/2, radar tokens cross-attending to optical tokens) feeds a light decoder that
+reconstructs the hidden patches of both sensors (MSE on per-patch normalised pixels). Positions
+enter only through 2D-ALiBi (self-attention) and X-ALiBi (cross-attention) biases.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omnimask import Decoder, Encoder, MaskedModel, Target, Tokens
+from omnimask.gather import gather_tokens, mask_to_indices, scatter_tokens
+from omnimask.masking import RandomMasker
+from omnimask.model import Batch, MaskedOutput
+from omnimask.patching import grid_positions, patch_grid, patchify, per_patch_normalize
+from timm.layers import build_sincos2d_pos_embed
+from torch import Tensor, nn
+
+from omnimask_remote_sensing.models.alibi import alibi_2d, alibi_slopes
+from omnimask_remote_sensing.models.layers import (
+    BaseTransformer,
+    BaseTransformerCrossAttn,
+    ViT,
+    gap_ffn,
+)
+
+#: batch key -> sensor name used in tokens and features.
+SENSOR_KEYS = {"s2": "optical", "s1": "radar"}
+EMBEDDINGS = ("optical", "radar", "joint", "concat")
+
+
+class CromaTokenizer(nn.Module):
+    """Batch `{"s2": [B, C2, H, W], "s1": [B, C1, H, W]}` -> patch tokens on one grid.
+
+    Each present sensor's patches go to `tokens.extras["optical" | "radar"]`; `values` is their
+    concatenation (what the token count and masks are defined on). Either sensor may be absent
+    for unimodal use downstream.
+    """
+
+    def __init__(self, patch_size: int) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+
+    def forward(self, batch: Batch) -> Tokens:
+        images = {name: batch[key] for key, name in SENSOR_KEYS.items() if key in batch}
+        if not images:
+            raise ValueError("a CROMA batch needs 's2' (optical) and/or 's1' (radar) images")
+        shapes = {name: tuple(x.shape[-2:]) for name, x in images.items()}
+        if len(set(shapes.values())) > 1:
+            raise ValueError(f"optical and radar images must have the same size, got {shapes}")
+        size = (self.patch_size, self.patch_size)
+        patches = {name: patchify(x.float(), size) for name, x in images.items()}
+        first = next(iter(images.values()))
+        grid = patch_grid(first.shape[-2:], size)
+        positions = grid_positions(grid, first.device).float()
+        batch_size = first.shape[0]
+        return Tokens(
+            values=torch.cat(list(patches.values()), dim=-1),
+            positions=positions.expand(batch_size, *positions.shape),
+            grid=grid,
+            extras=patches,
+        )
+
+
+@dataclass
+class CromaLatent:
+    """What the masked encoders produce for one training step (visible tokens only)."""
+
+    optical: Tensor
+    radar: Tensor
+    joint: Tensor
+    optical_pooled: Tensor
+    radar_pooled: Tensor
+    visible: Tensor  # [B, K] token indices each encoder saw (one set: the mask is shared)
+
+
+@dataclass
+class CromaFeatures:
+    """Unmasked encodings of whichever sensors the batch holds (None for absent ones).
+
+    `*_pooled` match torchgeo's `optical_GAP`, `sar_GAP` and `joint_GAP`.
+    """
+
+    optical: Tensor | None = None
+    radar: Tensor | None = None
+    joint: Tensor | None = None
+    optical_pooled: Tensor | None = None
+    radar_pooled: Tensor | None = None
+    joint_pooled: Tensor | None = None
+
+
+def select_embedding(pooled: dict[str, Tensor | None], embedding: str) -> Tensor:
+    """The `[B, D]` (or `[B, 3D]` for concat) embedding named by `embedding` from pooled vectors
+    keyed "optical", "radar", "joint"; shared by `CromaEncoder.pool` and the torchgeo loader."""
+    if embedding not in EMBEDDINGS:
+        raise ValueError(f"model.embedding must be one of {EMBEDDINGS}, got {embedding!r}")
+    if embedding == "concat":
+        present = [
+            pooled[name] for name in ("optical", "radar", "joint") if pooled[name] is not None
+        ]
+        return torch.cat(present, dim=-1)  # type: ignore[arg-type]
+    chosen = pooled[embedding]
+    if chosen is None:
+        raise ValueError(f"model.embedding={embedding!r} needs a batch holding that sensor")
+    return chosen
+
+
+class CromaEncoder(Encoder):
+    """Optical, radar and joint encoders plus the pooled-representation FFNs.
+
+    Attribute names equal torchgeo's `CROMA` (`s2_encoder`, `s1_encoder`, `s2_GAP_FFN`,
+    `s1_GAP_FFN`, `joint_encoder`), so its state dict is torchgeo's minus the size-bound
+    `attn_bias` buffer: our bias is computed from token positions, for any grid.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        patch_size: int,
+        radar_bands: int,
+        optical_bands: int,
+        embedding: str = "concat",
+    ) -> None:
+        super().__init__()
+        if depth < 2 or depth % 2:
+            raise ValueError(
+                f"model.depth must be even and >= 2 (radar/joint get half), got {depth}"
+            )
+        if embedding not in EMBEDDINGS:
+            raise ValueError(f"model.embedding must be one of {EMBEDDINGS}, got {embedding!r}")
+        pixels = patch_size * patch_size
+        self.embedding = embedding
+        self.s1_encoder = ViT(dim, depth // 2, num_heads, pixels * radar_bands)
+        self.s2_encoder = ViT(dim, depth, num_heads, pixels * optical_bands)
+        self.s1_GAP_FFN = gap_ffn(dim)
+        self.s2_GAP_FFN = gap_ffn(dim)
+        self.joint_encoder = BaseTransformerCrossAttn(dim, depth // 2, num_heads)
+        self.register_buffer("slopes", alibi_slopes(num_heads), persistent=False)
+        self._grid_bias: tuple[tuple[Any, ...], Tensor] | None = None
+
+    def position_bias(self, query_positions: Tensor, key_positions: Tensor) -> Tensor:
+        """2D-ALiBi (X-ALiBi when queries and keys differ) `[B, H, Nq, Nk]`."""
+        return alibi_2d(query_positions, key_positions, self.slopes)
+
+    def _full_grid_bias(self, tokens: Tokens) -> Tensor:
+        """`[1, H, N, N]` for the whole grid, cached per grid and device: unmasked inference
+        repeats the same grid batch after batch."""
+        key = (tokens.grid, tokens.device)
+        if self._grid_bias is None or self._grid_bias[0] != key:
+            positions = tokens.positions[:1]  # type: ignore[index]
+            self._grid_bias = (key, self.position_bias(positions, positions))
+        return self._grid_bias[1]
+
+    def forward(self, tokens: Tokens, mask: Tensor) -> CromaLatent:
+        missing = [name for name in ("optical", "radar") if name not in tokens.extras]
+        if missing:
+            raise ValueError(f"CROMA pretraining needs both sensors; the batch lacks {missing}")
+        visible, _ = mask_to_indices(mask)
+        positions = gather_tokens(tokens.positions, visible)
+        bias = self.position_bias(positions, positions)
+        optical = self.s2_encoder(gather_tokens(tokens.extras["optical"], visible), bias)
+        radar = self.s1_encoder(gather_tokens(tokens.extras["radar"], visible), bias)
+        # X-ALiBi: radar queries and optical keys sit at the same (shared-mask) positions.
+        joint = self.joint_encoder(radar, optical, bias, bias)
+        return CromaLatent(
+            optical=optical,
+            radar=radar,
+            joint=joint,
+            optical_pooled=self.s2_GAP_FFN(optical.mean(1)),
+            radar_pooled=self.s1_GAP_FFN(radar.mean(1)),
+            visible=visible,
+        )
+
+    def forward_features(self, tokens: Tokens) -> CromaFeatures:
+        bias = self._full_grid_bias(tokens)
+        features = CromaFeatures()
+        if "optical" in tokens.extras:
+            features.optical = self.s2_encoder(tokens.extras["optical"], bias)
+            features.optical_pooled = self.s2_GAP_FFN(features.optical.mean(1))
+        if "radar" in tokens.extras:
+            features.radar = self.s1_encoder(tokens.extras["radar"], bias)
+            features.radar_pooled = self.s1_GAP_FFN(features.radar.mean(1))
+        if features.optical is not None and features.radar is not None:
+            features.joint = self.joint_encoder(features.radar, features.optical, bias, bias)
+            features.joint_pooled = features.joint.mean(1)
+        return features
+
+    def pool(self, features: CromaFeatures, tokens: Tokens) -> Tensor:
+        pooled = {
+            "optical": features.optical_pooled,
+            "radar": features.radar_pooled,
+            "joint": features.joint_pooled,
+        }
+        return select_embedding(pooled, self.embedding)
+
+
+@dataclass
+class SensorPatches:
+    """Per-sensor patch tensors `[B, N, p * p * C]`: a prediction or a target."""
+
+    optical: Tensor
+    radar: Tensor
+
+
+class CromaDecoder(Decoder):
+    """Joint encodings + mask tokens -> pixels of both sensors for every patch.
+
+    As in CROMA's decoder: a linear map to the decoder width, learned mask tokens at the hidden
+    positions, fixed 2D sin-cos position embeddings (not learned; computed for any grid), a
+    shallow transformer without attention bias, and one linear head for all channels.
+    """
+
+    def __init__(
+        self,
+        encoder_dim: int,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        patch_size: int,
+        radar_bands: int,
+        optical_bands: int,
+    ) -> None:
+        super().__init__()
+        pixels = patch_size * patch_size
+        self.optical_values = pixels * optical_bands
+        self.encoder_to_decoder = nn.Linear(encoder_dim, dim)
+        self.mask_token = nn.Parameter(torch.randn(dim) * 0.02)
+        self.decoder = BaseTransformer(dim, depth, num_heads)
+        self.linear_output = nn.Linear(dim, pixels * (optical_bands + radar_bands))
+
+    def forward(self, latent: CromaLatent, tokens: Tokens, mask: Tensor) -> SensorPatches:
+        x = self.encoder_to_decoder(latent.joint)
+        x = scatter_tokens(x, latent.visible, tokens.num_tokens, self.mask_token)
+        position = build_sincos2d_pos_embed(
+            list(tokens.grid),
+            dim=x.shape[-1],
+            device=x.device,  # type: ignore[arg-type]
+        )
+        pixels = self.linear_output(self.decoder(x + position.to(x.dtype), None))
+        return SensorPatches(pixels[..., : self.optical_values], pixels[..., self.optical_values :])
+
+
+class CromaTarget(Target):
+    """Per-patch normalised pixels of both sensors; MSE on the hidden patches of each.
+
+    As in CROMA's code, each patch is standardised over all its optical and radar values
+    together, then split back by sensor.
+    """
+
+    def forward(self, batch: Batch, tokens: Tokens) -> SensorPatches:
+        optical, radar = tokens.extras["optical"], tokens.extras["radar"]
+        normalised = per_patch_normalize(torch.cat([optical, radar], dim=-1))
+        return SensorPatches(
+            normalised[..., : optical.shape[-1]], normalised[..., optical.shape[-1] :]
+        )
+
+    def loss(
+        self, prediction: SensorPatches, target: SensorPatches, mask: Tensor
+    ) -> dict[str, Tensor]:
+        hidden = mask.to(prediction.optical.dtype)
+
+        def masked_mse(predicted: Tensor, wanted: Tensor) -> Tensor:
+            per_patch = (predicted - wanted).pow(2).mean(-1)
+            return (per_patch * hidden).sum() / hidden.sum().clamp_min(1.0)
+
+        return {
+            "reconstruction_optical": masked_mse(prediction.optical, target.optical),
+            "reconstruction_radar": masked_mse(prediction.radar, target.radar),
+        }
+
+
+def symmetric_infonce(optical: Tensor, radar: Tensor, logit_scale: Tensor) -> Tensor:
+    """CLIP-style symmetric InfoNCE: sample i's optical and radar vectors are the positive pair,
+    every other sample of the batch a negative; mean of both directions' cross-entropy."""
+    optical = F.normalize(optical, dim=-1)
+    radar = F.normalize(radar, dim=-1)
+    logits = logit_scale * optical @ radar.t()
+    labels = torch.arange(len(logits), device=logits.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+
+
+class ContrastiveHead(nn.Module):
+    """Linear projections of the pooled unimodal encodings and a learned temperature
+    (initialised at 1/0.07, as CLIP and CROMA do)."""
+
+    def __init__(self, dim: int, temperature: float = 0.07) -> None:
+        super().__init__()
+        self.radar_proj = nn.Linear(dim, dim)
+        self.optical_proj = nn.Linear(dim, dim)
+        self.logit_scale = nn.Parameter(torch.tensor(1.0 / temperature).log())
+
+    def forward(self, optical_pooled: Tensor, radar_pooled: Tensor) -> Tensor:
+        return symmetric_infonce(
+            self.optical_proj(optical_pooled), self.radar_proj(radar_pooled), self.logit_scale.exp()
+        )
+
+
+class CromaModel(MaskedModel):
+    """`MaskedModel` with CROMA's two objectives: contrastive + reconstruction of both sensors."""
+
+    def __init__(
+        self,
+        tokenizer: CromaTokenizer,
+        masker: RandomMasker,
+        encoder: CromaEncoder,
+        decoder: CromaDecoder,
+        target: CromaTarget,
+        contrastive: ContrastiveHead,
+        contrastive_weight: float = 1.0,
+        reconstruction_weight: float = 1.0,
+    ) -> None:
+        super().__init__(tokenizer, masker, encoder, decoder, target)
+        self.contrastive = contrastive
+        self.contrastive_weight = contrastive_weight
+        self.reconstruction_weight = reconstruction_weight
+
+    def predict(self, batch: Batch, generator: torch.Generator | None = None) -> MaskedOutput:
+        tokens = self.tokenizer(batch)
+        mask = self.draw_mask(tokens, batch, generator)  # one mask, applied to both sensors
+        latent: CromaLatent = self.encoder(tokens, mask)
+        prediction = self.decoder(latent, tokens, mask)
+        target = self.target(batch, tokens)
+        losses = self.target.loss(prediction, target, mask)
+        losses["contrastive"] = self.contrastive(latent.optical_pooled, latent.radar_pooled)
+        reconstruction = losses["reconstruction_optical"] + losses["reconstruction_radar"]
+        losses["loss"] = (
+            self.contrastive_weight * losses["contrastive"]
+            + self.reconstruction_weight * reconstruction
+        )
+        losses["num_tokens"] = torch.tensor(float(tokens.count()))
+        return MaskedOutput(tokens, mask, prediction, target, losses)

@@ -1,0 +1,93 @@
+"""The `remote_sensing/croma` recipe: builds CROMA, its data, figures and torchgeo export."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from omnimask import Recipe
+from omnimask.masking import RandomMasker
+from omnimask.model import Batch
+from torch.utils.data import Dataset, default_collate
+
+from omnimask_remote_sensing.config import CromaConfig, demo, paper
+from omnimask_remote_sensing.datasets import ChipDataset, labelled_splits
+from omnimask_remote_sensing.export import export_torchgeo, torchgeo_embedder
+from omnimask_remote_sensing.geotiff import find_pairs
+from omnimask_remote_sensing.models.croma import (
+    ContrastiveHead,
+    CromaDecoder,
+    CromaEncoder,
+    CromaModel,
+    CromaTarget,
+    CromaTokenizer,
+)
+from omnimask_remote_sensing.synthetic import default_data
+
+
+class CromaRecipe(Recipe):
+    name = "remote_sensing/croma"
+    summary = "CROMA: contrastive radar-optical masked autoencoder (Sentinel-1 + Sentinel-2)"
+    config_class = CromaConfig
+    presets = {"demo": demo, "paper": paper}
+    export_formats = ("torchgeo",)
+
+    def build_model(self, config: CromaConfig) -> CromaModel:
+        model, chips = config.model, config.chips
+        croma = CromaModel(
+            tokenizer=CromaTokenizer(model.patch_size),
+            masker=RandomMasker(config.mask.ratio),
+            encoder=CromaEncoder(
+                model.dim,
+                model.depth,
+                model.heads,
+                model.patch_size,
+                chips.s1_bands,
+                chips.s2_bands,
+                model.embedding,
+            ),
+            decoder=CromaDecoder(
+                model.dim,
+                model.decoder_dim,
+                model.decoder_depth,
+                model.decoder_heads,
+                model.patch_size,
+                chips.s1_bands,
+                chips.s2_bands,
+            ),
+            target=CromaTarget(),
+            contrastive=ContrastiveHead(model.dim, config.loss.temperature),
+            contrastive_weight=config.loss.contrastive_weight,
+            reconstruction_weight=config.loss.reconstruction_weight,
+        )
+        # `visualize` receives only the model, so it carries the figure's band choice.
+        croma.rgb_bands = tuple(chips.rgb_bands)
+        return croma
+
+    def build_dataset(self, config: CromaConfig) -> Dataset:
+        """Chips of `config.data.path` (or the embedded scenes); fills `config.stats` when empty."""
+        path = config.data.path if config.data.path is not None else default_data() / "scenes"
+        return ChipDataset(find_pairs(path), config, config.data.on_bad_sample)
+
+    def collate(self, samples: list[dict[str, Any]]) -> Batch:
+        return default_collate(samples)
+
+    def tokens_per_sample(self, config: CromaConfig) -> int:
+        return (config.chips.size // config.model.patch_size) ** 2
+
+    def build_eval_datasets(
+        self, config: CromaConfig, path: str | None = None
+    ) -> tuple[Dataset, Dataset]:
+        return labelled_splits(path if path is not None else default_data() / "labelled", config)
+
+    def visualize(self, model: CromaModel, batch: Batch, path: Path) -> Path:
+        from omnimask_remote_sensing.figures import draw
+
+        return draw(model, batch, path, model.rgb_bands)
+
+    def export(self, model: CromaModel, config: CromaConfig, fmt: str, out_dir: Path) -> Path:
+        return export_torchgeo(model, config, out_dir)
+
+    def load_export(self, config: CromaConfig, fmt: str, path: Path) -> Callable[[Batch], Any]:
+        return torchgeo_embedder(path)
