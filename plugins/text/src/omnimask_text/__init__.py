@@ -1,1 +1,1 @@
-"""omnimask text plugin."""
+"""omnimask text plugin: masked language modelling (BERT and descendants, ELECTRA)."""

@@ -1,0 +1,207 @@
+"""Reading documents from the formats users have, and the embedded default corpus.
+
+Formats: folders (or single files) of plain text (`*.txt`, one document per file), JSON Lines
+(`*.jsonl`, one document per line, text in a named field) and Parquet (`*.parquet`, a named
+column). Every problem names the file: an empty file, invalid UTF-8 (with the byte offset), a
+JSONL line that is not JSON or lacks the field, a Parquet file without the column.
+
+The embedded corpus needs no download: it is the documentation that ships with Python itself,
+the docstrings of standard-library modules, read with `ast` from the `.py` sources under
+sysconfig's stdlib path (parsing, not importing, so no module runs). The labelled set for
+`omnimask eval` labels docstrings by the stdlib package they come from.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import logging
+import os
+import shutil
+import sys
+import sysconfig
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from omnimask.data import BadSampleError, check_data_path, default_data_dir
+
+logger = logging.getLogger(__name__)
+
+PATTERNS = ("*.txt", "*.jsonl", "*.parquet")
+
+#: stdlib modules/packages whose docstrings make the embedded training corpus.
+CORPUS_SOURCES = (
+    "asyncio", "email", "unittest", "importlib", "multiprocessing", "xml", "http", "logging",
+    "json", "concurrent", "urllib", "collections", "argparse", "pathlib", "typing", "inspect",
+    "dataclasses", "functools", "itertools", "subprocess", "shutil", "tarfile", "zipfile",
+    "datetime", "decimal", "fractions", "statistics", "random", "string", "textwrap", "difflib",
+    "pickle", "socket", "ssl", "threading", "queue", "sched", "calendar", "csv", "configparser",
+)  # fmt: skip
+#: packages that label the evaluation set (each has hundreds of docstrings).
+LABELLED_PACKAGES = ("asyncio", "email", "unittest", "importlib", "multiprocessing", "xml")
+#: docstrings per package in the labelled set (train + test), to keep `omnimask eval` quick.
+PER_LABEL = 120
+MIN_DOC_CHARS = 40
+
+
+@dataclass(frozen=True)
+class Document:
+    source: str  # file (and line) it came from, for error messages
+    text: str
+
+
+def decode_utf8(path: Path, data: bytes) -> str:
+    """`data` as text; invalid UTF-8 raises `BadSampleError` naming the file and byte offset."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise BadSampleError(
+            path, f"invalid UTF-8 at byte offset {error.start} ({error.reason})"
+        ) from None
+
+
+def read_file(path: Path, field: str) -> list[Document]:
+    """The documents of one corpus file; raises `BadSampleError` when it cannot be used."""
+    if path.suffix == ".parquet":
+        return _read_parquet(path, field)
+    data = path.read_bytes()
+    if not data.strip():
+        raise BadSampleError(path, "empty file (no text)")
+    text = decode_utf8(path, data)
+    if path.suffix != ".jsonl":
+        return [Document(str(path), text)]
+    documents = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise BadSampleError(f"{path}:{number}", f"not JSON ({error.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get(field), str):
+            raise BadSampleError(f"{path}:{number}", f"no string field {field!r}")
+        if record[field].strip():
+            documents.append(Document(f"{path}:{number}", record[field]))
+    if not documents:
+        raise BadSampleError(path, f"no non-empty {field!r} text in any line")
+    return documents
+
+
+def _read_parquet(path: Path, field: str) -> list[Document]:
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(path)
+    except Exception as error:  # pyarrow raises several types for unreadable files
+        raise BadSampleError(path, f"not a readable Parquet file ({error})") from None
+    if field not in schema.names:
+        raise BadSampleError(path, f"no column {field!r} (columns: {', '.join(schema.names)})")
+    values = pq.read_table(path, columns=[field]).column(field).to_pylist()
+    documents = [
+        Document(f"{path}:row{row}", value)
+        for row, value in enumerate(values)
+        if isinstance(value, str) and value.strip()
+    ]
+    if not documents:
+        raise BadSampleError(path, f"column {field!r} holds no text")
+    return documents
+
+
+def read_corpus(path: str | os.PathLike[str], field: str, on_bad: str = "raise") -> list[Document]:
+    """Every document under `path`, in sorted file order. Bad files raise `BadSampleError`, or
+    with `on_bad="skip"` are logged and left out."""
+    documents: list[Document] = []
+    for file in check_data_path(path, PATTERNS):
+        try:
+            documents += read_file(file, field)
+        except BadSampleError as error:
+            if on_bad == "raise":
+                raise
+            logger.warning("skipped bad corpus file: %s", error)
+    if not documents:
+        raise BadSampleError(path, "no readable document")
+    return documents
+
+
+# ---------------------------------------------------------------- embedded corpus
+def stdlib_docstrings(module: str) -> Iterator[str]:
+    """Docstrings of a stdlib module or package (module, classes, functions), source order."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    package = root / module
+    files = sorted(package.rglob("*.py")) if package.is_dir() else [root / f"{module}.py"]
+    for file in files:
+        if "test" in file.relative_to(root).parts[1:-1] or not file.is_file():
+            continue
+        try:
+            tree = ast.parse(file.read_bytes())
+        except SyntaxError:
+            continue
+        nodes = [tree, *ast.walk(tree)]
+        for node in nodes:
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node)
+                if doc and len(doc) >= MIN_DOC_CHARS:
+                    yield doc
+
+
+def embedded_dir() -> Path:
+    """The embedded data folder, per Python version (the stdlib docs differ between versions)."""
+    return default_data_dir("text") / f"stdlib-docs-py{sys.version_info[0]}{sys.version_info[1]}"
+
+
+def ensure_embedded_data() -> Path:
+    """Write the embedded corpus on first use: `corpus/docs.jsonl` (field "text") and
+    `labelled.jsonl` ("text", "label", "split"). Written into a temporary folder and renamed,
+    so concurrent processes never see half a corpus."""
+    target = embedded_dir()
+    if (target / "labelled.jsonl").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    (temp / "corpus").mkdir()
+    seen: set[str] = set()
+    with open(temp / "corpus" / "docs.jsonl", "w", encoding="utf-8") as corpus:
+        for module in CORPUS_SOURCES:
+            for doc in stdlib_docstrings(module):
+                if doc not in seen:
+                    seen.add(doc)
+                    corpus.write(json.dumps({"text": doc, "module": module}) + "\n")
+    with open(temp / "labelled.jsonl", "w", encoding="utf-8") as labelled:
+        for label, package in enumerate(LABELLED_PACKAGES):
+            docs = list(dict.fromkeys(stdlib_docstrings(package)))[:PER_LABEL]
+            for index, doc in enumerate(docs):
+                split = "test" if index % 4 == 3 else "train"
+                record = {"text": doc, "label": label, "package": package, "split": split}
+                labelled.write(json.dumps(record) + "\n")
+    try:
+        temp.rename(target)
+    except OSError:  # another process finished first: theirs is identical
+        shutil.rmtree(temp, ignore_errors=True)
+    return target
+
+
+def read_labelled(path: Path, field: str) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """(train, test) lists of (text, label) from a JSONL file with `field`, "label" (int or
+    string; strings are numbered in sorted order) and optionally "split" (train | test; without
+    it every fourth record is test)."""
+    records = []
+    for document in read_file(path, field):
+        line = int(document.source.rsplit(":", 1)[1])
+        records.append((line, document.text))
+    raw_lines = decode_utf8(path, path.read_bytes()).splitlines()
+    rows = []
+    for line, text in records:
+        record = json.loads(raw_lines[line - 1])
+        if "label" not in record:
+            raise BadSampleError(f"{path}:{line}", "no 'label' field")
+        rows.append((text, record["label"], record.get("split")))
+    names = sorted({str(label) for _, label, _ in rows})
+    as_int = all(isinstance(label, int) for _, label, _ in rows)
+    train, test = [], []
+    for index, (text, label, split) in enumerate(rows):
+        number = label if as_int else names.index(str(label))
+        is_test = split == "test" if split is not None else index % 4 == 3
+        (test if is_test else train).append((text, number))
+    return train, test

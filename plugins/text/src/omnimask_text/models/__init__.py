@@ -1,0 +1,1 @@
+"""Models of the text recipes, built on Hugging Face `transformers` so exports load natively."""

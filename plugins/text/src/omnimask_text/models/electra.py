@@ -1,0 +1,142 @@
+"""ELECTRA: replaced-token detection with a small generator trained jointly (Clark et al. 2020).
+
+The generator (`ElectraForMaskedLM`, narrower) fills the masked positions by MLM; its samples
+replace the originals; the discriminator (`ElectraForPreTraining`'s base model + head) says, for
+every real token, whether it was replaced. Generator and discriminator share the token and
+position embeddings, as in the paper. loss = MLM + 50 * detection (BCE); the generator's samples
+are not differentiated through (the paper's choice). The encoder used downstream is the
+discriminator.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from omnimask import Decoder, MaskedOutput, Target, Tokens
+from omnimask.model import Batch
+from omnimask.seeding import mix_seed
+from torch import Tensor, nn
+from transformers import ElectraConfig as HFElectraConfig
+from transformers import ElectraForMaskedLM, ElectraForPreTraining
+
+from omnimask_text.config import ElectraConfig, ModelConfig
+from omnimask_text.models.build import SpecialIds
+from omnimask_text.models.common import TextMaskedModel, attention_mask
+
+
+def electra_configs(
+    model: ModelConfig, electra: ElectraConfig, vocab_size: int, special: SpecialIds
+) -> tuple[HFElectraConfig, HFElectraConfig]:
+    """(discriminator, generator) configs; the embedding size is the discriminator's width."""
+    common = {
+        "vocab_size": vocab_size,
+        "embedding_size": electra.embedding_size or model.hidden,
+        "max_position_embeddings": model.max_positions,
+        "hidden_dropout_prob": model.dropout,
+        "attention_probs_dropout_prob": model.dropout,
+        "pad_token_id": special.pad,
+        "attn_implementation": "sdpa",
+    }
+    discriminator = HFElectraConfig(
+        hidden_size=model.hidden,
+        num_hidden_layers=model.layers,
+        num_attention_heads=model.heads,
+        intermediate_size=model.intermediate,
+        **common,
+    )
+    generator = HFElectraConfig(
+        hidden_size=electra.generator_hidden,
+        num_hidden_layers=electra.generator_layers,
+        num_attention_heads=electra.generator_heads,
+        intermediate_size=electra.generator_intermediate,
+        **common,
+    )
+    return discriminator, generator
+
+
+class ElectraHeads(Decoder):
+    """The discriminator's detection head and the whole generator (which shares embeddings
+    with the discriminator's base model)."""
+
+    def __init__(self, detector: nn.Module, generator: ElectraForMaskedLM) -> None:
+        super().__init__()
+        self.discriminator_predictions = detector
+        self.generator = generator
+
+    def forward(self, latent: Tensor, tokens: Tokens, mask: Tensor) -> Tensor:
+        return self.discriminator_predictions(latent)
+
+
+class ReplacedTokenTarget(Target):
+    """Replaced (1) or original (0) per token; BCE over real tokens."""
+
+    def forward(self, batch: Batch, tokens: Tokens) -> Tensor:
+        return (tokens.extras["discriminator_ids"] != tokens.values).float()
+
+    def loss(self, prediction: Tensor, target: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        raise NotImplementedError("ElectraModel.predict combines the two losses")
+
+
+class ElectraModel(TextMaskedModel):
+    def __init__(self, *args, discriminator_weight: float, **kwargs) -> None:  # noqa: ANN002,ANN003
+        super().__init__(*args, **kwargs)
+        self.discriminator_weight = discriminator_weight
+
+    @torch.compiler.disable
+    def sampling_noise(self, batch: Batch, generator: torch.Generator | None, shape) -> Tensor:  # noqa: ANN001
+        """Uniforms for sampling the generator, drawn from a seed derived from the step's
+        generator and the sample ids, so replacements are reproducible and batch-independent."""
+        seed = (generator.initial_seed() if generator is not None else 0) + 1
+        noise = []
+        for sample_id in batch.get("sample_id", torch.arange(shape[0])).tolist():
+            row = torch.Generator().manual_seed(mix_seed(seed, sample_id, 1))
+            noise.append(torch.rand(shape[1], generator=row))
+        return torch.stack(noise)
+
+    def predict(self, batch: Batch, generator: torch.Generator | None = None) -> MaskedOutput:
+        tokens, mask = self.corrupted_tokens(batch, generator)
+        heads: ElectraHeads = self.decoder  # type: ignore[assignment]
+        generated = heads.generator.electra(
+            input_ids=tokens.extras["corrupted_ids"],
+            attention_mask=attention_mask(tokens),
+            position_ids=tokens.positions[..., 0],
+        )
+        generator_hidden = generated.last_hidden_state[mask]
+        logits = heads.generator.generator_lm_head(
+            heads.generator.generator_predictions(generator_hidden)
+        )
+        labels = tokens.values[mask]
+        mlm_loss = F.cross_entropy(logits.float(), labels)
+        with torch.no_grad():
+            uniform = self.sampling_noise(batch, generator, mask.shape).to(mask.device)[mask]
+            cdf = logits.float().softmax(-1).cumsum(-1)
+            sampled = torch.searchsorted(cdf, uniform.unsqueeze(-1)).squeeze(-1)
+            sampled = sampled.clamp_max(logits.shape[-1] - 1)
+            discriminator_ids = tokens.values.masked_scatter(mask, sampled)
+        tokens.extras["discriminator_ids"] = discriminator_ids
+        latent = self.encoder.encode(discriminator_ids, tokens)
+        prediction = self.decoder(latent, tokens, mask)
+        target = self.target(batch, tokens)
+        real = ~tokens.padding
+        rtd_loss = F.binary_cross_entropy_with_logits(prediction[real].float(), target[real])
+        rtd_accuracy = ((prediction[real] > 0).float() == target[real]).float().mean()
+        losses = {
+            "loss": mlm_loss + self.discriminator_weight * rtd_loss,
+            "mlm_loss": mlm_loss.detach(),
+            "rtd_loss": rtd_loss.detach(),
+            "rtd_accuracy": rtd_accuracy.detach(),
+            "replaced_fraction": target[real].mean().detach(),
+            "num_tokens": torch.tensor(float(tokens.count())),
+        }
+        return MaskedOutput(tokens, mask, prediction, target, losses)
+
+
+def build_electra_pair(
+    model: ModelConfig, electra: ElectraConfig, vocab_size: int, special: SpecialIds
+) -> tuple[ElectraForPreTraining, ElectraForMaskedLM]:
+    discriminator_config, generator_config = electra_configs(model, electra, vocab_size, special)
+    discriminator = ElectraForPreTraining(discriminator_config)
+    generator = ElectraForMaskedLM(generator_config)
+    generator.electra.embeddings = discriminator.electra.embeddings
+    generator.generator_lm_head.weight = discriminator.electra.embeddings.word_embeddings.weight
+    return discriminator, generator

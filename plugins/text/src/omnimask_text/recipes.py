@@ -1,0 +1,244 @@
+"""`text/mlm` (BERT, whole-word, SpanBERT, ERNIE-Gram n-gram, MosaicBERT-style) and
+`text/electra`: typed configs, presets, and the factory that builds everything from a config."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+from omnimask import MaskedModel, Recipe
+from omnimask.model import Batch
+from torch.utils.data import Dataset
+
+from omnimask_text.config import ElectraRecipeConfig, MLMConfig
+from omnimask_text.dataset import (
+    build_labelled,
+    build_text_dataset,
+    collate_rows,
+    resolve_tokenizer,
+    tokenizer_path,
+)
+from omnimask_text.masking import MLMMasker
+from omnimask_text.models.build import SpecialIds, build_mlm
+from omnimask_text.models.common import HFEncoder, TextTokenizer
+from omnimask_text.models.mlm import MLMHead, MLMModel, TokenIdTarget, head_parts
+from omnimask_text.vocab import continuation_flags, vocabulary_digest
+
+
+def _demo_train(config: MLMConfig) -> None:
+    train = config.train
+    train.steps = 60
+    train.batch_size = 16
+    train.lr = 1e-3
+    train.betas = (0.9, 0.98)
+    train.weight_decay = 0.01
+    train.warmup_steps = 6
+    train.checkpoint_every = 30
+    train.clip_grad = 1.0
+
+
+def _paper_train(config: MLMConfig, steps: int, batch: int, lr: float, warmup: int) -> None:
+    train = config.train
+    train.steps, train.batch_size, train.lr, train.warmup_steps = steps, batch, lr, warmup
+    train.betas = (0.9, 0.999)
+    train.weight_decay = 0.01
+    train.clip_grad = 1.0
+    train.checkpoint_every = 10_000
+
+
+def _bert_base(config: MLMConfig) -> None:
+    model = config.model
+    model.arch, model.hidden, model.layers, model.heads = "bert", 768, 12, 12
+    model.intermediate, model.max_positions = 3072, 512
+    config.vocab.size = 30522
+
+
+def mlm_demo() -> MLMConfig:
+    """Tiny BERT on the embedded stdlib docs, packed rows of 128 tokens; about a minute."""
+    config = MLMConfig()
+    _demo_train(config)
+    return config
+
+
+def mlm_demo_modernbert() -> MLMConfig:
+    """The demo on a tiny ModernBERT (gated MLP, rotary positions), 30% masking."""
+    config = mlm_demo()
+    config.model.arch = "modernbert"
+    config.model.intermediate = 256
+    config.mask.ratio = 0.3
+    return config
+
+
+def mlm_paper() -> MLMConfig:
+    """BERT-base: 15% masking 80/10/10, seq 512, batch 256, 1M steps, lr 1e-4, 10k warmup."""
+    config = MLMConfig()
+    _bert_base(config)
+    config.corpus.seq_len = 512
+    _paper_train(config, steps=1_000_000, batch=256, lr=1e-4, warmup=10_000)
+    return config
+
+
+def mlm_whole_word() -> MLMConfig:
+    """BERT-base with whole-word masking."""
+    config = mlm_paper()
+    config.mask.strategy = "whole_word"
+    return config
+
+
+def mlm_spanbert() -> MLMConfig:
+    """SpanBERT: spans of whole words, length ~ Geometric(0.2) clipped at 10; batch 256, 2.4M
+    steps in the paper (seq 512, lr 1e-4)."""
+    config = mlm_paper()
+    config.mask.strategy = "span"
+    config.train.steps = 2_400_000
+    return config
+
+
+def mlm_ernie_gram() -> MLMConfig:
+    """ERNIE-Gram-style n-gram masking (n <= 3, P(n) ∝ 1/n) on BERT-base."""
+    config = mlm_paper()
+    config.mask.strategy = "ngram"
+    return config
+
+
+def mlm_mosaic() -> MLMConfig:
+    """MosaicBERT-base-like: 30% masking, seq 128, packed/unpadded rows, gated-MLP encoder
+    (ModernBERT here), batch 4096, lr 5e-4, 70k steps (bf16 on GPU by the engine)."""
+    config = MLMConfig()
+    _bert_base(config)
+    config.model.arch = "modernbert"
+    config.model.intermediate = 2048  # gated: 2 x 2048 in, as MosaicBERT's GLU at equal params
+    config.model.dropout = 0.0
+    config.mask.ratio = 0.3
+    _paper_train(config, steps=70_000, batch=4096, lr=5e-4, warmup=4_200)
+    config.train.betas = (0.9, 0.98)
+    config.train.weight_decay = 1e-5
+    return config
+
+
+def electra_demo() -> ElectraRecipeConfig:
+    config = ElectraRecipeConfig()
+    _demo_train(config)
+    config.mask.mask_prob, config.mask.random_prob = 1.0, 0.0
+    return config
+
+
+def electra_small() -> ElectraRecipeConfig:
+    """ELECTRA-Small: discriminator 12 x 256 (embeddings 128), generator 1/4 width, seq 128,
+    batch 128, lr 5e-4, 1M steps, 15% masked with [MASK], detection weight 50."""
+    config = ElectraRecipeConfig()
+    model = config.model
+    model.hidden, model.layers, model.heads, model.intermediate = 256, 12, 4, 1024
+    config.vocab.size = 30522
+    config.electra.embedding_size = 128
+    config.electra.generator_hidden, config.electra.generator_layers = 64, 12
+    config.electra.generator_heads, config.electra.generator_intermediate = 1, 256
+    config.mask.mask_prob, config.mask.random_prob = 1.0, 0.0
+    _paper_train(config, steps=1_000_000, batch=128, lr=5e-4, warmup=10_000)
+    return config
+
+
+class TextRecipe(Recipe):
+    """What `text/mlm` and `text/electra` share: vocabulary, data, evaluation, export."""
+
+    config_class: ClassVar[type[MLMConfig]] = MLMConfig
+    export_formats = ("hf",)
+    electra: ClassVar[bool] = False
+
+    def text_parts(self, config: MLMConfig) -> tuple[TextTokenizer, MLMMasker, SpecialIds, int]:
+        tokenizer = resolve_tokenizer(config)
+        special = SpecialIds.of(tokenizer)
+        vocabulary = [tokenizer.id_to_token(i) for i in range(tokenizer.get_vocab_size())]
+        text_tokenizer = TextTokenizer(
+            special.pad, vocabulary_digest(tokenizer), str(tokenizer_path(config)), vocabulary
+        )
+        masker = MLMMasker(config.mask, special.all(), special.mask, continuation_flags(tokenizer))
+        return text_tokenizer, masker, special, tokenizer.get_vocab_size()
+
+    def build_dataset(self, config: MLMConfig) -> Dataset:
+        return build_text_dataset(config)
+
+    def collate(self, samples: list[dict[str, Any]]) -> Batch:
+        return collate_rows(samples)
+
+    def tokens_per_sample(self, config: MLMConfig) -> int | None:
+        return config.corpus.seq_len if config.corpus.packing else None
+
+    def build_eval_datasets(self, config: MLMConfig, path: str | None = None):  # noqa: ANN201
+        return build_labelled(config, path)
+
+    def export(self, model: MaskedModel, config: MLMConfig, fmt: str, out_dir: Path) -> Path:
+        from omnimask_text.export import export_hf
+
+        return export_hf(model, resolve_tokenizer(config), out_dir, self.electra)
+
+    def load_export(self, config: MLMConfig, fmt: str, path: Path) -> Callable[[Batch], Any]:
+        from omnimask_text.export import load_hf_embedder
+
+        pad = SpecialIds.of(resolve_tokenizer(config)).pad
+        return load_hf_embedder(Path(path), pad, self.electra)
+
+
+class MLMRecipe(TextRecipe):
+    name = "text/mlm"
+    summary = "masked language modelling: BERT 80/10/10, whole-word, SpanBERT, n-gram, MosaicBERT"
+    presets = {
+        "demo": mlm_demo,
+        "demo_modernbert": mlm_demo_modernbert,
+        "paper": mlm_paper,
+        "whole_word": mlm_whole_word,
+        "spanbert": mlm_spanbert,
+        "ernie_gram": mlm_ernie_gram,
+        "mosaic": mlm_mosaic,
+    }
+
+    def build_model(self, config: MLMConfig) -> MaskedModel:
+        text_tokenizer, masker, special, vocab_size = self.text_parts(config)
+        mlm = build_mlm(config.model, vocab_size, special)
+        return MLMModel(
+            text_tokenizer,
+            masker,
+            HFEncoder(mlm.base_model, special.mask),
+            MLMHead(head_parts(mlm)),
+            TokenIdTarget(),
+        )
+
+    def visualize(self, model: MaskedModel, batch: Batch, path: Path) -> Path:
+        from omnimask_text.figures import mlm_figure
+
+        return mlm_figure(model, batch, path)
+
+
+class ElectraRecipe(TextRecipe):
+    name = "text/electra"
+    summary = "ELECTRA replaced-token detection: small generator + discriminator (weight 50)"
+    config_class = ElectraRecipeConfig
+    presets = {"demo": electra_demo, "paper": electra_small}
+    electra = True
+
+    def build_model(self, config: ElectraRecipeConfig) -> MaskedModel:
+        from omnimask_text.models.electra import (
+            ElectraHeads,
+            ElectraModel,
+            ReplacedTokenTarget,
+            build_electra_pair,
+        )
+
+        text_tokenizer, masker, special, vocab_size = self.text_parts(config)
+        discriminator, generator = build_electra_pair(
+            config.model, config.electra, vocab_size, special
+        )
+        return ElectraModel(
+            text_tokenizer,
+            masker,
+            HFEncoder(discriminator.electra, special.mask),
+            ElectraHeads(discriminator.discriminator_predictions, generator),
+            ReplacedTokenTarget(),
+            discriminator_weight=config.electra.discriminator_weight,
+        )
+
+    def visualize(self, model: MaskedModel, batch: Batch, path: Path) -> Path:
+        from omnimask_text.figures import electra_figure
+
+        return electra_figure(model, batch, path)
