@@ -1,0 +1,259 @@
+"""`timeseries/mae`: the typed config, its presets, and the factory the core calls."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from omnimask import MaskedModel, Recipe, RecipeConfig, Tokens
+from omnimask.masking import RandomMasker
+from omnimask.patching import unpatchify
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from omnimask_timeseries.data import (
+    DEFAULT_CHANNELS,
+    DEFAULT_LENGTH,
+    SeriesDataset,
+    default_data,
+    read_labels,
+    series_files,
+)
+from omnimask_timeseries.model import (
+    PatchTarget,
+    SeriesDecoder,
+    SeriesEmbedder,
+    SeriesEncoder,
+    SeriesPatchTokenizer,
+)
+
+TORCHSCRIPT_FILE = "embedder.torchscript.pt"
+
+
+@dataclass
+class SeriesModelConfig:
+    channels: int = DEFAULT_CHANNELS  # must match the data: .npy rows / .csv columns
+    window: int = 128  # time steps per training crop
+    patch: int = 8  # time steps per token; must divide `window`
+    instance_norm: bool = True  # per-series, per-channel standardisation (RevIN-style)
+    norm_target: bool = True  # predict per-patch normalised values (MAE's norm_pix_loss)
+    encoder_dim: int = 64
+    encoder_depth: int = 2
+    encoder_heads: int = 4
+    decoder_dim: int = 32
+    decoder_depth: int = 1
+    decoder_heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+
+
+@dataclass
+class MaskConfig:
+    ratio: float = 0.5  # fraction of patches hidden from the encoder
+
+
+@dataclass
+class TimeSeriesMAEConfig(RecipeConfig):
+    model: SeriesModelConfig = field(default_factory=SeriesModelConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+
+
+def demo() -> TimeSeriesMAEConfig:
+    """Tiny: 16 patches of 8 steps, a 2-block encoder; well under a minute on 2 CPU cores."""
+    config = TimeSeriesMAEConfig()
+    config.train.steps = 150
+    config.train.batch_size = 32
+    config.train.lr = 3e-3
+    config.train.warmup_steps = 10
+    config.train.checkpoint_every = 50
+    return config
+
+
+def paper() -> TimeSeriesMAEConfig:
+    """PatchTST's self-supervised setting (Nie et al., ICLR 2023): 512-step inputs, 40% of
+    patches masked, a 3-layer encoder of width 128 with 16 heads (MLP 256), dropout 0.2, lr 1e-4.
+    PatchTST uses 12-step patches and pads the input; we take 16 so patches tile the window, and
+    mix channels in each token (Ti-MAE) where PatchTST treats channels independently."""
+    config = TimeSeriesMAEConfig()
+    config.model = SeriesModelConfig(
+        window=512,
+        patch=16,
+        encoder_dim=128,
+        encoder_depth=3,
+        encoder_heads=16,
+        decoder_dim=64,
+        decoder_depth=1,
+        decoder_heads=8,
+        mlp_ratio=2.0,
+        dropout=0.2,
+    )
+    config.mask.ratio = 0.4
+    config.train.steps = 20000
+    config.train.batch_size = 64
+    config.train.lr = 1e-4
+    config.train.warmup_steps = 500
+    config.train.weight_decay = 0.0
+    config.train.betas = (0.9, 0.999)
+    config.train.clip_grad = 1.0
+    return config
+
+
+def _check(config: TimeSeriesMAEConfig) -> None:
+    model = config.model
+    if model.window % model.patch:
+        raise ValueError(f"model.patch ({model.patch}) must divide model.window ({model.window})")
+    if not 0.0 < config.mask.ratio < 1.0:
+        raise ValueError(f"mask.ratio must be in (0, 1), got {config.mask.ratio}")
+
+
+class TimeSeriesMAE(Recipe):
+    name = "timeseries/mae"
+    summary = "masked autoencoder on multichannel series patches (PatchTST / Ti-MAE style)"
+    config_class = TimeSeriesMAEConfig
+    presets = {"demo": demo, "paper": paper}
+    export_formats = ("torchscript",)
+
+    def build_model(self, config: TimeSeriesMAEConfig) -> MaskedModel:
+        _check(config)
+        m = config.model
+        patch_dim = m.patch * m.channels
+        return MaskedModel(
+            SeriesPatchTokenizer(m.patch, m.instance_norm),
+            RandomMasker(config.mask.ratio),
+            SeriesEncoder(
+                patch_dim, m.encoder_dim, m.encoder_depth, m.encoder_heads, m.mlp_ratio, m.dropout
+            ),
+            SeriesDecoder(
+                m.encoder_dim, patch_dim, m.decoder_dim, m.decoder_depth, m.decoder_heads
+            ),
+            PatchTarget(m.norm_target),
+        )
+
+    def _default_data(self, config: TimeSeriesMAEConfig) -> Path:
+        m = config.model
+        if m.channels != DEFAULT_CHANNELS or m.window > DEFAULT_LENGTH:
+            raise ValueError(
+                f"the embedded data has {DEFAULT_CHANNELS} channels of {DEFAULT_LENGTH} steps; "
+                f"model.channels={m.channels}, model.window={m.window} need your own data "
+                "(--data PATH)"
+            )
+        return default_data()
+
+    def build_dataset(self, config: TimeSeriesMAEConfig) -> Dataset:
+        _check(config)
+        if config.data.path is not None:
+            files = series_files(config.data.path)
+        else:
+            files, _ = read_labels(self._default_data(config))["train"]
+        return SeriesDataset(files, config.model.channels, config.model.window)
+
+    def tokens_per_sample(self, config: TimeSeriesMAEConfig) -> int:
+        return config.model.window // config.model.patch
+
+    def build_eval_datasets(
+        self, config: TimeSeriesMAEConfig, path: str | None = None
+    ) -> tuple[Dataset, Dataset]:
+        """Centre crops of the series listed in `labels.csv` under `path` (or the default data)."""
+        root = Path(path) if path is not None else self._default_data(config)
+        m = config.model
+        return tuple(  # type: ignore[return-value]
+            SeriesDataset(files, m.channels, m.window, labels, crop="center")
+            for files, labels in read_labels(root).values()
+        )
+
+    def visualize(self, model: MaskedModel, batch: dict, path: Path, rows: int = 4) -> Path:
+        """Per series: original | masked (hidden patches greyed) | reconstruction over the
+        original, in the data's own units."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        device = next(model.parameters()).device
+        batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+        with torch.no_grad():
+            output = model.predict(batch, torch.Generator().manual_seed(0))
+        reconstruction = self._unnormalise(model, output.tokens, output.prediction.float()).cpu()
+        original = batch["series"].float().cpu()
+        mask = output.mask.cpu()
+        patch = model.tokenizer.patch
+        rows = min(rows, len(original))
+        figure, axes = plt.subplots(rows, 3, figsize=(12, 2.2 * rows), squeeze=False)
+        steps = torch.arange(original.shape[-1])
+        for row in range(rows):
+            hidden = [i for i, hide in enumerate(mask[row].tolist()) if hide]
+            for column, title in enumerate(("original", "masked", "reconstruction")):
+                axis = axes[row, column]
+                if column > 0:
+                    for i in hidden:
+                        axis.axvspan(i * patch, (i + 1) * patch, color="0.85", lw=0)
+                for channel, values in enumerate(original[row]):
+                    colour = f"C{channel}"
+                    if column == 0:
+                        axis.plot(steps, values, color=colour, lw=1)
+                    elif column == 1:
+                        shown = values.clone()
+                        for i in hidden:
+                            shown[i * patch : (i + 1) * patch] = float("nan")
+                        axis.plot(steps, shown, color=colour, lw=1)
+                    else:
+                        axis.plot(steps, values, color="0.6", lw=0.8)
+                        axis.plot(steps, reconstruction[row, channel], color=colour, lw=1)
+                if row == 0:
+                    axis.set_title(title)
+                axis.set_xlim(0, len(steps) - 1)
+        figure.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, dpi=100)
+        plt.close(figure)
+        return path
+
+    @staticmethod
+    def _unnormalise(model: MaskedModel, tokens: Tokens, prediction: Tensor) -> Tensor:
+        """Predicted patches -> series `[B, C, T]` in the input's units."""
+        if model.target.normalize:  # undo per_patch_normalize with the true patches' statistics
+            patches = tokens.values.float()
+            mean = patches.mean(-1, keepdim=True)
+            std = (patches.var(-1, keepdim=True) + 1e-6).sqrt()
+            prediction = prediction * std + mean
+        channels = prediction.shape[-1] // model.tokenizer.patch
+        series = unpatchify(prediction, (model.tokenizer.patch,), tokens.grid, channels)
+        if "series_std" in tokens.extras:
+            series = series * tokens.extras["series_std"] + tokens.extras["series_mean"]
+        return series
+
+    def export(
+        self, model: MaskedModel, config: TimeSeriesMAEConfig, fmt: str, out_dir: Path
+    ) -> Path:
+        if fmt != "torchscript":
+            raise ValueError(f"recipe {self.name!r} cannot export {fmt!r}")
+        embedder = SeriesEmbedder(model.tokenizer, model.encoder)
+        embedder = copy.deepcopy(embedder).cpu().eval()
+        shape = (2, config.model.channels, config.model.window)
+        example = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad(), warnings.catch_warnings():
+            # The patch grid is computed from the input's length in Python, so the trace is
+            # specialised to `model.window`, which is exactly what the model is built for.
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            traced = torch.jit.trace(embedder, example)
+        path = Path(out_dir) / TORCHSCRIPT_FILE
+        traced.save(str(path))
+        return path
+
+    def load_export(self, config: TimeSeriesMAEConfig, fmt: str, path: Path):  # noqa: ANN201
+        """`embed(batch) -> [B, D]` from the TorchScript file alone (no omnimask code needed:
+        `torch.jit.load(path)(series)` works anywhere PyTorch does)."""
+        if fmt != "torchscript":
+            raise ValueError(f"recipe {self.name!r} cannot load {fmt!r}")
+        path = Path(path)
+        module = torch.jit.load(str(path / TORCHSCRIPT_FILE if path.is_dir() else path))
+
+        def embed(batch: dict) -> Tensor:
+            with torch.no_grad():
+                return module(batch["series"].float().cpu())
+
+        return embed
