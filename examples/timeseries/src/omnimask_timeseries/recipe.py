@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 from omnimask import MaskedModel, Recipe, RecipeConfig, Tokens
+from omnimask.config import ConfigError
 from omnimask.masking import RandomMasker
 from omnimask.patching import unpatchify
 from torch import Tensor
@@ -104,9 +105,9 @@ def paper() -> TimeSeriesMAEConfig:
 def _check(config: TimeSeriesMAEConfig) -> None:
     model = config.model
     if model.window % model.patch:
-        raise ValueError(f"model.patch ({model.patch}) must divide model.window ({model.window})")
+        raise ConfigError(f"model.patch ({model.patch}) must divide model.window ({model.window})")
     if not 0.0 < config.mask.ratio < 1.0:
-        raise ValueError(f"mask.ratio must be in (0, 1), got {config.mask.ratio}")
+        raise ConfigError(f"mask.ratio must be in (0, 1), got {config.mask.ratio}")
 
 
 class TimeSeriesMAE(Recipe):
