@@ -1,0 +1,166 @@
+"""Typed configs and presets of the vision recipes.
+
+Paper presets follow METHODS.md and the papers: SparK (Tian et al. 2023, ResNet-50, LAMB,
+batch 4096, 1600 epochs), MAE (He et al. 2022, ViT-B/16, 800 epochs) and SimMIM (Xie et al. 2022,
+ViT-B/16 at 192 px, 800 epochs). Steps are epochs of ImageNet-1k (1,281,167 images) at the
+paper's batch. Demo presets are tiny models on the embedded images, about a minute on 2 CPU
+cores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omnimask import RecipeConfig
+from omnimask_vision.data import ImageConfig
+
+IMAGENET_TRAIN_IMAGES = 1_281_167
+
+
+def epochs_to_steps(epochs: int, batch: int) -> int:
+    return epochs * IMAGENET_TRAIN_IMAGES // batch
+
+
+@dataclass
+class TimmModelConfig:
+    """A timm architecture: `timm.create_model(name, pretrained=False, **kwargs)`."""
+
+    name: str = "resnet50"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class MaskConfig:
+    """Random masking: SparK masks cells of its encoder's stride-32 grid, MAE single patches."""
+
+    ratio: float = 0.6
+
+
+@dataclass
+class CellMaskConfig:
+    """SimMIM: random square cells of `cell` pixels, larger than the ViT's patches."""
+
+    ratio: float = 0.6
+    cell: int = 32
+
+
+@dataclass
+class SparkModelConfig:
+    encoder: TimmModelConfig = field(default_factory=TimmModelConfig)
+    backend: str = "masked_dense"  # masked_dense | spconv (forward only on CPU; see README)
+    decoder_width: int = 512
+
+
+@dataclass
+class SparkConfig(RecipeConfig):
+    model: SparkModelConfig = field(default_factory=SparkModelConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    image: ImageConfig = field(default_factory=lambda: ImageConfig(size=224, min_scale=0.67))
+
+
+@dataclass
+class MAEModelConfig:
+    encoder: TimmModelConfig = field(
+        default_factory=lambda: TimmModelConfig("vit_base_patch16_224", {})
+    )
+    decoder_width: int = 512
+    decoder_depth: int = 8
+    decoder_heads: int = 16
+    norm_pix_loss: bool = True
+
+
+@dataclass
+class MAEConfig(RecipeConfig):
+    model: MAEModelConfig = field(default_factory=MAEModelConfig)
+    mask: MaskConfig = field(default_factory=lambda: MaskConfig(ratio=0.75))
+    image: ImageConfig = field(default_factory=lambda: ImageConfig(size=224, min_scale=0.2))
+
+
+@dataclass
+class SimMIMModelConfig:
+    encoder: TimmModelConfig = field(
+        default_factory=lambda: TimmModelConfig("vit_base_patch16_224", {"img_size": 192})
+    )
+
+
+@dataclass
+class SimMIMConfig(RecipeConfig):
+    model: SimMIMModelConfig = field(default_factory=SimMIMModelConfig)
+    mask: CellMaskConfig = field(default_factory=CellMaskConfig)
+    image: ImageConfig = field(default_factory=lambda: ImageConfig(size=192, min_scale=0.67))
+
+
+def _demo_train(config: RecipeConfig, steps: int, lr: float) -> None:
+    train = config.train
+    train.steps, train.batch_size, train.lr = steps, 16, lr
+    train.warmup_steps, train.weight_decay = 5, 0.05
+    train.checkpoint_every, train.log_every = steps, 5
+
+
+def spark_demo() -> SparkConfig:
+    """A narrow ResNet-18 (channels 32-256) at 96 px: a 3x3 mask grid, 5 of 9 cells hidden."""
+    config = SparkConfig()
+    config.model.encoder = TimmModelConfig("resnet18", {"channels": [32, 64, 128, 256]})
+    config.model.decoder_width = 128
+    config.image = ImageConfig(size=96, min_scale=0.67)
+    _demo_train(config, steps=60, lr=2e-3)
+    return config
+
+
+def spark_paper() -> SparkConfig:
+    config = SparkConfig()
+    train = config.train
+    train.optimizer, train.lr, train.lr_scale_batch = "lamb", 2e-4, 256
+    train.batch_size, train.weight_decay, train.betas = 4096, 0.04, (0.9, 0.95)
+    train.steps = epochs_to_steps(1600, 4096)
+    train.warmup_steps = epochs_to_steps(40, 4096)
+    train.clip_grad = 5.0
+    return config
+
+
+def mae_demo() -> MAEConfig:
+    config = MAEConfig()
+    config.model.encoder = TimmModelConfig(
+        "vit_tiny_patch16_224",
+        {"img_size": 64, "patch_size": 8, "embed_dim": 96, "depth": 4, "num_heads": 3},
+    )
+    config.model.decoder_width, config.model.decoder_depth, config.model.decoder_heads = 64, 2, 4
+    config.image = ImageConfig(size=64, min_scale=0.2)
+    _demo_train(config, steps=60, lr=2e-3)
+    return config
+
+
+def mae_paper() -> MAEConfig:
+    config = MAEConfig()
+    train = config.train
+    train.lr, train.lr_scale_batch, train.betas = 1.5e-4, 256, (0.9, 0.95)
+    train.batch_size, train.weight_decay = 4096, 0.05
+    train.steps = epochs_to_steps(800, 4096)
+    train.warmup_steps = epochs_to_steps(40, 4096)
+    return config
+
+
+def simmim_demo() -> SimMIMConfig:
+    config = SimMIMConfig()
+    config.model.encoder = TimmModelConfig(
+        "vit_tiny_patch16_224",
+        {"img_size": 64, "patch_size": 8, "embed_dim": 96, "depth": 4, "num_heads": 3},
+    )
+    config.mask = CellMaskConfig(ratio=0.6, cell=16)
+    config.image = ImageConfig(size=64, min_scale=0.67)
+    _demo_train(config, steps=60, lr=2e-3)
+    return config
+
+
+def simmim_paper() -> SimMIMConfig:
+    """SimMIM ViT-B: AdamW lr 8e-4 at batch 2048 (1e-4 per 256), betas (0.9, 0.999), 800 epochs,
+    10 warmup epochs, weight decay 0.05."""
+    config = SimMIMConfig()
+    train = config.train
+    train.lr, train.lr_scale_batch, train.betas = 1e-4, 256, (0.9, 0.999)
+    train.batch_size, train.weight_decay = 2048, 0.05
+    train.steps = epochs_to_steps(800, 2048)
+    train.warmup_steps = epochs_to_steps(10, 2048)
+    train.clip_grad = 5.0
+    return config

@@ -1,0 +1,289 @@
+"""Image data: folders of JPEG/PNG/WebP files, WebDataset tar shards, and the embedded sets.
+
+Every sample is decoded inside `__getitem__`, so a DataLoader with workers decodes in parallel.
+Grayscale, palette and RGBA images are converted to RGB; a file that cannot be decoded raises
+`BadSampleError` naming it, which the engine turns into the run's bad-sample policy.
+
+The embedded default set (no download) is cut from the photographs scikit-image ships inside its
+wheel, written as real PNG, JPEG and WebP files; the labelled set for `omnimask eval` is
+scikit-learn's bundled 8x8 digits, upscaled.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+
+from omnimask.data import BadSampleError, DataPathError, check_data_path, default_data_dir
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+IMAGE_PATTERNS = tuple(f"*{s}" for s in IMAGE_SUFFIXES) + tuple(
+    f"*{s.upper()}" for s in IMAGE_SUFFIXES
+)
+SHARD_PATTERNS = ("*.tar",)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+#: bump when the generator changes, so an old cache is not reused.
+DEFAULT_DATA_VERSION = "v1"
+DEFAULT_IMAGES = 160
+DEFAULT_IMAGE_SIDE = 128
+
+
+@dataclass
+class ImageConfig:
+    """Input size and augmentation (torchvision v2)."""
+
+    size: int = 224
+    min_scale: float = 0.2  # RandomResizedCrop scale range (min_scale, 1)
+    flip: bool = True
+
+
+def decode_image(data: bytes, source: str) -> Image.Image:
+    """Bytes -> RGB PIL image; any decoding problem becomes a `BadSampleError` naming `source`."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()  # decode now: a truncated file fails here, not later inside a transform
+    except Exception as error:  # PIL raises many types (OSError, SyntaxError, ValueError...)
+        raise BadSampleError(source, f"cannot decode image ({type(error).__name__}: {error})")
+    if image.mode == "RGBA" or (image.mode == "P" and "transparency" in image.info):
+        # Composite on black rather than dropping alpha, so transparent pixels do not show
+        # whatever colour the file happened to store under them.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+def train_transform(config: ImageConfig) -> Callable[[Image.Image], Tensor]:
+    """Random resized crop (+ flip), then ImageNet-normalised float tensor `[3, S, S]`.
+
+    The crop is resized to `size` whatever the source size, so an image smaller than the crop is
+    upsampled rather than rejected.
+    """
+    steps = [
+        v2.ToImage(),
+        v2.RandomResizedCrop(config.size, scale=(config.min_scale, 1.0), antialias=True),
+    ]
+    if config.flip:
+        steps.append(v2.RandomHorizontalFlip())
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    return v2.Compose(steps)
+
+
+def eval_transform(size: int) -> Callable[[Image.Image], Tensor]:
+    """Deterministic resize to `size` x `size`, normalised as in training."""
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize((size, size), antialias=True),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+def denormalize(images: Tensor) -> Tensor:
+    """ImageNet-normalised `[..., 3, H, W]` -> RGB in [0, 1] (for figures)."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(3, 1, 1)
+    return (images * std + mean).clamp(0, 1)
+
+
+class ImageFileDataset(Dataset):
+    """Image files -> `{"image": [3, S, S]}` (plus `"label"` when labels are given)."""
+
+    def __init__(
+        self,
+        files: list[Path],
+        transform: Callable[[Image.Image], Tensor],
+        labels: list[int] | None = None,
+    ) -> None:
+        self.files, self.transform, self.labels = files, transform, labels
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        path = self.files[index]
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            raise BadSampleError(path, f"cannot read file ({error.strerror or error})") from error
+        sample = {"image": self.transform(decode_image(data, str(path)))}
+        if self.labels is not None:
+            sample["label"] = torch.tensor(self.labels[index])
+        return sample
+
+
+class TarShardDataset(Dataset):
+    """WebDataset tar shards (`key.jpg`, `key.png`, `key.webp` members) with random access.
+
+    The engine needs a map-style dataset (resumable index order, per-sample seeds), while the
+    `webdataset` library streams; so the shards are indexed once with `tarfile` (member offsets)
+    and each sample is read by seeking to its bytes. Files are opened lazily per worker process.
+    """
+
+    def __init__(self, shards: list[Path], transform: Callable[[Image.Image], Tensor]) -> None:
+        self.transform = transform
+        self.members: list[tuple[Path, str, int, int]] = []
+        for shard in shards:
+            try:
+                with tarfile.open(shard) as archive:
+                    for member in archive:
+                        if member.isfile() and member.name.lower().endswith(IMAGE_SUFFIXES):
+                            self.members.append(
+                                (shard, member.name, member.offset_data, member.size)
+                            )
+            except (tarfile.TarError, OSError) as error:
+                raise DataPathError(f"{shard}: not a readable tar shard ({error})") from error
+        if not self.members:
+            names = ", ".join(str(s) for s in shards[:3])
+            raise DataPathError(f"tar shards {names} hold no {'/'.join(IMAGE_SUFFIXES)} images")
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        shard, name, offset, size = self.members[index]
+        source = f"{shard}:{name}"
+        try:
+            with open(shard, "rb") as handle:
+                handle.seek(offset)
+                data = handle.read(size)
+        except OSError as error:
+            raise BadSampleError(source, f"cannot read member ({error})") from error
+        if len(data) != size:
+            raise BadSampleError(source, f"truncated: {len(data)} of {size} bytes")
+        return {"image": self.transform(decode_image(data, source))}
+
+
+def pretraining_dataset(path: str | None, image: ImageConfig) -> Dataset:
+    """The unlabelled set at `path` (image folder, or a folder/file of .tar shards), or the
+    embedded default images."""
+    root = Path(path) if path is not None else ensure_default_images()
+    transform = train_transform(image)
+    if root.is_file() and root.suffix == ".tar" or root.is_dir() and any(root.rglob("*.tar")):
+        return TarShardDataset(check_data_path(root, SHARD_PATTERNS), transform)
+    return ImageFileDataset(check_data_path(root, IMAGE_PATTERNS), transform)
+
+
+def labelled_datasets(path: str | None, size: int) -> tuple[Dataset, Dataset]:
+    """(train, test) for `omnimask eval`: `root/<class>/*.png` folders (every fifth file of a
+    class is held out), or the embedded digits when `path` is None."""
+    transform = eval_transform(size)
+    if path is None:
+        return DigitsDataset("train", transform), DigitsDataset("test", transform)
+    root = Path(path)
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    if not classes:
+        raise DataPathError(f"labelled data {root} needs one sub-folder of images per class")
+    splits: dict[str, tuple[list[Path], list[int]]] = {"train": ([], []), "test": ([], [])}
+    for label, name in enumerate(classes):
+        for position, file in enumerate(check_data_path(root / name, IMAGE_PATTERNS)):
+            files, labels = splits["test" if position % 5 == 4 else "train"]
+            files.append(file)
+            labels.append(label)
+    train = ImageFileDataset(splits["train"][0], transform, splits["train"][1])
+    test = ImageFileDataset(splits["test"][0], transform, splits["test"][1])
+    return train, test
+
+
+class DigitsDataset(Dataset):
+    """scikit-learn's bundled handwritten digits (8x8, ten classes), as RGB images.
+
+    The first 1200 images are the train split, the rest (597) the test split.
+    """
+
+    SPLIT_AT = 1200
+
+    def __init__(self, split: str, transform: Callable[[Image.Image], Tensor]) -> None:
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        part = slice(None, self.SPLIT_AT) if split == "train" else slice(self.SPLIT_AT, None)
+        self.images = (digits.images[part] * (255.0 / 16.0)).astype(np.uint8)
+        self.labels = digits.target[part]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        image = Image.fromarray(self.images[index]).convert("RGB")
+        return {"image": self.transform(image), "label": torch.tensor(int(self.labels[index]))}
+
+
+# scikit-image photographs that ship inside its wheel (the others would need a download).
+_BUNDLED_PHOTOS = (
+    "astronaut", "brick", "camera", "cell", "chelsea", "coffee", "coins", "colorwheel",
+    "grass", "gravel", "horse", "hubble_deep_field", "immunohistochemistry", "logo",
+    "microaneurysms", "moon", "page", "retina", "rocket", "text",
+)  # fmt: skip
+
+
+def ensure_default_images() -> Path:
+    """The embedded default image folder, generated on first use.
+
+    Random crops (position, size, flip, 90-degree turns) of scikit-image's bundled photographs,
+    saved as PNG, JPEG and WebP, deterministic. Written into a temporary folder that is renamed
+    into place, so concurrent processes never see a half-written set.
+    """
+    target = default_data_dir("vision") / f"images-{DEFAULT_DATA_VERSION}"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".images-", dir=target.parent))
+    try:
+        _write_default_images(scratch)
+        os.rename(scratch, target)
+    except FileExistsError:  # another process finished first: keep theirs
+        shutil.rmtree(scratch, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    return target
+
+
+def _write_default_images(folder: Path) -> None:
+    import skimage.data
+
+    rng = np.random.default_rng(0)
+    photos = [_as_rgb(getattr(skimage.data, name)()) for name in _BUNDLED_PHOTOS]
+    formats = (("png", "PNG"), ("jpg", "JPEG"), ("webp", "WEBP"))
+    for index in range(DEFAULT_IMAGES):
+        photo = photos[index % len(photos)]
+        side = int(rng.integers(min(photo.shape[:2]) // 3, min(photo.shape[:2]) + 1))
+        top = int(rng.integers(0, photo.shape[0] - side + 1))
+        left = int(rng.integers(0, photo.shape[1] - side + 1))
+        crop = np.rot90(photo[top : top + side, left : left + side], int(rng.integers(0, 4)))
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        image = Image.fromarray(np.ascontiguousarray(crop)).resize(
+            (DEFAULT_IMAGE_SIDE, DEFAULT_IMAGE_SIDE), Image.Resampling.BICUBIC
+        )
+        suffix, pil_format = formats[index % len(formats)]
+        image.save(folder / f"{index:04d}.{suffix}", format=pil_format)
+
+
+def _as_rgb(array: np.ndarray) -> np.ndarray:
+    """Any skimage photo (gray, RGB, RGBA, float or uint8) -> uint8 `[H, W, 3]`."""
+    if array.dtype != np.uint8:
+        array = array.astype(np.float64)
+        span = max(float(array.max() - array.min()), 1e-8)
+        array = (255 * (array - array.min()) / span).astype(np.uint8)
+    if array.ndim == 2:
+        array = np.stack([array] * 3, axis=-1)
+    return array[..., :3]

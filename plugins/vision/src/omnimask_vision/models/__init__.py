@@ -1,0 +1,1 @@
+"""One module per method: encoder, decoder and target of SparK, MAE and SimMIM."""

@@ -1,0 +1,155 @@
+"""timm Vision Transformers as masked-image encoders: MAE (visible tokens only) and SimMIM
+(mask token). Both keep the timm model intact, so the pretrained encoder loads into
+`timm.create_model` unchanged; they differ only in how masked patches are skipped."""
+
+from __future__ import annotations
+
+import torch
+from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
+from timm.models.vision_transformer import Block, VisionTransformer
+from torch import Tensor, nn
+
+from omnimask import Decoder, Encoder, Target, Tokens
+from omnimask.gather import gather_tokens, mask_to_indices, scatter_tokens
+from omnimask.model import Batch
+
+
+def check_plain_vit(model: nn.Module) -> VisionTransformer:
+    """The model, if it is a timm ViT with one class token and a position embedding over it."""
+    if not isinstance(model, VisionTransformer):
+        raise ValueError(f"MAE and SimMIM need a timm VisionTransformer, got {type(model).__name__}")
+    if model.num_prefix_tokens != 1 or model.cls_token is None or model.no_embed_class:
+        raise ValueError(
+            "MAE/SimMIM encoders need a ViT with one class token, no register tokens and a "
+            "position embedding that covers the class token (timm's default vit_* models)"
+        )
+    if model.pos_embed is None or model.dynamic_img_size:
+        raise ValueError("MAE/SimMIM encoders need a fixed-size absolute position embedding")
+    return model
+
+
+def sincos_position_embedding(grid: tuple[int, int], dim: int) -> Tensor:
+    """`[1, 1 + N, dim]` fixed 2-D sin-cos embedding with a zero class-token row (as MAE)."""
+    table = build_sincos2d_pos_embed(list(grid), dim)
+    return torch.cat([torch.zeros(1, dim), table]).unsqueeze(0)
+
+
+class ViTEncoder(Encoder):
+    """Shared part of the ViT encoders: unmasked features and the patch-token mean embedding."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = check_plain_vit(model)
+
+    def forward_features(self, tokens: Tokens) -> Tensor:
+        return self.model.forward_features(tokens.extras["image"])
+
+    def pool(self, features: Tensor, tokens: Tokens) -> Tensor:
+        """Mean of the patch tokens (MAE's global-pool setting), class token excluded."""
+        return features[:, self.model.num_prefix_tokens :].mean(1)
+
+    def _run_blocks(self, x: Tensor) -> Tensor:
+        return self.model.norm(self.model.blocks(self.model.norm_pre(x)))
+
+
+class MAEEncoder(ViTEncoder):
+    """MAE: the ViT runs on the visible patch tokens only (gathered), plus its class token.
+
+    The position embedding is MAE's fixed sin-cos table, frozen, written into the timm model's
+    own `pos_embed` so the exported weights carry it.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        grid = tuple(self.model.patch_embed.grid_size)
+        table = sincos_position_embedding(grid, self.model.embed_dim)
+        with torch.no_grad():
+            self.model.pos_embed.copy_(table)
+        self.model.pos_embed.requires_grad_(False)
+
+    def forward(self, tokens: Tokens, mask: Tensor) -> Tensor:
+        """`[B, 1 + K, D]`: the class token, then the K visible tokens in grid order."""
+        vit = self.model
+        x = vit.patch_embed(tokens.extras["image"]) + vit.pos_embed[:, 1:]
+        visible_index, _ = mask_to_indices(mask)
+        x = gather_tokens(x, visible_index)
+        cls = (vit.cls_token + vit.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
+        return self._run_blocks(torch.cat([cls, x], dim=1))
+
+
+class MAEDecoder(Decoder):
+    """MAE's decoder: project, put mask tokens at the hidden positions, transformer blocks with a
+    fixed sin-cos position embedding, then a linear head to the pixels of each patch."""
+
+    def __init__(
+        self,
+        encoder_dim: int,
+        grid: tuple[int, int],
+        patch: int,
+        width: int,
+        depth: int,
+        heads: int,
+    ) -> None:
+        super().__init__()
+        self.num_tokens = grid[0] * grid[1]
+        self.embed = nn.Linear(encoder_dim, width)
+        self.mask_token = nn.Parameter(torch.zeros(width))
+        nn.init.normal_(self.mask_token, std=0.02)
+        self.register_buffer(
+            "pos_embed", sincos_position_embedding(grid, width), persistent=False
+        )
+        self.blocks = nn.Sequential(
+            *[Block(width, heads, mlp_ratio=4.0, qkv_bias=True) for _ in range(depth)]
+        )
+        self.norm = nn.LayerNorm(width, eps=1e-6)
+        self.head = nn.Linear(width, patch * patch * 3)
+
+    def forward(self, latent: Tensor, tokens: Tokens, mask: Tensor) -> Tensor:
+        x = self.embed(latent)
+        visible_index, _ = mask_to_indices(mask)
+        patches = scatter_tokens(x[:, 1:], visible_index, self.num_tokens, self.mask_token)
+        x = torch.cat([x[:, :1], patches], dim=1) + self.pos_embed
+        x = self.norm(self.blocks(x))
+        return self.head(x[:, 1:])
+
+
+class SimMIMEncoder(ViTEncoder):
+    """SimMIM: every patch is encoded; a learnable mask token replaces the masked embeddings."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        self.mask_token = nn.Parameter(torch.zeros(self.model.embed_dim))
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+
+    def forward(self, tokens: Tokens, mask: Tensor) -> Tensor:
+        vit = self.model
+        x = vit.patch_embed(tokens.extras["image"])
+        x = torch.where(mask.unsqueeze(-1), self.mask_token.to(x.dtype), x)
+        cls = vit.cls_token.expand(x.shape[0], -1, -1)
+        x = vit.pos_drop(torch.cat([cls, x], dim=1) + vit.pos_embed)
+        return self._run_blocks(x)
+
+
+class LinearPixelHead(Decoder):
+    """SimMIM's one-layer head: each patch token -> its `patch x patch x 3` pixels."""
+
+    def __init__(self, encoder_dim: int, patch: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(encoder_dim, patch * patch * 3)
+
+    def forward(self, latent: Tensor, tokens: Tokens, mask: Tensor) -> Tensor:
+        return self.linear(latent[:, 1:])
+
+
+class MaskedPixelL1(Target):
+    """SimMIM's target: raw (ImageNet-normalised) pixels, L1 averaged over masked pixels."""
+
+    per_patch = False
+
+    def forward(self, batch: Batch, tokens: Tokens) -> Tensor:
+        return tokens.values
+
+    def loss(self, prediction: Tensor, target: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        per_patch = (prediction - target).abs().mean(-1)
+        weights = mask.to(per_patch.dtype)
+        return {"loss": (per_patch * weights).sum() / weights.sum().clamp_min(1.0)}

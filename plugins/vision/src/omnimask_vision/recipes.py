@@ -1,0 +1,162 @@
+"""The vision recipes: `vision/spark` (CNNs), `vision/mae` and `vision/simmim` (ViTs).
+
+All three read the same data (image folders, tar shards, the embedded photographs), are scored on
+the same labelled set, draw the same figure and export their encoder as a plain timm model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import timm
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from omnimask import MaskedModel, Recipe, RecipeConfig
+from omnimask.masking import RandomMasker
+from omnimask_vision import config as presets
+from omnimask_vision.config import MAEConfig, SimMIMConfig, SparkConfig, TimmModelConfig
+from omnimask_vision.data import labelled_datasets, pretraining_dataset
+from omnimask_vision.export import export_timm, load_timm_export, timm_embedding
+from omnimask_vision.figures import draw_reconstructions
+from omnimask_vision.masking import CoarseRandomMasker
+from omnimask_vision.models.spark import DensifyingDecoder, PatchNormalizedPixels
+from omnimask_vision.models.vit import (
+    LinearPixelHead, MAEDecoder, MAEEncoder, MaskedPixelL1, SimMIMEncoder,
+)  # fmt: skip
+from omnimask_vision.sparse import SparseCNNEncoder
+from omnimask_vision.tokenizer import ImagePatchTokenizer
+
+#: SparK masks the stride-32 grid of its CNN encoders.
+SPARK_CELL = 32
+
+
+def create_timm_model(config: TimmModelConfig) -> nn.Module:
+    """A randomly initialised timm model; `pretrained=False` always (nothing is downloaded)."""
+    return timm.create_model(config.name, pretrained=False, **dict(config.kwargs))
+
+
+class ImageRecipe(Recipe):
+    """Data, evaluation, figure and timm export shared by the image recipes."""
+
+    export_formats = ("timm",)
+
+    def build_dataset(self, config: Any) -> Dataset:
+        return pretraining_dataset(config.data.path, config.image)
+
+    def build_eval_datasets(
+        self, config: Any, path: str | None = None
+    ) -> tuple[Dataset, Dataset]:
+        return labelled_datasets(path, config.image.size)
+
+    def patch_size(self, config: Any) -> int:
+        """Side in pixels of one token (the tokenizer's patch)."""
+        raise NotImplementedError
+
+    def tokens_per_sample(self, config: Any) -> int:
+        return (config.image.size // self.patch_size(config)) ** 2
+
+    def visualize(self, model: MaskedModel, batch: dict, path: Path) -> Path:
+        return draw_reconstructions(model, batch, path, model.tokenizer.patch)
+
+    def export(self, model: MaskedModel, config: Any, fmt: str, out_dir: Path) -> Path:
+        if fmt != "timm":
+            raise ValueError(f"recipe {self.name!r} cannot export {fmt!r}")
+        encoder_config: TimmModelConfig = config.model.encoder
+        return export_timm(
+            model.encoder.model, encoder_config.name, dict(encoder_config.kwargs), out_dir
+        )
+
+    def load_export(
+        self, config: RecipeConfig, fmt: str, path: Path
+    ) -> Callable[[dict], Tensor]:
+        if fmt != "timm":
+            raise ValueError(f"recipe {self.name!r} cannot load {fmt!r}")
+        model = load_timm_export(Path(path))
+        return lambda batch: timm_embedding(model, batch["image"])
+
+
+class SparkRecipe(ImageRecipe):
+    name = "vision/spark"
+    summary = "SparK: sparse masked modelling on unmodified timm CNNs (ResNet, ConvNeXt)"
+    config_class = SparkConfig
+    presets: ClassVar = {"demo": presets.spark_demo, "paper": presets.spark_paper}
+    overfit_lr = 3e-3
+
+    def patch_size(self, config: Any) -> int:
+        return SPARK_CELL
+
+    def build_model(self, config: SparkConfig) -> MaskedModel:
+        encoder = SparseCNNEncoder(create_timm_model(config.model.encoder), config.model.backend)
+        return MaskedModel(
+            ImagePatchTokenizer(SPARK_CELL),
+            RandomMasker(config.mask.ratio),
+            encoder,
+            DensifyingDecoder(encoder.widths, config.model.decoder_width, SPARK_CELL),
+            PatchNormalizedPixels(per_patch=True),
+        )
+
+
+class MAERecipe(ImageRecipe):
+    name = "vision/mae"
+    summary = "MAE: ViT encoder on visible patches only, transformer decoder, normalised pixels"
+    config_class = MAEConfig
+    presets: ClassVar = {"demo": presets.mae_demo, "paper": presets.mae_paper}
+
+    def patch_size(self, config: Any) -> int:
+        return _vit_patch(create_timm_model(config.model.encoder))
+
+    def build_model(self, config: MAEConfig) -> MaskedModel:
+        encoder = MAEEncoder(create_timm_model(config.model.encoder))
+        vit = encoder.model
+        patch = _vit_patch(vit)
+        model = config.model
+        decoder = MAEDecoder(
+            vit.embed_dim,
+            tuple(vit.patch_embed.grid_size),
+            patch,
+            model.decoder_width,
+            model.decoder_depth,
+            model.decoder_heads,
+        )
+        return MaskedModel(
+            ImagePatchTokenizer(patch),
+            RandomMasker(config.mask.ratio),
+            encoder,
+            decoder,
+            PatchNormalizedPixels(per_patch=model.norm_pix_loss),
+        )
+
+
+class SimMIMRecipe(ImageRecipe):
+    name = "vision/simmim"
+    summary = "SimMIM: ViT with a mask token, linear pixel head, L1 on masked pixels"
+    config_class = SimMIMConfig
+    presets: ClassVar = {"demo": presets.simmim_demo, "paper": presets.simmim_paper}
+
+    def patch_size(self, config: Any) -> int:
+        return _vit_patch(create_timm_model(config.model.encoder))
+
+    def build_model(self, config: SimMIMConfig) -> MaskedModel:
+        encoder = SimMIMEncoder(create_timm_model(config.model.encoder))
+        patch = _vit_patch(encoder.model)
+        if config.mask.cell % patch:
+            raise ValueError(
+                f"mask.cell ({config.mask.cell} px) must be a multiple of the ViT patch ({patch} px)"
+            )
+        return MaskedModel(
+            ImagePatchTokenizer(patch),
+            CoarseRandomMasker(config.mask.ratio, config.mask.cell // patch),
+            encoder,
+            LinearPixelHead(encoder.model.embed_dim, patch),
+            MaskedPixelL1(),
+        )
+
+
+def _vit_patch(vit: nn.Module) -> int:
+    height, width = vit.patch_embed.patch_size
+    if height != width:
+        raise ValueError(f"square ViT patches only, got {height}x{width}")
+    return height
