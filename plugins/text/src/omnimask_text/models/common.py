@@ -44,6 +44,19 @@ class TextTokenizer(nn.Module):
         self.id_to_token = id_to_token  # for figures
         self.register_buffer("vocab_digest", torch.tensor(vocab_digest, dtype=torch.long))
 
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        """Refuse weights trained with another vocabulary before any shape mismatch is hit
+        (this module is the first a `MaskedModel` loads)."""
+        saved = state_dict.get(f"{prefix}vocab_digest")
+        if saved is not None and int(saved) != int(self.vocab_digest):
+            raise VocabularyMismatchError(
+                f"the checkpoint was trained with another vocabulary (digest {int(saved)}) than "
+                f"the current one, {self.vocab_source} (digest {int(self.vocab_digest)}); its "
+                "ids would mean different tokens. Use the run's original vocab.path (or corpus, "
+                "for a trained vocabulary), or start a new run."
+            )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def forward(self, batch: Batch) -> Tokens:
         data_digest = batch.get("vocab_digest")
         if data_digest is not None and bool((data_digest != self.vocab_digest).any()):

@@ -1,0 +1,110 @@
+"""The CLI end to end on the embedded stdlib corpus (pretrain -> eval -> visualize -> export),
+the Hugging Face export read back by the Auto classes with identical logits, and the clear
+error when a run is resumed with another vocabulary."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from omnimask.cli import main
+from omnimask.runs import load_run
+from PIL import Image
+from transformers import AutoModelForMaskedLM, AutoModelForPreTraining, AutoTokenizer
+
+from conftest import TINY
+
+SHORT = [*TINY, "train.steps=3", "train.batch_size=4", "train.checkpoint_every=3"]
+
+
+@pytest.fixture(scope="module")
+def mlm_run(tmp_path_factory):  # noqa: ANN201, ANN001
+    run_dir = tmp_path_factory.mktemp("mlm") / "run"
+    code = main(["pretrain", "text/mlm", "--preset", "demo", "--run-dir", str(run_dir), *SHORT])
+    assert code == 0
+    return run_dir
+
+
+def test_pretrain_writes_metrics(mlm_run) -> None:  # noqa: ANN001
+    records = [json.loads(line) for line in (mlm_run / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 3 and all(r["loss"] > 0 for r in records)
+    assert all(r["tokens_per_s"] > 0 for r in records)
+
+
+def test_eval_scores_the_stdlib_package_probe(mlm_run) -> None:  # noqa: ANN001
+    assert main(["eval", str(mlm_run)]) == 0
+    result = json.loads((mlm_run / "eval.json").read_text())
+    assert result["train_samples"] > result["test_samples"] > 100
+    accuracy = result["pretrained"]["linear_probe_accuracy"]
+    assert 1 / 6 < accuracy <= 1.0  # six packages: better than chance even untrained
+
+
+def test_visualize_writes_a_png_table(mlm_run, tmp_path) -> None:  # noqa: ANN001
+    out = tmp_path / "table.png"
+    assert main(["visualize", str(mlm_run), "--out", str(out)]) == 0
+    with Image.open(out) as image:
+        image.verify()
+    with Image.open(out) as image:
+        assert image.width >= 1000 and image.height >= 200
+
+
+def test_hf_export_gives_identical_logits(mlm_run, tmp_path) -> None:  # noqa: ANN001
+    out = tmp_path / "hf"
+    assert main(["export", str(mlm_run), "--format", "hf", "--out", str(out)]) == 0
+    run = load_run(mlm_run)
+    hf_model = AutoModelForMaskedLM.from_pretrained(out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    texts = ["Return the value of the named attribute.", "Open a file and return a stream."]
+    encoded = tokenizer(texts, padding=True, return_tensors="pt")
+    batch = {"input_ids": encoded["input_ids"], "sequence_ids": encoded["attention_mask"]}
+    with torch.no_grad():
+        tokens = run.model.tokenizer(batch)
+        ours = run.model.decoder.logits(run.model.encoder.forward_features(tokens))
+        theirs = hf_model(**encoded).logits
+    real = encoded["attention_mask"].bool()
+    assert torch.equal(ours[real], theirs[real])
+    assert tokenizer.convert_ids_to_tokens(encoded["input_ids"][0, :1])[0] == "[CLS]"
+
+
+def test_electra_pretrain_and_export(tmp_path) -> None:  # noqa: ANN001
+    run_dir = tmp_path / "electra"
+    overrides = [*SHORT, "train.steps=2", "electra.generator_hidden=16", "electra.generator_heads=1"]
+    assert main(["pretrain", "text/electra", "--run-dir", str(run_dir), *overrides]) == 0
+    out = tmp_path / "hf"
+    assert main(["export", str(run_dir), "--format", "hf", "--out", str(out)]) == 0
+    run = load_run(run_dir)
+    discriminator = AutoModelForPreTraining.from_pretrained(out).eval()
+    generator = AutoModelForMaskedLM.from_pretrained(out / "generator").eval()
+    ids = torch.tensor([[2, 50, 60, 70, 3]])
+    batch = {"input_ids": ids, "sequence_ids": torch.ones_like(ids)}
+    with torch.no_grad():
+        tokens = run.model.tokenizer(batch)
+        ours = run.model.decoder(run.model.encoder.forward_features(tokens), tokens, None)
+        real = torch.ones_like(ids)
+        assert torch.equal(ours, discriminator(input_ids=ids, attention_mask=real).logits)
+        mlm = run.model.decoder.generator(input_ids=ids, attention_mask=real).logits
+        assert torch.equal(mlm, generator(input_ids=ids, attention_mask=real).logits)
+
+
+def test_resume_with_another_vocabulary_fails_clearly(tmp_path, capsys) -> None:  # noqa: ANN001
+    from omnimask_text.config import VocabConfig
+    from omnimask_text.vocab import save_atomically, train_wordpiece
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(6):
+        (corpus / f"doc{i}.txt").write_text(f"document number {i} talks about parsing and files. " * 5)
+    vocab = tmp_path / "vocab.json"
+    save_atomically(train_wordpiece(["alpha beta gamma parsing files"] * 3, VocabConfig(size=80)), vocab)
+    run_dir = tmp_path / "run"
+    args = ["pretrain", "text/mlm", "--data", str(corpus), "--run-dir", str(run_dir), *SHORT]
+    args += [f"vocab.path={vocab}", "corpus.seq_len=32", "train.steps=2", "train.checkpoint_every=1"]
+    assert main(args) == 0
+    # the same file now holds another vocabulary (same size, other tokens)
+    other = ["document number talks about files and more words"] * 3
+    save_atomically(train_wordpiece(other, VocabConfig(size=80)), vocab)
+    assert main([*args[:-2], "train.steps=3", "train.checkpoint_every=1"]) == 2
+    message = capsys.readouterr().err
+    assert "checkpoint was trained with another vocabulary" in message
+    assert str(vocab) in message

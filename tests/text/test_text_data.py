@@ -1,0 +1,128 @@
+"""Corpus readers, splitting, packing and bad input: every error names the file and the problem."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from omnimask.data import BadSampleError, DataPathError
+from omnimask_text.corpus import read_corpus, read_file
+from omnimask_text.dataset import build_rows, collate_rows, pack, tokenize_documents
+from omnimask_text.vocab import CLS, SEP
+
+
+def test_empty_file_is_named(tmp_path) -> None:  # noqa: ANN001
+    (tmp_path / "good.txt").write_text("some text here")
+    (tmp_path / "empty.txt").write_bytes(b"")
+    with pytest.raises(BadSampleError, match=r"empty\.txt: empty file"):
+        read_corpus(tmp_path, "text")
+    documents = read_corpus(tmp_path, "text", on_bad="skip")
+    assert [d.text for d in documents] == ["some text here"]
+
+
+def test_invalid_utf8_names_file_and_byte_offset(tmp_path) -> None:  # noqa: ANN001
+    path = tmp_path / "broken.txt"
+    path.write_bytes("héllo wörld ".encode() + b"\xff\xfe" + b" tail")
+    offset = len("héllo wörld ".encode())
+    with pytest.raises(BadSampleError, match=rf"broken\.txt: invalid UTF-8 at byte offset {offset}"):
+        read_file(path, "text")
+
+
+def test_missing_path_and_no_matching_files(tmp_path) -> None:  # noqa: ANN001
+    with pytest.raises(DataPathError, match="does not exist"):
+        read_corpus(tmp_path / "nowhere", "text")
+    (tmp_path / "notes.md").write_text("x")
+    with pytest.raises(DataPathError, match="holds no files"):
+        read_corpus(tmp_path, "text")
+
+
+def test_jsonl_field_and_parquet_column(tmp_path) -> None:  # noqa: ANN001
+    lines = [json.dumps({"body": "first doc"}), "", json.dumps({"body": "second doc"})]
+    (tmp_path / "a.jsonl").write_text("\n".join(lines))
+    pq.write_table(pa.table({"body": ["third doc", None, "fourth doc"]}), tmp_path / "b.parquet")
+    texts = [d.text for d in read_corpus(tmp_path, "body")]
+    assert texts == ["first doc", "second doc", "third doc", "fourth doc"]
+    with pytest.raises(BadSampleError, match=r"a\.jsonl:1: no string field 'text'"):
+        read_corpus(tmp_path, "text")
+    (tmp_path / "a.jsonl").unlink()
+    with pytest.raises(BadSampleError, match=r"b\.parquet: no column 'text'"):
+        read_corpus(tmp_path, "text")
+    (tmp_path / "c.jsonl").write_text("{not json\n")
+    with pytest.raises(BadSampleError, match=r"c\.jsonl:1: not JSON"):
+        read_file(tmp_path / "c.jsonl", "body")
+
+
+def test_long_documents_are_split_not_truncated(embedded_tokenizer) -> None:  # noqa: ANN001
+    long_text = " ".join(f"word{i} value" for i in range(400))
+    seq_len = 32
+    expected = embedded_tokenizer.encode(long_text, add_special_tokens=False).ids
+    assert len(expected) > 5 * seq_len
+    chunks, split = tokenize_documents(embedded_tokenizer, [long_text, "short"], seq_len)
+    assert split == 1
+    cls, sep = embedded_tokenizer.token_to_id(CLS), embedded_tokenizer.token_to_id(SEP)
+    long_chunks = chunks[:-1]
+    assert all(len(c) <= seq_len and c[0] == cls and c[-1] == sep for c in chunks)
+    assert [t for c in long_chunks for t in c[1:-1]] == expected  # every token kept, in order
+
+
+def test_packing_keeps_every_chunk_whole_and_rows_full() -> None:
+    generator = torch.Generator().manual_seed(0)
+    chunks = [list(range(n)) for n in torch.randint(3, 64, (500,), generator=generator).tolist()]
+    rows = pack(chunks, 64)
+    pieces = []
+    for ids, sequence_ids in rows:
+        assert len(ids) == len(sequence_ids) <= 64
+        for document in sorted(set(sequence_ids)):
+            pieces.append([t for t, s in zip(ids, sequence_ids) if s == document])
+    assert sorted(map(tuple, pieces)) == sorted(map(tuple, chunks))
+    fill = sum(map(len, chunks)) / (64 * len(rows))
+    assert fill > 0.95
+
+
+def test_packed_rows_attend_within_documents(mlm_recipe, embedded_tokenizer) -> None:  # noqa: ANN001
+    """A packed row's encoding equals encoding each of its documents alone (the block mask and
+    per-document positions remove the other documents from the computation)."""
+    from omnimask.config import apply_overrides
+
+    config = apply_overrides(mlm_recipe.config("demo"), ["model.hidden=32", "model.layers=1"])
+    torch.manual_seed(0)
+    model = mlm_recipe.build_model(config).eval()
+    texts = ["first short document here", "the second one is a little longer than that", "3rd"]
+    packed = build_rows(config, embedded_tokenizer, texts)
+    assert len(packed) == 1
+    alone = copy.deepcopy(config)
+    alone.corpus.packing = False
+    singles = build_rows(alone, embedded_tokenizer, texts)
+
+    def features(sample):  # noqa: ANN001, ANN202
+        return model.encoder.forward_features(model.tokenizer(collate_rows([sample])))[0]
+
+    row = packed[0]
+    together = features(row)
+    segments = {
+        tuple(row["input_ids"][row["sequence_ids"] == s].tolist()): together[row["sequence_ids"] == s]
+        for s in set(row["sequence_ids"].tolist())
+    }
+    assert len(segments) == len(texts)
+    for index in range(len(singles)):
+        single = singles[index]
+        torch.testing.assert_close(
+            segments[tuple(single["input_ids"].tolist())], features(single), atol=1e-5, rtol=1e-4
+        )
+
+
+def test_data_from_another_vocabulary_is_refused(mlm_recipe, embedded_tokenizer) -> None:  # noqa: ANN001
+    from omnimask.config import apply_overrides
+    from omnimask_text.models.common import VocabularyMismatchError
+
+    config = apply_overrides(mlm_recipe.config("demo"), ["model.hidden=32", "model.layers=1"])
+    model = mlm_recipe.build_model(config)
+    batch = collate_rows([build_rows(config, embedded_tokenizer, ["some text"])[0]])
+    model.tokenizer(batch)  # the matching vocabulary passes
+    batch["vocab_digest"] = batch["vocab_digest"] + 1
+    with pytest.raises(VocabularyMismatchError, match="tokenized with a vocabulary"):
+        model.tokenizer(batch)
