@@ -1,0 +1,1 @@
+"""omnimask plugin for video: VideoMAE masked video pretraining with tube masking."""
