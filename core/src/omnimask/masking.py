@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from omnimask.seeding import sample_uniform
 from omnimask.tokens import Tokens
 
 # BEiT's blockwise masking draws block aspect ratios from [0.3, 1 / 0.3].
@@ -39,10 +40,14 @@ def random_mask(
     As in MAE: the tokens with the smallest uniform noise are hidden (argsort of noise), which
     gives every subset of that size the same probability.
     """
-    num_masked = mask_count(num_tokens, ratio)
     noise = torch.rand(batch_size, num_tokens, generator=generator)
+    return mask_from_noise(noise, mask_count(num_tokens, ratio))
+
+
+def mask_from_noise(noise: Tensor, num_masked: int) -> Tensor:
+    """Hide the `num_masked` tokens of smallest noise in each row of `noise` `[B, N]`."""
     hidden = torch.argsort(noise, dim=1)[:, :num_masked]
-    mask = torch.zeros(batch_size, num_tokens, dtype=torch.bool)
+    mask = torch.zeros(noise.shape, dtype=torch.bool, device=noise.device)
     return mask.scatter_(1, hidden, True)
 
 
@@ -252,6 +257,12 @@ class RandomMasker(RatioMasker):
     def forward(self, tokens: Tokens, generator: torch.Generator) -> Tensor:
         return random_mask(tokens.batch_size, tokens.num_tokens, self.current_ratio, generator)
 
+    def mask_from_seeds(self, tokens: Tokens, seeds: Tensor) -> Tensor:
+        """The same distribution with row b drawn from `seeds[b]` alone, vectorised over the
+        batch (`MaskedModel.draw_mask` uses it for per-sample masks)."""
+        count = mask_count(tokens.num_tokens, self.current_ratio)
+        return mask_from_noise(sample_uniform(seeds, tokens.num_tokens), count)
+
 
 class BlockMasker(RatioMasker):
     """BEiT-style blockwise mask on `tokens.grid` of any rank (see `block_mask`)."""
@@ -279,6 +290,14 @@ class TubeMasker(RatioMasker):
     def forward(self, tokens: Tokens, generator: torch.Generator) -> Tensor:
         grid = _checked_grid(tokens, "TubeMasker")
         return tube_mask(tokens.batch_size, grid, self.current_ratio, generator)
+
+    def mask_from_seeds(self, tokens: Tokens, seeds: Tensor) -> Tensor:
+        """Per-sample tube masks from `seeds` `[B]`, vectorised (see `RandomMasker`)."""
+        frames, *spatial_grid = _checked_grid(tokens, "TubeMasker")
+        spatial = math.prod(spatial_grid)
+        count = mask_count(spatial, self.current_ratio)
+        frame_mask = mask_from_noise(sample_uniform(seeds, spatial), count)
+        return frame_mask.unsqueeze(1).expand(-1, frames, spatial).reshape(len(seeds), -1)
 
 
 def _checked_grid(tokens: Tokens, masker: str) -> tuple[int, ...]:

@@ -105,6 +105,8 @@ class MaskedModel(nn.Module):
     adds it): row i's mask comes from a generator seeded by (the step's seed, sample id i), so a
     sample's mask does not depend on batch composition, device or the number of processes. That
     is what makes one process with batch 2B train exactly like two processes with batch B.
+    Maskers with a `mask_from_seeds(tokens, seeds)` method (random and tube masks) draw all rows
+    at once from per-sample seeds; others are called once per row.
     """
 
     def __init__(
@@ -132,9 +134,15 @@ class MaskedModel(nn.Module):
             mask = self.masker(tokens, generator)
         else:
             step_seed = generator.initial_seed()
+            seeds = [mix_seed(step_seed, sample_id) for sample_id in sample_ids.tolist()]
+            vectorised = getattr(self.masker, "mask_from_seeds", None)
+            if vectorised is not None:
+                mask = vectorised(tokens, torch.tensor(seeds, dtype=torch.int64))
+                return mask.to(tokens.device, non_blocking=True)
+            row_generator = torch.Generator()
             rows = []
-            for row, sample_id in enumerate(sample_ids.tolist()):
-                row_generator = torch.Generator().manual_seed(mix_seed(step_seed, sample_id))
+            for row, seed in enumerate(seeds):
+                row_generator.manual_seed(seed)
                 rows.append(self.masker(tokens.rows(slice(row, row + 1)), row_generator))
             mask = torch.cat(rows)
         return mask.to(tokens.device, non_blocking=True)

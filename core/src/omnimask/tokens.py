@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,15 +47,19 @@ class Tokens:
         return int((~self.padding).sum())
 
     def rows(self, index: slice | Tensor) -> Tokens:
-        """The tokens of the selected batch rows (every batch-first tensor is indexed)."""
+        """The tokens of the selected batch rows (every batch-first tensor is indexed).
+
+        Called once per sample per step when masks are drawn per sample, so it builds the result
+        directly rather than through `dataclasses.replace`.
+        """
 
         def take(value: Any) -> Any:
             return value[index] if isinstance(value, Tensor) else value
 
-        return dataclasses.replace(
-            self,
-            values=self.values[index],
-            positions=take(self.positions),
-            padding=take(self.padding),
-            extras={key: take(value) for key, value in self.extras.items()},
+        return Tokens(
+            self.values[index],
+            take(self.positions),
+            self.grid,
+            take(self.padding),
+            {key: take(value) for key, value in self.extras.items()} if self.extras else {},
         )
