@@ -9,9 +9,12 @@ the loader rebuilds it for whatever size it is given.
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import torch
 from omnimask.export import ExportError
@@ -28,6 +31,30 @@ PATCH_EMBEDDINGS = {
     "s1_encoder.linear_input.weight": "s1_bands",
     "s2_encoder.linear_input.weight": "s2_bands",
 }
+
+
+def torchgeo_croma() -> ModuleType:
+    """torchgeo's own `torchgeo/models/croma.py` module.
+
+    `import torchgeo.models.croma` first runs `torchgeo.models.__init__`, which imports every
+    model family torchgeo ships: about three times the cost of the CROMA module itself, which
+    needs only torch, einops and torchvision (tens of CPU seconds on a small machine, paid by
+    every export and test). So the file is executed on its own, unless torchgeo's package
+    import has already happened, in which case that module is used.
+    """
+    if "torchgeo.models.croma" in sys.modules:
+        return sys.modules["torchgeo.models.croma"]
+    name = "omnimask_remote_sensing._torchgeo_croma"
+    if name not in sys.modules:
+        package = importlib.util.find_spec("torchgeo")
+        if package is None or package.origin is None:
+            raise ExportError("the torchgeo format needs torchgeo installed (pip install torchgeo)")
+        source = Path(package.origin).parent / "models" / "croma.py"
+        spec = importlib.util.spec_from_file_location(name, source)
+        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+        sys.modules[name] = module
+    return sys.modules[name]
 
 
 def check_torchgeo_compatible(config: CromaConfig) -> None:
@@ -88,12 +115,10 @@ def export_torchgeo(model: CromaModel, config: CromaConfig, out_dir: Path) -> Pa
 def load_torchgeo(path: Path) -> torch.nn.Module:
     """Build torchgeo's CROMA from an export folder and load the weights (only `attn_bias`,
     which torchgeo derives from the image size, may be absent)."""
-    from torchgeo.models.croma import CROMA
-
     folder = Path(path).parent if Path(path).is_file() else Path(path)
     settings = json.loads((folder / SETTINGS).read_text())
     settings.pop("embedding")
-    model = CROMA(**settings)
+    model = torchgeo_croma().CROMA(**settings)
     result = model.load_state_dict(load_file(str(folder / WEIGHTS)), strict=False)
     if result.unexpected_keys or set(result.missing_keys) != {"attn_bias"}:
         raise ExportError(
@@ -105,8 +130,7 @@ def load_torchgeo(path: Path) -> torch.nn.Module:
 
 def torchgeo_embedder(path: Path) -> Callable[[Batch], Tensor]:
     """`embed(batch) -> [B, D]` computed by torchgeo's CROMA, pooled like `CromaEncoder.pool`."""
-    from torchgeo.models.croma import get_2dalibi
-
+    get_2dalibi = torchgeo_croma().get_2dalibi
     model = load_torchgeo(path)
     folder = Path(path).parent if Path(path).is_file() else Path(path)
     embedding = json.loads((folder / SETTINGS).read_text())["embedding"]

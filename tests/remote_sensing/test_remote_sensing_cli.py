@@ -1,0 +1,82 @@
+"""The CLI end to end on the embedded GeoTIFFs, as a user runs it: pretrain, eval, visualize,
+export; then the trained run on chips twice the training size."""
+
+from __future__ import annotations
+
+import json
+
+import matplotlib.image
+import pytest
+import torch
+from omnimask.cli import main
+from omnimask.export import load_safetensors_export
+from omnimask.runs import load_run
+from omnimask_remote_sensing.datasets import ChipDataset
+from omnimask_remote_sensing.export import torchgeo_embedder
+from omnimask_remote_sensing.geotiff import find_pairs
+from omnimask_remote_sensing.synthetic import default_data
+from torch.utils.data import default_collate
+
+RECIPE = "remote_sensing/croma"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    run = tmp_path_factory.mktemp("croma") / "run"
+    overrides = ["train.steps=3", "train.batch_size=8", "train.progress=false"]
+    assert main(["pretrain", RECIPE, "--run-dir", str(run), *overrides]) == 0
+    return run
+
+
+def test_the_run_directory_alone_rebuilds_the_normalisation(run_dir) -> None:
+    run = load_run(run_dir)
+    assert len(run.config.stats.s2_mean) == 12 and len(run.config.stats.s1_std) == 2
+    assert run.step == 3
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    record = json.loads(lines[-1])
+    assert {"loss", "contrastive", "reconstruction_optical", "reconstruction_radar"} <= set(record)
+
+
+def test_eval_scores_the_labelled_chips(run_dir) -> None:
+    assert main(["eval", str(run_dir)]) == 0
+    result = json.loads((run_dir / "eval.json").read_text())
+    assert result["train_samples"] == 40 and result["test_samples"] == 20
+    assert 0.0 <= result["pretrained"]["linear_probe_accuracy"] <= 1.0
+    assert result["pretrained"]["feature_dim"] == 3 * 64  # optical, radar and joint pooled
+
+
+def test_visualize_writes_a_png_of_sensible_size(run_dir, tmp_path) -> None:
+    out = tmp_path / "figure.png"
+    assert main(["visualize", str(run_dir), "--out", str(out), "--num", "2"]) == 0
+    image = matplotlib.image.imread(out)
+    assert image.shape[0] >= 300 and image.shape[1] >= 1000 and image.shape[2] in (3, 4)
+    assert image[..., :3].std() > 0.05  # not a blank canvas
+
+
+def test_export_formats_round_trip(run_dir, tmp_path) -> None:
+    assert (
+        main(["export", str(run_dir), "--format", "torchgeo", "--out", str(tmp_path / "tg")]) == 0
+    )
+    assert main(["export", str(run_dir), "--out", str(tmp_path / "st")]) == 0
+    run = load_run(run_dir)
+    batch = default_collate([run.recipe.build_dataset(run.config)[i] for i in range(3)])
+    expected = run.model.embed(batch)
+    _, _, reloaded = load_safetensors_export(tmp_path / "st")
+    torch.testing.assert_close(reloaded.embed(batch), expected)
+    theirs = torchgeo_embedder(tmp_path / "tg")(batch)
+    torch.testing.assert_close(theirs, expected, atol=2e-5, rtol=1e-4)
+
+
+def test_a_model_trained_on_32px_chips_runs_on_64px_chips(run_dir) -> None:
+    run = load_run(run_dir)
+    assert run.config.chips.size == 32
+    config = run.config
+    config.chips.size = 64
+    chips = ChipDataset(find_pairs(default_data() / "scenes"), config)
+    batch = default_collate([chips[i] for i in range(2)])
+    assert batch["s2"].shape == (2, 12, 64, 64)
+    with torch.no_grad():
+        features = run.model.encoder.forward_features(run.model.tokenizer(batch))
+        embedding = run.model.embed(batch)
+    assert features.optical.shape == features.joint.shape == (2, 64, 64)  # 8 x 8 patches
+    assert embedding.shape == (2, 192) and torch.isfinite(embedding).all()

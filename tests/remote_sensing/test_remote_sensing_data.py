@@ -1,0 +1,185 @@
+"""GeoTIFF pairs: pairing, windowed chips, nodata, one-pass statistics and every bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from omnimask.config import from_yaml, to_yaml
+from omnimask.data import BadSampleError
+from omnimask_remote_sensing.config import CromaConfig
+from omnimask_remote_sensing.datasets import ChipDataset
+from omnimask_remote_sensing.geotiff import find_pairs, write_geotiff
+from omnimask_remote_sensing.recipes import CromaRecipe
+from omnimask_remote_sensing.synthetic import default_data
+from rasterio.crs import CRS
+from rasterio.transform import from_origin
+from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
+
+UTM = CRS.from_epsg(32633)
+
+
+def write_pair(
+    folder,
+    name,
+    *,
+    s1_bands=2,
+    s2_bands=12,
+    size=32,
+    crs=UTM,
+    s2_origin=(0.0, 320.0),
+    s2_dtype=np.uint16,
+    seed=0,
+):
+    """A small S1/S2 pair named `<name>_s1.tif` / `<name>_s2.tif`."""
+    rng = np.random.default_rng(seed)
+    s1 = rng.normal(-12, 3, (s1_bands, size, size)).astype(np.float32)
+    s2 = rng.integers(100, 4000, (s2_bands, size, size)).astype(s2_dtype)
+    write_geotiff(folder / f"{name}_s1.tif", s1, UTM, from_origin(0.0, 320.0, 10, 10), -9999.0)
+    write_geotiff(folder / f"{name}_s2.tif", s2, crs, from_origin(*s2_origin, 10, 10), 0)
+    return s1, s2
+
+
+def demo_config(size=16) -> CromaConfig:
+    config = CromaRecipe().config("demo")
+    config.chips.size = size
+    return config
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    return find_pairs(default_data() / "scenes")
+
+
+def test_pairs_are_matched_by_folder_by_suffix_and_by_manifest(tmp_path, scenes) -> None:
+    assert len(scenes) == 4 and all(p.s1.parent.name == "s1" for p in scenes)
+    assert [p.s1.stem for p in scenes] == [p.s2.stem for p in scenes]
+    write_pair(tmp_path, "b")
+    write_pair(tmp_path, "a")
+    pairs = find_pairs(tmp_path)
+    assert [(p.s1.name, p.s2.name) for p in pairs] == [
+        ("a_s1.tif", "a_s2.tif"),
+        ("b_s1.tif", "b_s2.tif"),
+    ]
+    (tmp_path / "manifest.csv").write_text("s1,s2,label\nb_s1.tif,a_s2.tif,3\n")
+    [listed] = find_pairs(tmp_path)
+    assert (listed.s1.name, listed.s2.name, listed.label) == ("b_s1.tif", "a_s2.tif", 3)
+
+
+def test_chips_are_windowed_reads_that_keep_crs_and_transform(scenes, tmp_path) -> None:
+    config = demo_config(32)
+    dataset = ChipDataset(scenes[:1], config)
+    pair = scenes[0]
+    with rasterio.open(pair.s2) as source:
+        whole = source.read().astype(np.float32)
+        transform = source.transform
+    item = dataset[5]  # row 1, column 1 of a 4x4 grid of 32 px chips
+    window = Window(32, 32, 32, 32)
+    mean = np.asarray(config.stats.s2_mean, dtype=np.float32)[:, None, None]
+    std = np.asarray(config.stats.s2_std, dtype=np.float32)[:, None, None]
+    expected = (whole[:, 32:64, 32:64] - mean) / std
+    np.testing.assert_allclose(item["s2"].numpy(), expected, rtol=1e-5, atol=1e-5)
+    chip_transform = window_transform(window, transform)
+    assert tuple(item["transform"].tolist()) == tuple(chip_transform)[:6]
+    assert CRS.from_wkt(item["crs"]) == UTM
+    written = write_geotiff(
+        tmp_path / "out.tif", item["s1"].numpy(), CRS.from_wkt(item["crs"]), chip_transform
+    )
+    with rasterio.open(written) as back:
+        assert back.crs == UTM and back.transform == chip_transform
+
+
+def test_band_statistics_of_one_pass_equal_numpy_over_valid_pixels(scenes) -> None:
+    config = demo_config(32)
+    assert not config.stats.s1_mean
+    dataset = ChipDataset(scenes, config)
+    valid_s1, valid_s2 = [], []
+    for pair in scenes:
+        with rasterio.open(pair.s1) as s1, rasterio.open(pair.s2) as s2:
+            a, b = s1.read().astype(np.float64), s2.read().astype(np.float64)
+        valid = (a != -9999.0).all(0) & (b != 0).all(0)
+        valid_s1.append(a[:, valid])
+        valid_s2.append(b[:, valid])
+    s1, s2 = np.concatenate(valid_s1, 1), np.concatenate(valid_s2, 1)
+    np.testing.assert_allclose(config.stats.s1_mean, s1.mean(1), rtol=1e-10)
+    np.testing.assert_allclose(config.stats.s1_std, s1.std(1), rtol=1e-8)
+    np.testing.assert_allclose(config.stats.s2_mean, s2.mean(1), rtol=1e-10)
+    np.testing.assert_allclose(config.stats.s2_std, s2.std(1), rtol=1e-8)
+    # the nodata strip of the last scene: 4 chips left out and counted
+    assert dataset.report.nodata_chips == 4 and len(dataset) == 60
+    # the statistics travel with the config and are reused, not recomputed
+    again = from_yaml(to_yaml(config), CromaConfig)
+    assert again.stats == config.stats
+    assert torch.equal(ChipDataset(scenes[:1], again)[0]["s2"], dataset[0]["s2"])
+
+
+def test_partial_nodata_pixels_become_the_band_mean(tmp_path) -> None:
+    s1, s2 = write_pair(tmp_path, "a", size=16)
+    s2[:, :4, :] = 0
+    write_geotiff(tmp_path / "a_s2.tif", s2, UTM, from_origin(0.0, 320.0, 10, 10), 0)
+    item = ChipDataset(find_pairs(tmp_path), demo_config(16))[0]
+    assert torch.all(item["s1"][:, :4] == 0) and torch.all(item["s2"][:, :4] == 0)
+    assert torch.all(item["s2"][:, 4:] != 0)
+
+
+@pytest.mark.parametrize(
+    ("change", "culprit", "message"),
+    [
+        ({"s1_bands": 3}, "a_s1.tif", "has 3 bands, expected 2"),
+        ({"s2_bands": 10}, "a_s2.tif", "has 10 bands, expected 12"),
+        ({"crs": CRS.from_epsg(4326)}, "a_s2.tif", "CRS EPSG:4326 differs from EPSG:32633"),
+        ({"s2_origin": (100.0, 320.0)}, "a_s2.tif", "extent .* differs"),
+    ],
+)
+def test_mismatched_pairs_are_named(tmp_path, change, culprit, message) -> None:
+    write_pair(tmp_path, "a", **change)
+    with pytest.raises(BadSampleError, match=message) as error:
+        ChipDataset(find_pairs(tmp_path), demo_config())
+    assert error.value.source.endswith(culprit)
+
+
+def test_unreadable_tiff_is_named_and_skip_policy_counts_it(tmp_path) -> None:
+    write_pair(tmp_path, "a")
+    write_pair(tmp_path, "b")
+    (tmp_path / "b_s2.tif").write_bytes(b"this is not a tiff")
+    with pytest.raises(BadSampleError, match="cannot be read as a GeoTIFF") as error:
+        ChipDataset(find_pairs(tmp_path), demo_config())
+    assert error.value.source.endswith("b_s2.tif")
+    dataset = ChipDataset(find_pairs(tmp_path), demo_config(), on_bad_sample="skip")
+    assert len(dataset.report.skipped_pairs) == 1 and len(dataset) == 4
+
+
+def test_all_nodata_chips_are_skipped_and_counted(tmp_path) -> None:
+    s1, _ = write_pair(tmp_path, "a", size=32)
+    s1[:, :16, :16] = -9999.0  # the top-left 16 px chip holds no radar data
+    write_geotiff(tmp_path / "a_s1.tif", s1, UTM, from_origin(0.0, 320.0, 10, 10), -9999.0)
+    dataset = ChipDataset(find_pairs(tmp_path), demo_config(16))
+    assert dataset.report.nodata_chips == 1 and len(dataset) == 3
+
+
+def test_integer_and_float_optical_files_load_alike_but_do_not_mix(tmp_path) -> None:
+    (tmp_path / "int").mkdir()
+    (tmp_path / "float").mkdir()
+    write_pair(tmp_path / "int", "a", s2_dtype=np.uint16)
+    write_pair(tmp_path / "float", "a", s2_dtype=np.float32)
+    config = demo_config()
+    as_int = ChipDataset(find_pairs(tmp_path / "int"), config)[0]
+    as_float = ChipDataset(find_pairs(tmp_path / "float"), config)[0]
+    assert as_int["s2"].dtype == as_float["s2"].dtype == torch.float32
+    assert torch.equal(as_int["s2"], as_float["s2"])
+    write_pair(tmp_path / "int", "b", s2_dtype=np.float32, seed=1)
+    write_pair(tmp_path / "int", "c", seed=2)
+    with pytest.raises(
+        BadSampleError, match="has float pixels while the other S2 files are integer"
+    ) as error:
+        ChipDataset(find_pairs(tmp_path / "int"), demo_config())
+    assert error.value.source.endswith("b_s2.tif")
+
+
+def test_a_file_without_partner_is_named(tmp_path) -> None:
+    write_pair(tmp_path, "a")
+    (tmp_path / "a_s2.tif").rename(tmp_path / "b_s2.tif")
+    with pytest.raises(BadSampleError, match="no matching S1/S2 partner"):
+        find_pairs(tmp_path)
