@@ -41,19 +41,22 @@ def sync(device: torch.device) -> None:
 
 
 def seconds_per_call(
-    fn: Callable[[], object], device: torch.device, repeats: int, warmup: int
-) -> float:
-    """Median wall time of `fn` after warm-up (median: robust to a busy shared machine)."""
+    fns: list[Callable[[], object]], device: torch.device, repeats: int, warmup: int
+) -> list[float]:
+    """Median wall time of each of `fns` after warm-up. Calls alternate between the functions,
+    so a busy shared machine slows all of them alike; the median drops outliers."""
     for _ in range(warmup):
-        fn()
+        for fn in fns:
+            fn()
     sync(device)
-    times = []
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn, record in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            record.append(time.perf_counter() - start)
+    return [statistics.median(record) for record in times]
 
 
 def encoder_vs_torchgeo(args: argparse.Namespace, device: torch.device) -> None:
@@ -95,8 +98,9 @@ def encoder_vs_torchgeo(args: argparse.Namespace, device: torch.device) -> None:
         a, b = run_ours().float(), run_theirs().float()
         tolerance = 5e-2 if dtype is not None else 1e-4
         torch.testing.assert_close(a, b, atol=tolerance, rtol=tolerance)
-        t_ours = seconds_per_call(run_ours, device, args.repeats, args.warmup)
-        t_theirs = seconds_per_call(run_theirs, device, args.repeats, args.warmup)
+        t_ours, t_theirs = seconds_per_call(
+            [run_ours, run_theirs], device, args.repeats, args.warmup
+        )
     shape = {
         "dim": config.model.dim,
         "depth": config.model.depth,
@@ -132,7 +136,8 @@ def loader_vs_training(args: argparse.Namespace, device: torch.device) -> None:
         loss.backward()
         optimizer.step()
 
-    train_rate = config.train.batch_size / seconds_per_call(step, device, args.repeats, args.warmup)
+    [step_time] = seconds_per_call([step], device, args.repeats, args.warmup)
+    train_rate = config.train.batch_size / step_time
     shape = {"chip": config.chips.size, "batch": config.train.batch_size, "device": str(device)}
     emit("geotiff_loader_chips_per_s", loader_rate, processes=1, **shape)
     emit("train_step_samples_per_s", train_rate, model="demo", **shape)
