@@ -23,9 +23,9 @@ from PIL import Image, ImageDraw
 
 MOTIONS = ("right", "left", "down", "up", "spin")
 SHAPES = ("square", "disc", "triangle")
-VERSION = "v1"  # bump when the generator changes, so stale caches are not reused
+VERSION = "v3"  # bump when the generator changes, so stale caches are not reused
 FRAMES, SIZE, FPS = 24, 64, 12
-SPLITS = {"pretrain": (120, 0), "labelled/train": (80, 1), "labelled/test": (40, 2)}
+SPLITS = {"pretrain": (100, 0), "labelled/train": (50, 1), "labelled/test": (25, 2)}
 
 
 def render_clip(
@@ -99,7 +99,9 @@ def write_video(
     `pts` (in 1/`fps * 100` seconds) writes a variable-frame-rate stream, for tests.
     """
     with av.open(str(path), mode="w") as container:
-        stream = container.add_stream(codec, rate=fps)
+        # Keyframes exactly every `gop` frames: x264 would add more at scene cuts.
+        options = {"x264-params": "scenecut=0"} if codec == "libx264" else {}
+        stream = container.add_stream(codec, rate=fps, options=options)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
         stream.codec_context.gop_size = gop
