@@ -1,12 +1,11 @@
 """Seed derivation and the counter-based per-sample uniform generator."""
 
 import torch
-from scipy import stats
-
 from omnimask.masking import RandomMasker, TubeMasker
 from omnimask.model import MaskedModel
 from omnimask.seeding import mix_seed, sample_uniform, seeded_rng
 from omnimask.tokens import Tokens
+from scipy import stats
 
 
 def test_mix_seed_is_stable_and_separates_its_inputs() -> None:
@@ -51,7 +50,7 @@ def test_per_sample_masks_do_not_depend_on_the_batch() -> None:
     assert (tube == tube[:, :1]).all() and (tube[:, 0].sum(1) == 7).all()  # round(0.75 * 9)
 
 
-def test_seeded_rng_restores_the_global_streams() -> None:
+def test_seeded_rng_restores_the_torch_stream() -> None:
     torch.manual_seed(4)
     expected = torch.rand(3)
     torch.manual_seed(4)

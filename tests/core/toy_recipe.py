@@ -122,6 +122,7 @@ def demo() -> ToyConfig:
     config.train.lr = 1e-2
     config.train.warmup_steps = 2
     config.train.checkpoint_every = 4
+    config.train.log_every = 1  # the engine tests compare losses step by step
     config.train.progress = False
     return config
 

@@ -41,7 +41,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 50
     keep_last: int = 3
-    log_every: int = 1
+    log_every: int = 10  # metrics are averaged over the steps between two log lines
     max_nonfinite: int = 5  # stop after this many non-finite losses in a row
     progress: bool = True
 

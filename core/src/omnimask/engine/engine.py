@@ -199,14 +199,13 @@ class Engine:
         nonfinite_run = int(loaded.state.get("nonfinite_run", 0)) if loaded else 0
         skipped_total = int(loaded.state.get("skipped_samples", 0)) if loaded else 0
         last_loss = math.nan
-        window_start, window_samples, window_tokens = time.perf_counter(), 0, 0
+        window = _MetricWindow()
         model.train()
         try:
             for step in range(start_step, train.steps):
                 set_progress(model, step / max(1, train.steps))
-                sums: dict[str, float] = {}
+                step_sums: dict[str, torch.Tensor] = {}
                 sample_ids: list[int] = []
-                finite = True
                 for micro in range(train.grad_accum):
                     batch, skipped = next(batches)
                     skipped_total += len(skipped)
@@ -224,15 +223,13 @@ class Engine:
                     context = accelerator.no_sync(model) if not last_micro else nullcontext()
                     with context, accelerator.autocast():
                         losses = model(batch, generator)
-                    loss = losses["loss"]
-                    finite = finite and bool(torch.isfinite(loss.detach()))
-                    accelerator.backward(loss / train.grad_accum)
-                    for key, value in losses.items():
-                        sums[key] = sums.get(key, 0.0) + float(value.detach())
-                    window_samples += len(batch["sample_id"])
-                    window_tokens += int(losses.get("num_tokens", torch.tensor(0)).item())
+                    accelerator.backward(losses["loss"] / train.grad_accum)
+                    for key, value in losses.items():  # stays on the device: no sync per term
+                        step_sums[key] = step_sums.get(key, 0.0) + value.detach().float()
+                    window.samples += len(batch["sample_id"])
 
-                finite = self._all_processes(finite)
+                # The one host-device sync of a step: is the loss finite on every process?
+                finite = self._all_processes(bool(torch.isfinite(step_sums["loss"])))
                 if not finite:
                     optimizer.zero_grad(set_to_none=True)
                     nonfinite_run += 1
@@ -257,30 +254,35 @@ class Engine:
                     optimizer.zero_grad(set_to_none=True)
                     if ema is not None:
                         ema.update(accelerator.unwrap_model(model), step=step)
+                    window.add({k: v / train.grad_accum for k, v in step_sums.items()})
                 with warnings.catch_warnings():
                     # a skipped step still advances the schedule, so it stays aligned with `step`
                     warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()`")
                     scheduler.step()
 
-                means = {k: v / train.grad_accum for k, v in sums.items()}
-                means = self._mean_over_processes(means)
-                last_loss = means["loss"]
                 done = step + 1
                 bar.update(1)
-                if metrics is not None and (done % train.log_every == 0 or done == train.steps):
-                    elapsed = max(time.perf_counter() - window_start, 1e-9)
+                if done % train.log_every == 0 or done == train.steps:
+                    means = self._mean_over_processes(window.means())
+                    last_loss = means.get("loss", math.nan)
+                    elapsed = window.elapsed()
                     record = {k: v for k, v in means.items() if k != "num_tokens"}
+                    record["loss"] = last_loss
                     record["lr"] = scheduler.get_last_lr()[0]
-                    record["samples_per_s"] = window_samples * accelerator.num_processes / elapsed
-                    record["tokens_per_s"] = window_tokens * accelerator.num_processes / elapsed
+                    processes = accelerator.num_processes
+                    record["samples_per_s"] = window.samples * processes / elapsed
+                    tokens_per_step = means.get("num_tokens", 0.0) * train.grad_accum
+                    tokens = tokens_per_step * window.steps * processes
+                    record["tokens_per_s"] = tokens / elapsed if window.steps else 0.0
                     record["skipped_samples"] = skipped_total
-                    metrics.log(step, record)
+                    if metrics is not None:
+                        metrics.log(step, record)
                     bar.set_postfix(
                         loss=f"{last_loss:.4f}",
                         samples_s=f"{record['samples_per_s']:.1f}",
                         tokens_s=f"{record['tokens_per_s']:.0f}",
                     )
-                    window_start, window_samples, window_tokens = time.perf_counter(), 0, 0
+                    window = _MetricWindow()
                 if done % train.checkpoint_every == 0 or done == train.steps:
                     self._save(model, ema, optimizer, scheduler, done, nonfinite_run, skipped_total)
         finally:
@@ -344,6 +346,32 @@ class Engine:
                 keep_last=self.train.keep_last,
             )
         accelerator.wait_for_everyone()
+
+
+class _MetricWindow:
+    """Loss terms summed on the device over the steps between two log lines (finite steps only),
+    so logging every N steps costs one transfer per N steps."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.sums: dict[str, torch.Tensor] = {}
+        self.steps = 0
+        self.samples = 0
+
+    def add(self, values: dict[str, torch.Tensor]) -> None:
+        for key, value in values.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+        self.steps += 1
+
+    def means(self) -> dict[str, float]:
+        if not self.steps:
+            return {"loss": math.nan}
+        keys = sorted(self.sums)
+        values = torch.stack([self.sums[k] for k in keys]).cpu().tolist()
+        return {k: v / self.steps for k, v in zip(keys, values)}
+
+    def elapsed(self) -> float:
+        return max(time.perf_counter() - self.start, 1e-9)
 
 
 def pretrain(
