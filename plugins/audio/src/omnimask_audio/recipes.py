@@ -1,0 +1,76 @@
+"""The `audio/w2v_bert` recipe: builds the model, the data and the figures from `W2VBertConfig`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from omnimask import MaskedModel, Recipe
+from omnimask.data import DataPathError
+
+from omnimask_audio.audio import AudioFolder, pad_collate
+from omnimask_audio.config import W2VBertConfig, demo, paper
+
+
+class W2VBertRecipe(Recipe):
+    name = "audio/w2v_bert"
+    summary = "w2v-BERT: contrastive (wav2vec 2.0) + masked code prediction on log-mel fbanks"
+    config_class = W2VBertConfig
+    presets = {"demo": demo, "paper": paper}
+    export_formats = ("hf",)
+
+    def build_model(self, config: W2VBertConfig) -> MaskedModel:
+        from omnimask_audio.models.w2v_bert import build_w2v_bert
+
+        return build_w2v_bert(config.model, config.mask, config.audio.num_mel_bins)
+
+    def build_dataset(self, config: W2VBertConfig) -> Dataset:
+        if config.data.path is not None:
+            return AudioFolder(config.data.path, config.audio)
+        from omnimask_audio.synth import default_corpus
+
+        return AudioFolder(default_corpus() / "pretrain", config.audio)
+
+    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        return pad_collate(samples)
+
+    def build_eval_datasets(
+        self, config: W2VBertConfig, path: str | None = None
+    ) -> tuple[Dataset, Dataset]:
+        """`path/train/<class>/*` and `path/test/<class>/*`; by default the synthetic corpus,
+        labelled by voice. Clips are not cropped: features describe the whole clip."""
+        if path is None:
+            from omnimask_audio.synth import default_corpus
+
+            root = default_corpus()
+            train, test = root / "eval_train", root / "eval_test"
+        else:
+            train, test = Path(path) / "train", Path(path) / "test"
+            for split in (train, test):
+                if not split.is_dir():
+                    raise DataPathError(
+                        f"labelled audio needs {split}/<class>/<clips>; {split} is not a folder"
+                    )
+        make = lambda split: AudioFolder(split, config.audio, labelled=True, crop=False)  # noqa: E731
+        return make(train), make(test)
+
+    def visualize(self, model: MaskedModel, batch: dict, path: Path) -> Path:
+        from omnimask_audio.figures import draw_w2v_bert
+
+        return draw_w2v_bert(model, batch, path)  # type: ignore[arg-type]
+
+    def export(self, model: MaskedModel, config: W2VBertConfig, fmt: str, out_dir: Path) -> Path:
+        from omnimask_audio.export import export_hf
+
+        return export_hf(model, out_dir)  # type: ignore[arg-type]
+
+    def load_export(
+        self, config: W2VBertConfig, fmt: str, path: Path
+    ) -> Callable[[dict], Tensor]:
+        from omnimask_audio.export import load_hf
+
+        return load_hf(path)
