@@ -183,3 +183,17 @@ def test_a_file_without_partner_is_named(tmp_path) -> None:
     (tmp_path / "a_s2.tif").rename(tmp_path / "b_s2.tif")
     with pytest.raises(BadSampleError, match="no matching S1/S2 partner"):
         find_pairs(tmp_path)
+
+
+def test_labelled_manifest_without_split_holds_out_every_fourth_pair(tmp_path) -> None:
+    rows = ["s1,s2,label"]
+    for index in range(4):
+        write_pair(tmp_path, f"p{index}", size=16, seed=index)
+        rows.append(f"p{index}_s1.tif,p{index}_s2.tif,{index % 2}")
+    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
+    train, test = CromaRecipe().build_eval_datasets(demo_config(16), str(tmp_path))
+    assert (len(train), len(test)) == (3, 1)
+    assert test[0]["label"].item() == 1
+    (tmp_path / "manifest.csv").write_text("s1,s2\np0_s1.tif,p0_s2.tif\n")
+    with pytest.raises(BadSampleError, match="has no label"):
+        CromaRecipe().build_eval_datasets(demo_config(16), str(tmp_path))

@@ -77,11 +77,11 @@ def demo() -> CromaConfig:
         dim=64, depth=2, heads=16, decoder_dim=32, decoder_depth=1, decoder_heads=4
     )
     config.chips.size = 32
-    config.train.steps = 120
+    config.train.steps = 80
     config.train.batch_size = 16
     config.train.lr = 1e-3
     config.train.warmup_steps = 10
-    config.train.checkpoint_every = 60
+    config.train.checkpoint_every = 40
     return config
 
 

@@ -150,7 +150,7 @@ def _column(values: list[float]) -> np.ndarray:
 
 
 def labelled_splits(path: str | Path, config: CromaConfig) -> tuple[ChipDataset, ChipDataset]:
-    """(train, test) chip sets from a manifest whose rows carry `label` and `split`.
+    """(train, test) chip sets from a manifest whose rows carry `label` (and `split`).
 
     Normalisation uses the run's saved band statistics, so features match pretraining (a config
     without them gets them from the labelled training chips).
@@ -159,10 +159,15 @@ def labelled_splits(path: str | Path, config: CromaConfig) -> tuple[ChipDataset,
     unlabelled = [p for p in pairs if p.label is None]
     if unlabelled:
         raise BadSampleError(unlabelled[0].s2, "has no label in the manifest (column 'label')")
-    train = [p for p in pairs if p.split != "test"]
-    test = [p for p in pairs if p.split == "test"]
+    if any(p.split is not None for p in pairs):
+        train = [p for p in pairs if p.split != "test"]
+        test = [p for p in pairs if p.split == "test"]
+    else:  # no split column: hold out every fourth pair, deterministically
+        train = [p for i, p in enumerate(pairs) if i % 4 != 3]
+        test = [p for i, p in enumerate(pairs) if i % 4 == 3]
     if not train or not test:
         raise DataPathError(
-            f"{path}: the manifest needs rows with split=test and others for training"
+            f"{path}: need labelled pairs for both training and testing (column 'split': "
+            "train/test, or at least 4 pairs for an automatic hold-out)"
         )
     return ChipDataset(train, config), ChipDataset(test, config)
