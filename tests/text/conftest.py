@@ -6,15 +6,6 @@ import pytest
 import torch
 from omnimask.plugins import get_recipe
 
-#: overrides that make every test model tiny (the architecture is the demo's, only narrower).
-TINY = [
-    "model.hidden=32",
-    "model.layers=1",
-    "model.heads=2",
-    "model.intermediate=64",
-    "train.progress=false",
-]
-
 
 @pytest.fixture(scope="session", autouse=True)
 def one_thread() -> None:

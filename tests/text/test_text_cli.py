@@ -13,9 +13,18 @@ from omnimask.runs import load_run
 from PIL import Image
 from transformers import AutoModelForMaskedLM, AutoModelForPreTraining, AutoTokenizer
 
-from conftest import TINY
-
-SHORT = [*TINY, "train.steps=3", "train.batch_size=4", "train.checkpoint_every=3"]
+#: a tiny model (the demo architecture, narrower) and a three-step run
+SHORT = [
+    "model.hidden=32",
+    "model.layers=1",
+    "model.heads=2",
+    "model.intermediate=64",
+    "train.progress=false",
+    "train.steps=3",
+    "train.batch_size=4",
+    "train.checkpoint_every=3",
+    "train.log_every=1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +78,12 @@ def test_hf_export_gives_identical_logits(mlm_run, tmp_path) -> None:  # noqa: A
 
 def test_electra_pretrain_and_export(tmp_path) -> None:  # noqa: ANN001
     run_dir = tmp_path / "electra"
-    overrides = [*SHORT, "train.steps=2", "electra.generator_hidden=16", "electra.generator_heads=1"]
+    overrides = [
+        *SHORT,
+        "train.steps=2",
+        "electra.generator_hidden=16",
+        "electra.generator_heads=1",
+    ]
     assert main(["pretrain", "text/electra", "--run-dir", str(run_dir), *overrides]) == 0
     out = tmp_path / "hf"
     assert main(["export", str(run_dir), "--format", "hf", "--out", str(out)]) == 0
@@ -94,12 +108,21 @@ def test_resume_with_another_vocabulary_fails_clearly(tmp_path, capsys) -> None:
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for i in range(6):
-        (corpus / f"doc{i}.txt").write_text(f"document number {i} talks about parsing and files. " * 5)
+        (corpus / f"doc{i}.txt").write_text(
+            f"document number {i} talks about parsing and files. " * 5
+        )
     vocab = tmp_path / "vocab.json"
-    save_atomically(train_wordpiece(["alpha beta gamma parsing files"] * 3, VocabConfig(size=80)), vocab)
+    save_atomically(
+        train_wordpiece(["alpha beta gamma parsing files"] * 3, VocabConfig(size=80)), vocab
+    )
     run_dir = tmp_path / "run"
     args = ["pretrain", "text/mlm", "--data", str(corpus), "--run-dir", str(run_dir), *SHORT]
-    args += [f"vocab.path={vocab}", "corpus.seq_len=32", "train.steps=2", "train.checkpoint_every=1"]
+    args += [
+        f"vocab.path={vocab}",
+        "corpus.seq_len=32",
+        "train.steps=2",
+        "train.checkpoint_every=1",
+    ]
     assert main(args) == 0
     # the same file now holds another vocabulary (same size, other tokens)
     other = ["document number talks about files and more words"] * 3

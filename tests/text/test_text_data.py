@@ -28,7 +28,9 @@ def test_invalid_utf8_names_file_and_byte_offset(tmp_path) -> None:  # noqa: ANN
     path = tmp_path / "broken.txt"
     path.write_bytes("héllo wörld ".encode() + b"\xff\xfe" + b" tail")
     offset = len("héllo wörld ".encode())
-    with pytest.raises(BadSampleError, match=rf"broken\.txt: invalid UTF-8 at byte offset {offset}"):
+    with pytest.raises(
+        BadSampleError, match=rf"broken\.txt: invalid UTF-8 at byte offset {offset}"
+    ):
         read_file(path, "text")
 
 
@@ -104,7 +106,9 @@ def test_packed_rows_attend_within_documents(mlm_recipe, embedded_tokenizer) -> 
     row = packed[0]
     together = features(row)
     segments = {
-        tuple(row["input_ids"][row["sequence_ids"] == s].tolist()): together[row["sequence_ids"] == s]
+        tuple(row["input_ids"][row["sequence_ids"] == s].tolist()): together[
+            row["sequence_ids"] == s
+        ]
         for s in set(row["sequence_ids"].tolist())
     }
     assert len(segments) == len(texts)
@@ -126,3 +130,26 @@ def test_data_from_another_vocabulary_is_refused(mlm_recipe, embedded_tokenizer)
     batch["vocab_digest"] = batch["vocab_digest"] + 1
     with pytest.raises(VocabularyMismatchError, match="tokenized with a vocabulary"):
         model.tokenizer(batch)
+
+
+def test_trained_vocabulary_is_cached_and_pinned_in_the_config(mlm_recipe, tmp_path) -> None:  # noqa: ANN001
+    """The run's config names the exact tokenizer file, so a run needs no retraining (the
+    `tokenizers` trainer breaks ties differently from run to run)."""
+    from omnimask.config import apply_overrides, from_yaml, to_yaml
+    from omnimask_text.dataset import resolve_tokenizer
+    from omnimask_text.vocab import vocabulary_digest
+
+    for i in range(4):
+        (tmp_path / f"doc{i}.txt").write_text(f"text number {i} about caching vocabularies. " * 4)
+    config = apply_overrides(mlm_recipe.config("demo"), [f"data.path={tmp_path}", "vocab.size=120"])
+    assert config.vocab.path is None
+    mlm_recipe.build_dataset(config)
+    pinned = config.vocab.path
+    assert pinned is not None and pinned.endswith(".json")
+    again = apply_overrides(mlm_recipe.config("demo"), [f"data.path={tmp_path}", "vocab.size=120"])
+    mlm_recipe.build_dataset(again)
+    assert again.vocab.path == pinned  # same corpus and settings: the cached file, not a retrain
+    reloaded = from_yaml(to_yaml(config), type(config))
+    assert vocabulary_digest(resolve_tokenizer(reloaded)) == vocabulary_digest(
+        resolve_tokenizer(config)
+    )

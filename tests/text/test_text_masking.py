@@ -34,7 +34,9 @@ def synthetic_rows(tokenizer) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN
     """Random regular ids framed by [CLS] ... [SEP], the odd rows padded over their last 30%."""
     special = SpecialIds.of(tokenizer)
     generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(len(special.all()), tokenizer.get_vocab_size(), (ROWS, LENGTH), generator=generator)
+    ids = torch.randint(
+        len(special.all()), tokenizer.get_vocab_size(), (ROWS, LENGTH), generator=generator
+    )
     ids[:, 0] = special.cls
     ids[:, -1] = special.sep
     padding = torch.zeros(ROWS, LENGTH, dtype=torch.bool)
@@ -71,10 +73,16 @@ def test_bert_80_10_10_matches_transformers_collator(embedded_tokenizer) -> None
 
     fast = PreTrainedTokenizerFast(
         tokenizer_object=embedded_tokenizer,
-        unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
-    )  # fmt: skip
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
     collator = DataCollatorForLanguageModeling(fast, mlm_probability=0.15, seed=1)
-    hf_inputs, labels = collator.torch_mask_tokens(ids.clone(), special_tokens_mask=is_special.long())
+    hf_inputs, labels = collator.torch_mask_tokens(
+        ids.clone(), special_tokens_mask=is_special.long()
+    )
     theirs = outcome_counts(ids, hf_inputs, labels != -100, special.mask)
 
     assert not (selected & is_special).any(), "a special or padding token was selected"
@@ -110,8 +118,8 @@ def words_of(ids: torch.Tensor, flags: torch.Tensor, special: torch.Tensor) -> l
 @pytest.fixture(scope="module")
 def text_rows(embedded_tokenizer, mlm_recipe):  # noqa: ANN001, ANN201
     """Packed rows of real stdlib docs: plenty of `##` continuations."""
-    from omnimask_text.dataset import build_rows, collate_rows
     from omnimask_text.corpus import ensure_embedded_data, read_corpus
+    from omnimask_text.dataset import build_rows, collate_rows
 
     docs = read_corpus(ensure_embedded_data() / "corpus", "text")[:400]
     config = mlm_recipe.config("demo")
@@ -146,10 +154,14 @@ def test_token_selection_hits_the_budget_exactly_and_is_seeded() -> None:
     generator = torch.Generator().manual_seed(0)
     eligible = torch.rand(64, 50, generator=generator) > 0.2
     budget = selection_budget(eligible, 0.3)
-    chosen = select_units(eligible, torch.ones_like(eligible), budget, torch.Generator().manual_seed(5))
+    chosen = select_units(
+        eligible, torch.ones_like(eligible), budget, torch.Generator().manual_seed(5)
+    )
     assert torch.equal(chosen.sum(1), budget)
     assert not (chosen & ~eligible).any()
-    again = select_units(eligible, torch.ones_like(eligible), budget, torch.Generator().manual_seed(5))
+    again = select_units(
+        eligible, torch.ones_like(eligible), budget, torch.Generator().manual_seed(5)
+    )
     assert torch.equal(chosen, again)
 
 
@@ -161,4 +173,6 @@ def test_span_and_ngram_length_laws() -> None:
     # SpanBERT reports a mean span length of 3.8 words for p=0.2 clipped at 10
     mean = float((probabilities * torch.arange(1, 11)).sum())
     assert abs(mean - 3.8) < 0.05
-    torch.testing.assert_close(ngram_weights(3), torch.tensor([1, 1 / 2, 1 / 3], dtype=torch.float64))
+    torch.testing.assert_close(
+        ngram_weights(3), torch.tensor([1, 1 / 2, 1 / 3], dtype=torch.float64)
+    )

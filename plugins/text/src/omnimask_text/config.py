@@ -12,7 +12,8 @@ class VocabConfig:
     """The WordPiece vocabulary: loaded from `path`, or trained on the corpus when `path` is None.
 
     A trained vocabulary is cached under the plugin's data folder, keyed by a digest of the corpus
-    files and these settings; training is deterministic, so the cache can be rebuilt any time.
+    files and these settings; building the dataset pins `path` to that file, so a run's saved
+    config names the exact vocabulary it was trained with.
     """
 
     path: str | None = None  # a Hugging Face tokenizer.json, or None to train one on the corpus

@@ -2,10 +2,11 @@
 
 A row holds `seq_len` token ids. Each document is tokenized once; one longer than a row is split
 into consecutive chunks (every token is trained on, nothing is truncated), each chunk framed as
-`[CLS] chunk [SEP]`. With packing, chunks are laid end to end into rows (best fit; a chunk never
-straddles two rows), so a row carries almost no padding; `sequence_ids` tells the documents of a row apart
-(1, 2, ... ; 0 = padding) and the encoder keeps attention and positions within each document.
-Without packing each chunk is its own row and a batch is padded to its longest row.
+`[CLS] chunk [SEP]`. With packing, chunks are laid end to end into rows (best fit; a chunk
+never straddles two rows), so a row carries almost no padding; `sequence_ids` tells the
+documents of a row apart (1, 2, ... ; 0 = padding) and the encoder keeps attention and
+positions within each document. Without packing each chunk is its own row and a batch is
+padded to its longest row.
 """
 
 from __future__ import annotations

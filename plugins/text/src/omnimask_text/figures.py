@@ -28,7 +28,9 @@ def _join(pieces: list[str]) -> str:
     return textwrap.fill(" ".join(pieces), WRAP)
 
 
-def _draw_table(rows: list[tuple[str, str, str]], headers: tuple[str, str, str], path: Path) -> Path:
+def _draw_table(
+    rows: list[tuple[str, str, str]], headers: tuple[str, str, str], path: Path
+) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")

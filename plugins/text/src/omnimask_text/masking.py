@@ -118,7 +118,11 @@ class MLMMasker(nn.Module):
             raise ValueError(f"mask.strategy must be one of {STRATEGIES}, got {config.strategy!r}")
         if not 0.0 < config.ratio <= 1.0:
             raise ValueError(f"mask.ratio must be in (0, 1], got {config.ratio}")
-        if config.mask_prob < 0 or config.random_prob < 0 or config.mask_prob + config.random_prob > 1:
+        if (
+            config.mask_prob < 0
+            or config.random_prob < 0
+            or config.mask_prob + config.random_prob > 1
+        ):
             raise ValueError("mask.mask_prob and mask.random_prob must be >= 0 and sum to <= 1")
         self.config = config
         self.mask_id = mask_id

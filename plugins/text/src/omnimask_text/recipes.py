@@ -157,6 +157,13 @@ class TextRecipe(Recipe):
         return text_tokenizer, masker, special, tokenizer.get_vocab_size()
 
     def build_dataset(self, config: MLMConfig) -> Dataset:
+        """Also pins `vocab.path` to the tokenizer file in use (trained and cached if needed).
+
+        The engine opens the data before it writes or compares the run's `config.yaml`, so the
+        saved config names the exact vocabulary: `load_run` then needs no corpus, and Hugging
+        Face's WordPiece trainer, which breaks frequency ties differently from run to run,
+        never has to be re-run for an existing run."""
+        config.vocab.path = str(tokenizer_path(config))
         return build_text_dataset(config)
 
     def collate(self, samples: list[dict[str, Any]]) -> Batch:

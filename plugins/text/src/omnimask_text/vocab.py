@@ -1,10 +1,12 @@
 """The WordPiece vocabulary: trained with Hugging Face `tokenizers` on the corpus, or loaded.
 
-A trained tokenizer is cached as `tokenizer.json` under the plugin's data folder, named by a
-digest of the corpus files (path, size, modification time) and the vocabulary settings. Training
-is deterministic, so a deleted cache is rebuilt identically; `vocab.path` pins a file instead.
-The vocabulary's own digest travels with the model (a buffer in its state dict) so a checkpoint
-resumed or evaluated with a different vocabulary fails with a clear message.
+A trained tokenizer is cached as a `tokenizer.json` under the plugin's data folder, named by a
+digest of the corpus files (path, size, modification time) and the vocabulary settings, and the
+recipe pins that file in the run's config (`vocab.path`). Hugging Face's trainer is not
+deterministic (frequency ties are broken in hash-map order, so a retrained vocabulary may number
+or even choose a few tokens differently); hence the vocabulary's own digest travels with the
+model (a buffer in its state dict), and a checkpoint resumed or evaluated with a different
+vocabulary fails with a clear message instead of reading ids as other tokens.
 """
 
 from __future__ import annotations

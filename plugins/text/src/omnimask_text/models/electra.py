@@ -68,13 +68,20 @@ class ElectraHeads(Decoder):
 
 
 class ReplacedTokenTarget(Target):
-    """Replaced (1) or original (0) per token; BCE over real tokens."""
+    """Replaced (1) or original (0) per token, -1 on padding; BCE over the real tokens."""
 
     def forward(self, batch: Batch, tokens: Tokens) -> Tensor:
-        return (tokens.extras["discriminator_ids"] != tokens.values).float()
+        replaced = (tokens.extras["discriminator_ids"] != tokens.values).float()
+        return replaced.masked_fill(tokens.padding, -1.0)
 
     def loss(self, prediction: Tensor, target: Tensor, mask: Tensor) -> dict[str, Tensor]:
-        raise NotImplementedError("ElectraModel.predict combines the two losses")
+        real = target >= 0
+        logits, labels = prediction[real].float(), target[real]
+        return {
+            "rtd_loss": F.binary_cross_entropy_with_logits(logits, labels),
+            "rtd_accuracy": ((logits > 0).float() == labels).float().mean().detach(),
+            "replaced_fraction": labels.mean().detach(),
+        }
 
 
 class ElectraModel(TextMaskedModel):
@@ -83,7 +90,9 @@ class ElectraModel(TextMaskedModel):
         self.discriminator_weight = discriminator_weight
 
     @torch.compiler.disable
-    def sampling_noise(self, batch: Batch, generator: torch.Generator | None, shape) -> Tensor:  # noqa: ANN001
+    def sampling_noise(
+        self, batch: Batch, generator: torch.Generator | None, shape: torch.Size
+    ) -> Tensor:
         """Uniforms for sampling the generator, drawn from a seed derived from the step's
         generator and the sample ids, so replacements are reproducible and batch-independent."""
         seed = (generator.initial_seed() if generator is not None else 0) + 1
@@ -117,15 +126,13 @@ class ElectraModel(TextMaskedModel):
         latent = self.encoder.encode(discriminator_ids, tokens)
         prediction = self.decoder(latent, tokens, mask)
         target = self.target(batch, tokens)
-        real = ~tokens.padding
-        rtd_loss = F.binary_cross_entropy_with_logits(prediction[real].float(), target[real])
-        rtd_accuracy = ((prediction[real] > 0).float() == target[real]).float().mean()
+        losses = self.target.loss(prediction, target, mask)
+        rtd_loss = losses.pop("rtd_loss")
         losses = {
             "loss": mlm_loss + self.discriminator_weight * rtd_loss,
             "mlm_loss": mlm_loss.detach(),
             "rtd_loss": rtd_loss.detach(),
-            "rtd_accuracy": rtd_accuracy.detach(),
-            "replaced_fraction": target[real].mean().detach(),
+            **losses,
             "num_tokens": torch.tensor(float(tokens.count())),
         }
         return MaskedOutput(tokens, mask, prediction, target, losses)
