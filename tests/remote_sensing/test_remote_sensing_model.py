@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from omnimask.gather import gather_tokens, mask_to_indices
 from omnimask_remote_sensing.export import torchgeo_croma
 from omnimask_remote_sensing.models.alibi import alibi_2d, alibi_slopes
-from omnimask_remote_sensing.models.croma import ContrastiveHead, symmetric_infonce
+from omnimask_remote_sensing.models.contrastive import ContrastiveHead, symmetric_infonce
 from omnimask_remote_sensing.models.layers import Attention, CrossAttention
 from omnimask_remote_sensing.recipes import CromaRecipe
 
@@ -155,3 +155,34 @@ def test_unimodal_features_match_the_joint_pass(model_and_batch) -> None:
     torch.testing.assert_close(optical.optical, both.optical)
     torch.testing.assert_close(radar.radar_pooled, both.radar_pooled)
     assert both.joint.shape == (4, 16, 64)
+
+
+def test_two_processes_with_batch_b_optimise_the_loss_of_one_process_with_batch_2b(
+    tmp_path,
+) -> None:
+    import socket
+
+    import torch.multiprocessing as mp
+    from remote_sensing_ddp_worker import run
+
+    generator = torch.Generator().manual_seed(0)
+    optical, radar = torch.randn(6, 5, generator=generator), torch.randn(6, 5, generator=generator)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = str(tmp_path / "rank")
+    # fork: spawned children would each import torch again (tens of seconds on a busy 2-core box)
+    mp.start_processes(run, args=(2, port, optical, radar, out), nprocs=2, start_method="fork")
+    ranks = [torch.load(f"{out}.{rank}", weights_only=True) for rank in range(2)]
+
+    whole_optical, whole_radar = (
+        optical.clone().requires_grad_(True),
+        radar.clone().requires_grad_(True),
+    )
+    single = symmetric_infonce(whole_optical, whole_radar, torch.tensor(10.0))
+    single.backward()
+    # DDP averages gradients over the two processes, hence the halves.
+    torch.testing.assert_close((ranks[0]["loss"] + ranks[1]["loss"]) / 2, single.detach())
+    gathered = torch.cat([r["optical_grad"] for r in ranks]) / 2
+    torch.testing.assert_close(gathered, whole_optical.grad)
+    torch.testing.assert_close(torch.cat([r["radar_grad"] for r in ranks]) / 2, whole_radar.grad)

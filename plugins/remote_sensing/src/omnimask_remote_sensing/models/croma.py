@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from omnimask import Decoder, Encoder, MaskedModel, Target, Tokens
 from omnimask.gather import gather_tokens, mask_to_indices, scatter_tokens
 from omnimask.masking import RandomMasker
@@ -24,6 +23,7 @@ from timm.layers import build_sincos2d_pos_embed
 from torch import Tensor, nn
 
 from omnimask_remote_sensing.models.alibi import alibi_2d, alibi_slopes
+from omnimask_remote_sensing.models.contrastive import ContrastiveHead
 from omnimask_remote_sensing.models.layers import (
     BaseTransformer,
     BaseTransformerCrossAttn,
@@ -276,32 +276,6 @@ class CromaTarget(Target):
             "reconstruction_optical": masked_mse(prediction.optical, target.optical),
             "reconstruction_radar": masked_mse(prediction.radar, target.radar),
         }
-
-
-def symmetric_infonce(optical: Tensor, radar: Tensor, logit_scale: Tensor) -> Tensor:
-    """CLIP-style symmetric InfoNCE: sample i's optical and radar vectors are the positive pair,
-    every other sample of the batch a negative; mean of both directions' cross-entropy."""
-    optical = F.normalize(optical, dim=-1)
-    radar = F.normalize(radar, dim=-1)
-    logits = logit_scale * optical @ radar.t()
-    labels = torch.arange(len(logits), device=logits.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
-
-
-class ContrastiveHead(nn.Module):
-    """Linear projections of the pooled unimodal encodings and a learned temperature
-    (initialised at 1/0.07, as CLIP and CROMA do)."""
-
-    def __init__(self, dim: int, temperature: float = 0.07) -> None:
-        super().__init__()
-        self.radar_proj = nn.Linear(dim, dim)
-        self.optical_proj = nn.Linear(dim, dim)
-        self.logit_scale = nn.Parameter(torch.tensor(1.0 / temperature).log())
-
-    def forward(self, optical_pooled: Tensor, radar_pooled: Tensor) -> Tensor:
-        return symmetric_infonce(
-            self.optical_proj(optical_pooled), self.radar_proj(radar_pooled), self.logit_scale.exp()
-        )
 
 
 class CromaModel(MaskedModel):
