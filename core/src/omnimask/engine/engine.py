@@ -52,11 +52,16 @@ class TrainResult:
     last_loss: float
 
 
+def progress_receivers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """Submodules driven by training progress (mask-ratio schedules, HPM, temperature
+    annealing): every module with a `set_progress(progress)` method, found once per run."""
+    return [m for m in model.modules() if m is not model and hasattr(m, "set_progress")]
+
+
 def set_progress(model: torch.nn.Module, progress: float) -> None:
-    """Tell schedule-driven parts (mask-ratio schedules, HPM) how far training is, in [0, 1]."""
-    for module in model.modules():
-        if hasattr(module, "set_progress") and module is not model:
-            module.set_progress(progress)
+    """Tell every progress-driven submodule how far training is, in [0, 1]."""
+    for receiver in progress_receivers(model):
+        receiver.set_progress(progress)
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -200,10 +205,12 @@ class Engine:
         skipped_total = int(loaded.state.get("skipped_samples", 0)) if loaded else 0
         last_loss = math.nan
         window = _MetricWindow()
+        receivers = progress_receivers(model)
         model.train()
         try:
             for step in range(start_step, train.steps):
-                set_progress(model, step / max(1, train.steps))
+                for receiver in receivers:
+                    receiver.set_progress(step / max(1, train.steps))
                 step_sums: dict[str, torch.Tensor] = {}
                 sample_ids: list[int] = []
                 for micro in range(train.grad_accum):
