@@ -6,17 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from omnimask.plugins import get_recipe
 from omnimask_video.synthetic import render_clip, write_video
 
 FRAMES = 40  # long enough for several GOPs of 8 frames
-
-
-@pytest.fixture(scope="session", autouse=True)
-def one_thread() -> None:
-    """Tiny models gain nothing from threads, and the test machine is shared."""
-    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
