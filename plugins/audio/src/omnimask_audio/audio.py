@@ -47,6 +47,8 @@ def load_audio(path: str | Path, sample_rate: int = 16000) -> Tensor:
     `torchaudio.functional.resample`. Unreadable, empty and non-finite files raise
     `BadSampleError` naming the file.
     """
+    if Path(path).stat().st_size == 0:
+        raise BadSampleError(path, "zero-length file (0 bytes)")
     try:
         data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
     except Exception as error:  # libsndfile raises several types for corrupt input

@@ -1,0 +1,127 @@
+"""Audio reading and features against torchaudio/soundfile, and every kind of bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+import torchaudio
+from conftest import tone
+
+from omnimask.data import BadSampleError, DataPathError
+from omnimask_audio.audio import (
+    AudioConfig,
+    AudioFolder,
+    bucket_batches,
+    load_audio,
+    normalize_utterance,
+    pad_collate,
+    padding_fraction,
+)
+
+CONFIG = AudioConfig()
+
+
+@pytest.mark.parametrize("suffix", ["wav", "flac", "ogg", "mp3"])
+def test_audio_formats_decode_to_16k_mono(write_audio, suffix: str) -> None:
+    path = write_audio(f"clip.{suffix}", tone(1.0))
+    wave = load_audio(path)
+    assert wave.dtype == torch.float32 and wave.ndim == 1
+    assert abs(wave.numel() - 16000) <= 1200  # lossy codecs may pad by a frame
+    assert 0.05 < float(wave.abs().max()) < 1.0
+
+
+def test_audio_features_equal_kaldi_fbank(write_audio) -> None:
+    """The dataset's features are exactly torchaudio's Kaldi filterbanks of the decoded clip at
+    int16 scale (25 ms / 10 ms, 80 bins), normalised per utterance and bin."""
+    data = tone(1.3)
+    path = write_audio("speech/clip.wav", data)
+    sample = AudioFolder(path.parent, CONFIG)[0]
+    decoded, _ = soundfile.read(str(path), dtype="float32")
+    reference = torchaudio.compliance.kaldi.fbank(
+        torch.from_numpy(decoded).unsqueeze(0) * 32768.0,
+        num_mel_bins=80, frame_length=25.0, frame_shift=10.0, dither=0.0,
+        sample_frequency=16000,
+    )
+    assert sample["features"].shape == (128, 80) == reference.shape  # 1 + (20800 - 400) // 160
+    mean, std = reference.mean(0), reference.std(0, unbiased=False)
+    torch.testing.assert_close(sample["features"], (reference - mean) / (std + 1e-5))
+    torch.testing.assert_close(sample["features"].mean(0), torch.zeros(80), atol=1e-3, rtol=0)
+
+
+def test_audio_rate_and_channels_are_converted(write_audio) -> None:
+    mono = tone(1.0, rate=16000)
+    stereo = write_audio("stereo_44k.wav", tone(1.0, rate=44100, channels=2), rate=44100)
+    wave = load_audio(stereo)
+    expected = torchaudio.functional.resample(torch.from_numpy(tone(1.0, rate=44100)[:, 0]), 44100, 16000)
+    assert wave.numel() == 16000
+    torch.testing.assert_close(wave, expected, atol=1e-4, rtol=0)  # 16-bit file quantisation
+    assert np.corrcoef(wave.numpy(), mono[:, 0])[0, 1] > 0.99
+    left_right = np.stack([tone(1.0)[:, 0], np.zeros(16000, np.float32)], axis=1)
+    downmixed = load_audio(write_audio("half.wav", left_right))
+    torch.testing.assert_close(downmixed, torch.from_numpy(tone(1.0)[:, 0]) / 2, atol=1e-4, rtol=0)
+
+
+def test_audio_bad_files_are_named(write_audio, tmp_path: Path) -> None:
+    corrupt = tmp_path / "bad" / "corrupt.wav"
+    corrupt.parent.mkdir()
+    corrupt.write_bytes(b"RIFF\x00\x00not really a wave file")
+    empty = write_audio("bad/empty.wav", np.zeros((0, 1), np.float32))  # a header, no samples
+    zero_bytes = tmp_path / "bad" / "zero_bytes.flac"
+    zero_bytes.touch()
+    nan = tmp_path / "bad" / "nan.wav"
+    samples = tone(1.0)
+    samples[100] = np.nan
+    soundfile.write(str(nan), samples, 16000, subtype="FLOAT")
+    short = write_audio("bad/short.wav", tone(0.2))
+    silent = write_audio("bad/silent.wav", np.zeros((16000, 1), np.float32))
+    cases = {
+        corrupt: "cannot decode audio",
+        empty: "zero-length audio",
+        zero_bytes: "zero-length file",
+        nan: "NaN or infinite samples",
+        short: "shorter than the minimum 0.5 s",
+        silent: "silent clip",
+    }
+    folder = AudioFolder(tmp_path / "bad", CONFIG)
+    for index, path in enumerate(folder.files):
+        with pytest.raises(BadSampleError) as error:
+            folder[index]
+        assert error.value.source == str(path)
+        assert cases[path] in error.value.reason
+
+
+def test_audio_missing_or_empty_data_path(tmp_path: Path) -> None:
+    with pytest.raises(DataPathError, match="does not exist"):
+        AudioFolder(tmp_path / "nowhere", CONFIG)
+    (tmp_path / "notes.txt").write_text("no audio here")
+    with pytest.raises(DataPathError, match="holds no files"):
+        AudioFolder(tmp_path, CONFIG)
+
+
+def test_audio_long_clips_are_cropped_reproducibly(write_audio) -> None:
+    path = write_audio("long/clip.wav", tone(3.0))
+    folder = AudioFolder(path.parent, AudioConfig(max_seconds=1.0))
+    torch.manual_seed(3)
+    first = folder[0]["features"]
+    torch.manual_seed(3)
+    assert torch.equal(first, folder[0]["features"])
+    assert first.shape[0] == 98  # 1 s: 1 + (16000 - 400) // 160
+
+
+def test_audio_collate_pads_to_longest_and_buckets_cut_padding() -> None:
+    samples = [{"features": normalize_utterance(torch.randn(n, 80))} for n in (50, 120, 80)]
+    batch = pad_collate(samples)
+    assert batch["features"].shape == (3, 120, 80)
+    assert batch["lengths"].tolist() == [50, 120, 80]
+    assert batch["features"][0, 50:].abs().sum() == 0
+    lengths = torch.randint(60, 260, (256,), generator=torch.Generator().manual_seed(0)).tolist()
+    generator = torch.Generator().manual_seed(1)
+    buckets = bucket_batches(lengths, 8, generator)
+    assert sorted(i for b in buckets for i in b) == list(range(256))
+    order = torch.randperm(256, generator=generator).tolist()
+    random_batches = [order[i : i + 8] for i in range(0, 256, 8)]
+    assert padding_fraction(lengths, buckets) < 0.5 * padding_fraction(lengths, random_batches)
