@@ -39,7 +39,7 @@ def test_pretrain_logs_finite_losses(run_dir) -> None:  # noqa: ANN001
 def test_eval_probes_the_motion_labels(run_dir) -> None:  # noqa: ANN001
     assert main(["eval", str(run_dir)]) == 0
     result = json.loads((run_dir / "eval.json").read_text())
-    assert (result["train_samples"], result["test_samples"]) == (50, 25)
+    assert (result["train_samples"], result["test_samples"]) == (35, 20)
     for model in ("pretrained", "random_init"):
         assert 0.0 <= result[model]["linear_probe_accuracy"] <= 1.0
         assert result[model]["feature_dim"] == 32

@@ -23,9 +23,9 @@ from PIL import Image, ImageDraw
 
 MOTIONS = ("right", "left", "down", "up", "spin")
 SHAPES = ("square", "disc", "triangle")
-VERSION = "v3"  # bump when the generator changes, so stale caches are not reused
+VERSION = "v4"  # bump when the generator changes, so stale caches are not reused
 FRAMES, SIZE, FPS = 24, 64, 12
-SPLITS = {"pretrain": (100, 0), "labelled/train": (50, 1), "labelled/test": (25, 2)}
+SPLITS = {"pretrain": (100, 0), "labelled/train": (35, 1), "labelled/test": (20, 2)}
 
 
 def render_clip(
