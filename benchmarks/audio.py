@@ -20,16 +20,15 @@ import json
 import time
 
 import torch
+from omnimask.plugins import get_recipe
+from omnimask.visualize import sample_batch
+from omnimask_audio.audio import bucket_batches, load_audio, padding_fraction
+from omnimask_audio.config import W2VBertConfig
 from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining
 from transformers.models.wav2vec2.modeling_wav2vec2 import (
     _compute_mask_indices,
     _sample_negative_indices,
 )
-
-from omnimask.plugins import get_recipe
-from omnimask.visualize import sample_batch
-from omnimask_audio.audio import bucket_batches, load_audio, padding_fraction
-from omnimask_audio.config import W2VBertConfig
 
 
 def ours_config(paper: bool, batch: int) -> W2VBertConfig:
@@ -55,7 +54,10 @@ def peer_model(config: W2VBertConfig) -> Wav2Vec2ForPreTraining:
         conv_dim=(m.hidden_size,) * 7,
         feat_extract_norm="layer",  # the variant that honours attention masks (padded batches)
         do_stable_layer_norm=True,
-        hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        feat_proj_dropout=0.0,
         layerdrop=0.0,
         num_codevector_groups=m.codebooks,
         num_codevectors_per_group=m.codebook_size,
@@ -125,12 +127,16 @@ def main() -> None:
         np.random.seed(index)
         pc = peer.config
         mask = _compute_mask_indices(
-            (len(waves), frames), pc.mask_time_prob, pc.mask_time_length,
-            attention_mask=frame_attention, min_masks=pc.mask_time_min_masks,
+            (len(waves), frames),
+            pc.mask_time_prob,
+            pc.mask_time_length,
+            attention_mask=frame_attention,
+            min_masks=pc.mask_time_min_masks,
         )
         negatives = _sample_negative_indices((len(waves), frames), pc.num_negatives, mask)
         output = peer(
-            input_values, attention_mask=attention,
+            input_values,
+            attention_mask=attention,
             mask_time_indices=torch.from_numpy(mask),
             sampled_negative_indices=torch.from_numpy(negatives),
         )
@@ -156,24 +162,63 @@ def main() -> None:
     figures = [
         ("w2v_bert_params", params(ours), "Wav2Vec2ForPreTraining_params", params(peer)),
         ("w2v_bert_step_time_s", ours_time, "Wav2Vec2ForPreTraining_step_time_s", peer_time),
-        ("w2v_bert_samples_per_s", args.batch / ours_time,
-         "Wav2Vec2ForPreTraining_samples_per_s", args.batch / peer_time),
-        ("w2v_bert_audio_seconds_per_s", seconds / ours_time,
-         "Wav2Vec2ForPreTraining_audio_seconds_per_s", seconds / peer_time),
+        (
+            "w2v_bert_samples_per_s",
+            args.batch / ours_time,
+            "Wav2Vec2ForPreTraining_samples_per_s",
+            args.batch / peer_time,
+        ),
+        (
+            "w2v_bert_audio_seconds_per_s",
+            seconds / ours_time,
+            "Wav2Vec2ForPreTraining_audio_seconds_per_s",
+            seconds / peer_time,
+        ),
     ]
     for ours_name, ours_value, peer_name, peer_value in figures:
-        print(json.dumps({**base, "metric": ours_name, "value": ours_value,
-                          "peer_metric": peer_name, "peer_value": peer_value,
-                          "ratio_ours_over_peer": ours_value / peer_value}))
-    print(json.dumps({**base, "metric": "throughput_ratio_ours_over_peer",
-                      "value": peer_time / ours_time, "target": ">= 1.0"}))
-    print(json.dumps({**base, "metric": "feature_extraction_clips_per_s",
-                      "value": args.batch / extract_time,
-                      "step_rate_clips_per_s": args.batch / ours_time,
-                      "ratio_extraction_over_step_rate": ours_time / extract_time}))
-    print(json.dumps({**base, "metric": "padding_fraction", "random_batches":
-                      padding_fraction(lengths, random_batches),
-                      "bucketed_batches": padding_fraction(lengths, buckets)}))
+        print(
+            json.dumps(
+                {
+                    **base,
+                    "metric": ours_name,
+                    "value": ours_value,
+                    "peer_metric": peer_name,
+                    "peer_value": peer_value,
+                    "ratio_ours_over_peer": ours_value / peer_value,
+                }
+            )
+        )
+    print(
+        json.dumps(
+            {
+                **base,
+                "metric": "throughput_ratio_ours_over_peer",
+                "value": peer_time / ours_time,
+                "target": ">= 1.0",
+            }
+        )
+    )
+    print(
+        json.dumps(
+            {
+                **base,
+                "metric": "feature_extraction_clips_per_s",
+                "value": args.batch / extract_time,
+                "step_rate_clips_per_s": args.batch / ours_time,
+                "ratio_extraction_over_step_rate": ours_time / extract_time,
+            }
+        )
+    )
+    print(
+        json.dumps(
+            {
+                **base,
+                "metric": "padding_fraction",
+                "random_batches": padding_fraction(lengths, random_batches),
+                "bucketed_batches": padding_fraction(lengths, buckets),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ def tone(seconds: float, rate: int = 16000, channels: int = 1, pitch: float = 22
     """A harmonic tone with a little noise, `[samples, channels]` float32."""
     time = np.arange(round(seconds * rate)) / rate
     wave = sum(np.sin(2 * np.pi * pitch * k * time) / k for k in range(1, 6))
-    wave = 0.3 * wave / np.abs(wave).max() + 0.01 * np.random.default_rng(0).standard_normal(len(time))
+    wave = 0.3 * wave / np.abs(wave).max() + 0.01 * np.random.default_rng(0).standard_normal(
+        len(time)
+    )
     return np.repeat(wave[:, None], channels, axis=1).astype(np.float32)
 
 

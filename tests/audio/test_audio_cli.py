@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
-from transformers import AutoModel
-
 from omnimask.cli import main
 from omnimask.runs import load_run
 from omnimask.visualize import sample_batch
+from PIL import Image
+from transformers import AutoModel
 
 #: Effective codes in use (of the demo's 64) below which the codebook counts as collapsed.
 PERPLEXITY_FLOOR = 8.0
@@ -22,8 +21,17 @@ PERPLEXITY_FLOOR = 8.0
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("audio_run") / "run"
     code = main(
-        ["pretrain", "audio/w2v_bert", "--preset", "demo", "--run-dir", str(folder),
-         "train.steps=3", "train.progress=false", "train.batch_size=4"]
+        [
+            "pretrain",
+            "audio/w2v_bert",
+            "--preset",
+            "demo",
+            "--run-dir",
+            str(folder),
+            "train.steps=3",
+            "train.progress=false",
+            "train.batch_size=4",
+        ]
     )
     assert code == 0
     return folder

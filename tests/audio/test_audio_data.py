@@ -10,7 +10,6 @@ import soundfile
 import torch
 import torchaudio
 from conftest import tone
-
 from omnimask.data import BadSampleError, DataPathError
 from omnimask_audio.audio import (
     AudioConfig,
@@ -43,7 +42,10 @@ def test_audio_features_equal_kaldi_fbank(write_audio) -> None:
     decoded, _ = soundfile.read(str(path), dtype="float32")
     reference = torchaudio.compliance.kaldi.fbank(
         torch.from_numpy(decoded).unsqueeze(0) * 32768.0,
-        num_mel_bins=80, frame_length=25.0, frame_shift=10.0, dither=0.0,
+        num_mel_bins=80,
+        frame_length=25.0,
+        frame_shift=10.0,
+        dither=0.0,
         sample_frequency=16000,
     )
     assert sample["features"].shape == (128, 80) == reference.shape  # 1 + (20800 - 400) // 160
@@ -56,7 +58,9 @@ def test_audio_rate_and_channels_are_converted(write_audio) -> None:
     mono = tone(1.0, rate=16000)
     stereo = write_audio("stereo_44k.wav", tone(1.0, rate=44100, channels=2), rate=44100)
     wave = load_audio(stereo)
-    expected = torchaudio.functional.resample(torch.from_numpy(tone(1.0, rate=44100)[:, 0]), 44100, 16000)
+    expected = torchaudio.functional.resample(
+        torch.from_numpy(tone(1.0, rate=44100)[:, 0]), 44100, 16000
+    )
     assert wave.numel() == 16000
     torch.testing.assert_close(wave, expected, atol=1e-4, rtol=0)  # 16-bit file quantisation
     assert np.corrcoef(wave.numpy(), mono[:, 0])[0, 1] > 0.99

@@ -5,21 +5,27 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
-
 from omnimask import Tokens
 from omnimask_audio.masking import SpanMasker, span_mask
+from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
 
 DRAWS = 1000
 
 
-@pytest.mark.parametrize(("length", "start_prob", "span"), [(60, 0.065, 10), (200, 0.065, 10), (50, 0.04, 5)])
-def test_audio_span_mask_matches_transformers_statistics(length: int, start_prob: float, span: int) -> None:
+@pytest.mark.parametrize(
+    ("length", "start_prob", "span"), [(60, 0.065, 10), (200, 0.065, 10), (50, 0.04, 5)]
+)
+def test_audio_span_mask_matches_transformers_statistics(
+    length: int, start_prob: float, span: int
+) -> None:
     """Mean masked fraction and mean number of masked runs over many draws agree with
     `_compute_mask_indices(mask_prob=start_prob * span, mask_length=span, min_masks=2)`."""
     np.random.seed(0)
     theirs = np.stack(
-        [_compute_mask_indices((1, length), start_prob * span, span, min_masks=2)[0] for _ in range(DRAWS)]
+        [
+            _compute_mask_indices((1, length), start_prob * span, span, min_masks=2)[0]
+            for _ in range(DRAWS)
+        ]
     )
     generator = torch.Generator().manual_seed(0)
     ours = span_mask(torch.full((DRAWS,), length), length, start_prob, span, generator, 2).numpy()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 
 import torch
-
 from omnimask.testing import run_conformance
 from omnimask.testing.conformance import subject
 from omnimask_audio.models.w2v_bert import perplexity, sample_negatives
@@ -20,13 +19,13 @@ def test_audio_w2v_bert_conformance() -> None:
 
 
 def test_audio_both_losses_fall_and_codebook_stays_in_use() -> None:
-    """25 AdamW steps on the demo model, a fixed batch and mask: the contrastive and the MLM loss each
-    fall, and the codes in use never drop under the floor."""
+    """25 AdamW steps on the demo model, a fixed batch and mask: the contrastive and the MLM
+    loss each fall, and the codes in use never drop under the floor."""
     s = subject(RECIPE)
     model = s.fresh_model().train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, betas=(0.9, 0.98))
     history = []
-    for step in range(25):
+    for _ in range(25):
         losses = model(s.batch, torch.Generator().manual_seed(5))  # one mask: overfit it
         optimizer.zero_grad()
         losses["loss"].backward()
@@ -67,7 +66,9 @@ def test_audio_contrastive_module_reads_the_right_layer() -> None:
     layers = model.encoder.contrastive_layers
     for row, per_layer in enumerate(outputs):
         real = keep[row]
-        torch.testing.assert_close(context[row, real], per_layer[layers - 1][0], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            context[row, real], per_layer[layers - 1][0], atol=1e-4, rtol=1e-4
+        )
         torch.testing.assert_close(last[row, real], per_layer[-1][0], atol=1e-4, rtol=1e-4)
 
 
@@ -76,8 +77,10 @@ def test_audio_embedding_ignores_padding() -> None:
     model = s.fresh_model().eval()
     batch = s.batch
     row = int(batch["lengths"].argmin())
-    alone = {"features": batch["features"][row : row + 1, : batch["lengths"][row]],
-             "lengths": batch["lengths"][row : row + 1]}
+    alone = {
+        "features": batch["features"][row : row + 1, : batch["lengths"][row]],
+        "lengths": batch["lengths"][row : row + 1],
+    }
     torch.testing.assert_close(model.embed(alone)[0], model.embed(batch)[row], atol=1e-5, rtol=1e-4)
 
 

@@ -16,10 +16,9 @@ import numpy as np
 import soundfile
 import torch
 import torchaudio
+from omnimask.data import BadSampleError, check_data_path
 from torch import Tensor
 from torch.utils.data import Dataset
-
-from omnimask.data import BadSampleError, check_data_path
 
 AUDIO_PATTERNS = ("*.wav", "*.flac", "*.ogg", "*.mp3")
 #: Kaldi filterbanks expect 16-bit integer amplitudes; float audio in [-1, 1] is scaled up so the
@@ -173,4 +172,3 @@ def padding_fraction(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -
     """Share of padded frames when each batch is padded to its longest clip."""
     padded = sum(max(lengths[i] for i in batch) * len(batch) for batch in batches)
     return 1.0 - sum(lengths) / padded if padded else 0.0
-

@@ -8,12 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from omnimask.export import ExportError
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 from transformers import AutoModel
-
-from omnimask.export import ExportError
 
 from omnimask_audio.models.w2v_bert import ConvSubsampling, W2VBert, attention_mask
 

@@ -49,7 +49,11 @@ def draw_w2v_bert(model: W2VBert, batch: dict, path: Path, clips: int = 2) -> Pa
         offset += len(masked_steps)
         right = guesses == codes[row, masked_steps]
         codes_axis.scatter(
-            masked_steps, guesses, s=18, marker="x", c=["green" if r else "red" for r in right],
+            masked_steps,
+            guesses,
+            s=18,
+            marker="x",
+            c=["green" if r else "red" for r in right],
             label="MLM prediction (green = right)",
         )
         codes_axis.set_xlim(-0.5, float(real[row]) - 0.5)

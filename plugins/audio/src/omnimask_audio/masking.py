@@ -11,9 +11,8 @@ an explicit torch generator instead of NumPy's global state.
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
-
 from omnimask.tokens import Tokens
+from torch import Tensor, nn
 
 
 def span_mask_row(

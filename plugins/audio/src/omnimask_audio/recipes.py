@@ -6,11 +6,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from torch import Tensor
-from torch.utils.data import Dataset
-
 from omnimask import MaskedModel, Recipe
 from omnimask.data import DataPathError
+from torch import Tensor
+from torch.utils.data import Dataset
 
 from omnimask_audio.audio import AudioFolder, pad_collate
 from omnimask_audio.config import W2VBertConfig, demo, paper
@@ -68,9 +67,7 @@ class W2VBertRecipe(Recipe):
 
         return export_hf(model, out_dir)  # type: ignore[arg-type]
 
-    def load_export(
-        self, config: W2VBertConfig, fmt: str, path: Path
-    ) -> Callable[[dict], Tensor]:
+    def load_export(self, config: W2VBertConfig, fmt: str, path: Path) -> Callable[[dict], Tensor]:
         from omnimask_audio.export import load_hf
 
         return load_hf(path)

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import soundfile
-
 from omnimask.data import default_data_dir
 
 SAMPLE_RATE = 16000
@@ -47,7 +46,9 @@ class Utterance:
     waveform: np.ndarray
 
 
-def rosenberg_pulse(phase: np.ndarray, open_phase: float = 0.4, closing: float = 0.16) -> np.ndarray:
+def rosenberg_pulse(
+    phase: np.ndarray, open_phase: float = 0.4, closing: float = 0.16
+) -> np.ndarray:
     """Glottal flow over one period as a function of phase in [0, 1): a raised-cosine opening,
     a quarter-cosine closing, then the closed phase."""
     opening = 0.5 * (1.0 - np.cos(np.pi * phase / open_phase))

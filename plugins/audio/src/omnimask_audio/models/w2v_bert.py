@@ -20,11 +20,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-from transformers import Wav2Vec2BertConfig, Wav2Vec2BertModel
-
 from omnimask import Decoder, Encoder, MaskedModel, MaskedOutput, Target, Tokens
 from omnimask.seeding import mix_seed
+from torch import Tensor, nn
+from transformers import Wav2Vec2BertConfig, Wav2Vec2BertModel
 
 from omnimask_audio.config import SpanMaskConfig, W2VBertModelConfig
 from omnimask_audio.masking import SpanMasker
@@ -179,9 +178,7 @@ class GumbelQuantizer(nn.Module):
         # frame's code is a clear argmax.
         nn.init.normal_(self.to_logits.weight, std=LOGIT_INIT_SCALE / input_dim**0.5)
         nn.init.zeros_(self.to_logits.bias)
-        self.codevectors = nn.Parameter(
-            torch.rand(codebooks, codebook_size, code_dim // codebooks)
-        )
+        self.codevectors = nn.Parameter(torch.rand(codebooks, codebook_size, code_dim // codebooks))
         self.project = nn.Linear(code_dim, code_dim)
         self.temperatures = temperatures
         self.temperature = temperatures[0]
@@ -334,7 +331,9 @@ class W2VBert(MaskedModel):
         super().__init__(tokenizer, masker, encoder, decoder, target)
         self.num_negatives = num_negatives
 
-    def gumbel_noise(self, tokens: Tokens, batch: dict, generator: torch.Generator | None) -> Tensor:
+    def gumbel_noise(
+        self, tokens: Tokens, batch: dict, generator: torch.Generator | None
+    ) -> Tensor:
         shape = (tokens.num_tokens, *self.target.quantizer.codebooks_shape)
         rows = [
             torch.rand(shape, generator=g)
@@ -356,9 +355,7 @@ class W2VBert(MaskedModel):
         return MaskedOutput(tokens, mask, prediction, target, losses)
 
 
-def build_w2v_bert(
-    model: W2VBertModelConfig, mask: SpanMaskConfig, num_mel_bins: int
-) -> W2VBert:
+def build_w2v_bert(model: W2VBertModelConfig, mask: SpanMaskConfig, num_mel_bins: int) -> W2VBert:
     tokenizer = ConvSubsampling(num_mel_bins, model.subsampling_channels)
     hf_config = conformer_config(model, mask, tokenizer.output_dim)
     quantizer = GumbelQuantizer(
