@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from omnimask import RecipeConfig
+
 from omnimask_vision.data import ImageConfig
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
@@ -48,7 +49,6 @@ class CellMaskConfig:
 @dataclass
 class SparkModelConfig:
     encoder: TimmModelConfig = field(default_factory=TimmModelConfig)
-    backend: str = "masked_dense"  # masked_dense | spconv (forward only on CPU; see README)
     decoder_width: int = 512
 
 
@@ -99,12 +99,12 @@ def _demo_train(config: RecipeConfig, steps: int, lr: float) -> None:
 
 
 def spark_demo() -> SparkConfig:
-    """A narrow ResNet-18 (channels 32-256) at 96 px: a 3x3 mask grid, 5 of 9 cells hidden."""
+    """A narrow ResNet-18 (channels 16-128) at 96 px: a 3x3 mask grid, 5 of 9 cells hidden."""
     config = SparkConfig()
-    config.model.encoder = TimmModelConfig("resnet18", {"channels": [32, 64, 128, 256]})
-    config.model.decoder_width = 128
+    config.model.encoder = TimmModelConfig("resnet18", {"channels": [16, 32, 64, 128]})
+    config.model.decoder_width = 64
     config.image = ImageConfig(size=96, min_scale=0.67)
-    _demo_train(config, steps=60, lr=2e-3)
+    _demo_train(config, steps=80, lr=3e-3)
     return config
 
 

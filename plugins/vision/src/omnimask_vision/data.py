@@ -22,12 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from omnimask.data import BadSampleError, DataPathError, check_data_path, default_data_dir
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
-
-from omnimask.data import BadSampleError, DataPathError, check_data_path, default_data_dir
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 IMAGE_PATTERNS = tuple(f"*{s}" for s in IMAGE_SUFFIXES) + tuple(
@@ -57,7 +56,8 @@ def decode_image(data: bytes, source: str) -> Image.Image:
         image = Image.open(io.BytesIO(data))
         image.load()  # decode now: a truncated file fails here, not later inside a transform
     except Exception as error:  # PIL raises many types (OSError, SyntaxError, ValueError...)
-        raise BadSampleError(source, f"cannot decode image ({type(error).__name__}: {error})")
+        reason = f"cannot decode image ({type(error).__name__}: {error})"
+        raise BadSampleError(source, reason) from error
     if image.mode == "RGBA" or (image.mode == "P" and "transparency" in image.info):
         # Composite on black rather than dropping alpha, so transparent pixels do not show
         # whatever colour the file happened to store under them.

@@ -9,10 +9,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
-
 from omnimask import MaskedModel  # noqa: E402
 from omnimask.patching import unpatchify  # noqa: E402
+from torch import Tensor  # noqa: E402
+
 from omnimask_vision.data import denormalize  # noqa: E402
 
 MAX_ROWS = 4

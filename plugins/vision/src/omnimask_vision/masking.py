@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor
-
 from omnimask import Tokens
 from omnimask.masking import RatioMasker, random_mask, upsample_mask_flat
+from torch import Tensor
 
 
 class CoarseRandomMasker(RatioMasker):

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import timm
+from omnimask import MaskedModel, Recipe, RecipeConfig
+from omnimask.masking import RandomMasker
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from omnimask import MaskedModel, Recipe, RecipeConfig
-from omnimask.masking import RandomMasker
 from omnimask_vision import config as presets
 from omnimask_vision.config import MAEConfig, SimMIMConfig, SparkConfig, TimmModelConfig
 from omnimask_vision.data import labelled_datasets, pretraining_dataset
@@ -24,7 +24,11 @@ from omnimask_vision.figures import draw_reconstructions
 from omnimask_vision.masking import CoarseRandomMasker
 from omnimask_vision.models.spark import DensifyingDecoder, PatchNormalizedPixels
 from omnimask_vision.models.vit import (
-    LinearPixelHead, MAEDecoder, MAEEncoder, MaskedPixelL1, SimMIMEncoder,
+    LinearPixelHead,
+    MAEDecoder,
+    MAEEncoder,
+    MaskedPixelL1,
+    SimMIMEncoder,
 )  # fmt: skip
 from omnimask_vision.sparse import SparseCNNEncoder
 from omnimask_vision.tokenizer import ImagePatchTokenizer
@@ -46,9 +50,7 @@ class ImageRecipe(Recipe):
     def build_dataset(self, config: Any) -> Dataset:
         return pretraining_dataset(config.data.path, config.image)
 
-    def build_eval_datasets(
-        self, config: Any, path: str | None = None
-    ) -> tuple[Dataset, Dataset]:
+    def build_eval_datasets(self, config: Any, path: str | None = None) -> tuple[Dataset, Dataset]:
         return labelled_datasets(path, config.image.size)
 
     def patch_size(self, config: Any) -> int:
@@ -69,9 +71,7 @@ class ImageRecipe(Recipe):
             model.encoder.model, encoder_config.name, dict(encoder_config.kwargs), out_dir
         )
 
-    def load_export(
-        self, config: RecipeConfig, fmt: str, path: Path
-    ) -> Callable[[dict], Tensor]:
+    def load_export(self, config: RecipeConfig, fmt: str, path: Path) -> Callable[[dict], Tensor]:
         if fmt != "timm":
             raise ValueError(f"recipe {self.name!r} cannot load {fmt!r}")
         model = load_timm_export(Path(path))
@@ -89,7 +89,7 @@ class SparkRecipe(ImageRecipe):
         return SPARK_CELL
 
     def build_model(self, config: SparkConfig) -> MaskedModel:
-        encoder = SparseCNNEncoder(create_timm_model(config.model.encoder), config.model.backend)
+        encoder = SparseCNNEncoder(create_timm_model(config.model.encoder))
         return MaskedModel(
             ImagePatchTokenizer(SPARK_CELL),
             RandomMasker(config.mask.ratio),
@@ -144,7 +144,8 @@ class SimMIMRecipe(ImageRecipe):
         patch = _vit_patch(encoder.model)
         if config.mask.cell % patch:
             raise ValueError(
-                f"mask.cell ({config.mask.cell} px) must be a multiple of the ViT patch ({patch} px)"
+                f"mask.cell ({config.mask.cell} px) must be a multiple of the ViT patch "
+                f"({patch} px)"
             )
         return MaskedModel(
             ImagePatchTokenizer(patch),

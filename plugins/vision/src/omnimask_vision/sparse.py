@@ -15,12 +15,11 @@ With no mask set, every hook is a no-op and the model is the plain timm model.
 
 from __future__ import annotations
 
+from omnimask import Encoder, Tokens
 from timm.layers import LayerNorm2d
 from timm.models.convnext import ConvNeXt, ConvNeXtBlock
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import Tensor, nn
-
-from omnimask import Encoder, Tokens
 
 SUPPORTED_CNNS = (ResNet, ConvNeXt)
 #: modules whose NCHW output is re-masked; together they leave no path from a masked site to a
@@ -131,7 +130,7 @@ def sparsify(model: nn.Module, sites: ActiveSites) -> None:
         raise ValueError(
             f"SparK's sparse encoding supports timm {names} models, got {type(model).__name__}"
         )
-    for name, module in list(model.named_modules()):
+    for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
             if type(child) is nn.BatchNorm2d:
                 setattr(module, child_name, SparseBatchNorm2d.replacing(child, sites))
@@ -153,16 +152,13 @@ class SparseCNNEncoder(Encoder):
     """A timm CNN encoding only the visible 32x32 patches (SparK).
 
     `forward` returns the four feature maps (strides 4, 8, 16, 32) with masked sites zero;
-    `forward_features` is the plain timm model on the whole image. `backend` selects masked
-    dense (runs anywhere, differentiable) or spconv submanifold convolution (ResNet only).
+    `forward_features` is the plain timm model on the whole image. Masked dense is the only
+    backend: spconv's PyPI CPU build could not be made to match `F.conv2d` (see README).
     """
 
-    def __init__(self, model: nn.Module, backend: str = "masked_dense") -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        if backend not in ("masked_dense", "spconv"):
-            raise ValueError(f"SparK backend must be 'masked_dense' or 'spconv', got {backend!r}")
         self.model = model
-        self.backend = backend
         self.sites = ActiveSites()
         sparsify(model, self.sites)
         self.indices = feature_indices(model)
@@ -171,10 +167,6 @@ class SparseCNNEncoder(Encoder):
     def forward(self, tokens: Tokens, mask: Tensor) -> list[Tensor]:
         image = tokens.extras["image"]
         visible = (~mask).view(mask.shape[0], 1, *tokens.grid)
-        if self.backend == "spconv":
-            from omnimask_vision.spconv_backend import spconv_resnet_features
-
-            return spconv_resnet_features(self.model, image, visible)
         self.sites.set(visible)
         try:
             return self._intermediates(image * self.sites.at(*image.shape[-2:]).to(image.dtype))
@@ -188,4 +180,3 @@ class SparseCNNEncoder(Encoder):
         return self.model.forward_intermediates(
             image, indices=self.indices, intermediates_only=True
         )
-

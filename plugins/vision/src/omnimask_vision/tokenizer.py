@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from torch import nn
-
 from omnimask import Tokens
 from omnimask.model import Batch
 from omnimask.patching import grid_positions, patch_grid, patchify
+from torch import nn
 
 
 class ImagePatchTokenizer(nn.Module):

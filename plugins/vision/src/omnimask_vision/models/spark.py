@@ -10,11 +10,11 @@ target is the image normalised per 32x32 patch; L2 on masked patches only.
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
-
 from omnimask import Decoder, Target, Tokens
 from omnimask.model import Batch
 from omnimask.patching import patchify, per_patch_normalize
+from torch import Tensor, nn
+
 from omnimask_vision.sparse import masked_batch_norm
 
 
@@ -64,9 +64,7 @@ class DensifyingDecoder(Decoder):
                 for k, c in enumerate(coarse_to_fine)
             ]
         )
-        self.blocks = nn.ModuleList(
-            [UpsamplingBlock(widths[k], widths[k + 1]) for k in range(5)]
-        )
+        self.blocks = nn.ModuleList([UpsamplingBlock(widths[k], widths[k + 1]) for k in range(5)])
         self.head = nn.Conv2d(widths[-1], 3, 1)
 
     def forward(self, latent: list[Tensor], tokens: Tokens, mask: Tensor) -> Tensor:
@@ -102,4 +100,3 @@ class PatchNormalizedPixels(Target):
         per_patch = (prediction - target).pow(2).mean(-1)
         weights = mask.to(per_patch.dtype)
         return {"loss": (per_patch * weights).sum() / weights.sum().clamp_min(1.0)}
-

@@ -5,19 +5,19 @@
 from __future__ import annotations
 
 import torch
-from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
-from timm.models.vision_transformer import Block, VisionTransformer
-from torch import Tensor, nn
-
 from omnimask import Decoder, Encoder, Target, Tokens
 from omnimask.gather import gather_tokens, mask_to_indices, scatter_tokens
 from omnimask.model import Batch
+from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
+from timm.models.vision_transformer import Block, VisionTransformer
+from torch import Tensor, nn
 
 
 def check_plain_vit(model: nn.Module) -> VisionTransformer:
     """The model, if it is a timm ViT with one class token and a position embedding over it."""
     if not isinstance(model, VisionTransformer):
-        raise ValueError(f"MAE and SimMIM need a timm VisionTransformer, got {type(model).__name__}")
+        name = type(model).__name__
+        raise ValueError(f"MAE and SimMIM need a timm VisionTransformer, got {name}")
     if model.num_prefix_tokens != 1 or model.cls_token is None or model.no_embed_class:
         raise ValueError(
             "MAE/SimMIM encoders need a ViT with one class token, no register tokens and a "
@@ -95,9 +95,7 @@ class MAEDecoder(Decoder):
         self.embed = nn.Linear(encoder_dim, width)
         self.mask_token = nn.Parameter(torch.zeros(width))
         nn.init.normal_(self.mask_token, std=0.02)
-        self.register_buffer(
-            "pos_embed", sincos_position_embedding(grid, width), persistent=False
-        )
+        self.register_buffer("pos_embed", sincos_position_embedding(grid, width), persistent=False)
         self.blocks = nn.Sequential(
             *[Block(width, heads, mlp_ratio=4.0, qkv_bias=True) for _ in range(depth)]
         )
