@@ -45,7 +45,12 @@ def build_config(args: argparse.Namespace, packing: bool):  # noqa: ANN201
     config = recipe.config("paper" if args.paper else "demo")
     overrides = [f"corpus.packing={packing}", "vocab.size=4096", "vocab.path=null"]
     if not args.paper:
-        overrides += ["model.hidden=128", "model.layers=2", "model.heads=2", "model.intermediate=512"]
+        overrides += [
+            "model.hidden=128",
+            "model.layers=2",
+            "model.heads=2",
+            "model.intermediate=512",
+        ]
     return recipe, apply_overrides(config, overrides)
 
 
@@ -170,7 +175,9 @@ def main() -> None:
             emit(f"{name}.{key}", value, **common)
     peer = summary["hf_padded"]
     for name in ("ours_padded", "ours_packed"):
-        emit(f"{name}.speedup_vs_hf", summary[name]["tokens_per_s"] / peer["tokens_per_s"], **common)
+        emit(
+            f"{name}.speedup_vs_hf", summary[name]["tokens_per_s"] / peer["tokens_per_s"], **common
+        )
         emit(
             f"{name}.peak_memory_ratio_vs_hf",
             summary[name]["peak_memory_mb"] / max(peer["peak_memory_mb"], 1e-9),
