@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 import warnings
 from collections.abc import Iterator
@@ -264,7 +265,7 @@ class Engine:
                     window.add({k: v / train.grad_accum for k, v in step_sums.items()})
                 with warnings.catch_warnings():
                     # a skipped step still advances the schedule, so it stays aligned with `step`
-                    warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()`")
+                    warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler"))
                     scheduler.step()
 
                 done = step + 1

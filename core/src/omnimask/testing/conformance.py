@@ -146,7 +146,7 @@ def check_loss_falls_on_fixed_batch(s: Subject) -> None:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        history.append(float(loss))
+        history.append(loss.item())
     first, last = history[0], sum(history[-3:]) / 3
     assert last < 0.9 * first, f"{s.name}: loss did not fall on a fixed batch: {history}"
 
