@@ -1,0 +1,227 @@
+"""Vision benchmarks, side by side in one run, one JSON line per figure.
+
+1. `vision/mae` training step against Hugging Face `ViTMAEForPreTraining`, same ViT size, image
+   size, batch, mask ratio and decoder: step time and peak memory, with ratios (ours / theirs).
+2. SparK's masked-dense encoder (forward + backward, 60% masked) against the same timm CNN run
+   densely on the full image: what sparse encoding costs or saves on this backend.
+
+Step times are medians with the two sides' steps interleaved in one process (same machine
+load); peak memory is measured for each case alone in a child process (CUDA allocator peak, or
+peak RSS above the baseline after imports on CPU). Defaults are small enough for a CPU;
+`--paper` uses ViT-B/16 at 224 px with the 8x512 decoder and ResNet-50 at 224 px.
+
+    .venv/bin/python benchmarks/vision.py [--paper] [--steps N] [--batch B]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+SMALL = {
+    "image": 96, "patch": 16, "width": 192, "depth": 6, "heads": 3,
+    "decoder_width": 128, "decoder_depth": 2, "decoder_heads": 4, "batch": 8,
+    "cnn": "resnet18", "cnn_kwargs": {"channels": [16, 32, 64, 128]}, "cnn_image": 96,
+}  # fmt: skip
+PAPER = {
+    "image": 224, "patch": 16, "width": 768, "depth": 12, "heads": 12,
+    "decoder_width": 512, "decoder_depth": 8, "decoder_heads": 16, "batch": 64,
+    "cnn": "resnet50", "cnn_kwargs": {}, "cnn_image": 224,
+}  # fmt: skip
+CASES = ("mae_omnimask", "mae_transformers", "spark_masked_dense", "cnn_dense")
+
+
+def proc_status_mb(field: str) -> float:
+    """`VmRSS` / `VmHWM` of this process from /proc (Linux), in MiB."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def reset_peak_rss() -> None:
+    """Reset the kernel's peak-RSS mark (VmHWM), so that import-time peaks do not hide ours."""
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
+
+
+def build_case(case: str, size: dict, device):  # noqa: ANN001, ANN201
+    """(model, step_function) for one case; step_function runs forward + backward."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    if case.startswith("mae"):
+        images = torch.randn(size["batch"], 3, size["image"], size["image"], generator=generator)
+        images = images.to(device)
+    if case == "mae_omnimask":
+        from omnimask_vision.config import TimmModelConfig
+        from omnimask_vision.recipes import MAERecipe
+
+        recipe = MAERecipe()
+        config = recipe.config("paper")
+        config.model.encoder = TimmModelConfig(
+            "vit_base_patch16_224",
+            {
+                "img_size": size["image"], "patch_size": size["patch"],
+                "embed_dim": size["width"], "depth": size["depth"], "num_heads": size["heads"],
+            },
+        )  # fmt: skip
+        config.model.decoder_width = size["decoder_width"]
+        config.model.decoder_depth = size["decoder_depth"]
+        config.model.decoder_heads = size["decoder_heads"]
+        model = recipe.build_model(config).to(device)
+        batch = {"image": images}
+        state = {"step": 0}
+
+        def step() -> torch.Tensor:
+            state["step"] += 1
+            return model(batch, torch.Generator().manual_seed(state["step"]))["loss"]
+
+        return model, step
+    if case == "mae_transformers":
+        from transformers import ViTMAEConfig, ViTMAEForPreTraining
+
+        config = ViTMAEConfig(
+            image_size=size["image"], patch_size=size["patch"], hidden_size=size["width"],
+            num_hidden_layers=size["depth"], num_attention_heads=size["heads"],
+            intermediate_size=4 * size["width"], decoder_hidden_size=size["decoder_width"],
+            decoder_num_hidden_layers=size["decoder_depth"],
+            decoder_num_attention_heads=size["decoder_heads"],
+            decoder_intermediate_size=4 * size["decoder_width"], mask_ratio=0.75,
+            norm_pix_loss=True, qkv_bias=True, layer_norm_eps=1e-6,
+        )  # fmt: skip
+        model = ViTMAEForPreTraining(config).to(device)
+        return model, lambda: model(pixel_values=images).loss
+    import timm
+    from omnimask_vision.sparse import SparseCNNEncoder
+    from omnimask_vision.tokenizer import ImagePatchTokenizer
+
+    side = size["cnn_image"]
+    images = torch.randn(size["batch"], 3, side, side, generator=generator).to(device)
+    cnn = timm.create_model(size["cnn"], pretrained=False, **size["cnn_kwargs"]).to(device)
+    if case == "cnn_dense":
+        indices = [1, 2, 3, 4]
+
+        def dense_step() -> torch.Tensor:
+            maps = cnn.forward_intermediates(images, indices=indices, intermediates_only=True)
+            return sum(m.float().mean() for m in maps)
+
+        return cnn, dense_step
+    encoder = SparseCNNEncoder(cnn).to(device)
+    tokens = ImagePatchTokenizer(32)({"image": images})
+    cells = tokens.num_tokens
+    mask = torch.rand(size["batch"], cells, generator=generator).argsort(1) < round(0.6 * cells)
+    mask = mask.to(device)
+    return encoder, lambda: sum(m.float().mean() for m in encoder(tokens, mask))
+
+
+def trainer(case: str, size: dict, device):  # noqa: ANN001, ANN201
+    """A function running one optimiser step of `case` (forward, backward, AdamW)."""
+    import torch
+
+    torch.manual_seed(0)
+    model, step = build_case(case, size, device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def train_step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = step()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return train_step
+
+
+def synchronize(device) -> None:  # noqa: ANN001
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_memory(case: str, size: dict, steps: int) -> float:
+    """Peak memory of `case` alone (run in a child process): CUDA allocator peak, or the peak
+    RSS above the process's baseline after imports on CPU."""
+    import torch
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    reset_peak_rss()
+    baseline = proc_status_mb("VmRSS")
+    train_step = trainer(case, size, device)
+    for _ in range(steps):
+        train_step()
+    synchronize(device)
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return proc_status_mb("VmHWM") - baseline
+
+
+def step_times(pair: tuple[str, str], size: dict, steps: int, warmup: int) -> list[float]:
+    """Median step time of both cases, their steps interleaved in one process so that both
+    see the same machine load (a shared CPU makes back-to-back runs incomparable)."""
+    import torch
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    steppers = [trainer(case, size, device) for case in pair]
+    times: list[list[float]] = [[], []]
+    for index in range(warmup + steps):
+        for which, train_step in enumerate(steppers):
+            synchronize(device)
+            start = time.perf_counter()
+            train_step()
+            synchronize(device)
+            if index >= warmup:
+                times[which].append(time.perf_counter() - start)
+    return [sorted(t)[len(t) // 2] for t in times]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--paper", action="store_true", help="ViT-B/16 and ResNet-50 at 224 px")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--batch", type=int, help="override the batch size")
+    parser.add_argument("--case", choices=CASES, help=argparse.SUPPRESS)  # child process
+    args = parser.parse_args()
+    size = dict(PAPER if args.paper else SMALL)
+    if args.batch:
+        size["batch"] = args.batch
+    if args.case:
+        print(json.dumps({"peak_memory_mb": peak_memory(args.case, size, args.warmup + 1)}))
+        return
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    results: dict[str, dict[str, float]] = {case: {} for case in CASES}
+    for pair in (CASES[:2], CASES[2:]):
+        for case, seconds in zip(pair, step_times(pair, size, args.steps, args.warmup)):
+            results[case]["step_time_s"] = seconds
+    for case in CASES:
+        command = [sys.executable, __file__, "--case", case, "--warmup", str(args.warmup)]
+        command += ["--batch", str(size["batch"])] + (["--paper"] if args.paper else [])
+        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        results[case].update(json.loads(output.strip().splitlines()[-1]))
+    setting = {key: size[key] for key in ("image", "patch", "width", "depth", "batch")}
+
+    def emit(figure: str, value: float, **extra: object) -> None:
+        print(json.dumps({"bench": "vision", "figure": figure, "value": value, **extra}))
+
+    for metric in ("step_time_s", "peak_memory_mb"):
+        ours, theirs = results["mae_omnimask"][metric], results["mae_transformers"][metric]
+        emit(f"mae_{metric}", ours, peer="transformers.ViTMAEForPreTraining", peer_value=theirs,
+             ratio=ours / theirs, device=device, **setting)  # fmt: skip
+    for metric in ("step_time_s", "peak_memory_mb"):
+        sparse, dense = results["spark_masked_dense"][metric], results["cnn_dense"][metric]
+        emit(f"spark_masked_dense_{metric}", sparse, peer=f"{size['cnn']} dense, full image",
+             peer_value=dense, ratio=sparse / dense, image=size["cnn_image"],
+             batch=size["batch"], mask_ratio=0.6)  # fmt: skip
+    emit("spark_spconv_step_time_s", float("nan"), note="spconv backend not shipped: see README")
+
+
+if __name__ == "__main__":
+    main()
