@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-recipe="${1:-timeseries/mae}"
+recipe="${1:-vision/spark}"
 run_dir="runs/demo/${recipe//\//-}-$(date +%Y%m%d-%H%M%S)"
 omnimask=(.venv/bin/omnimask)
 

@@ -21,7 +21,7 @@ from omnimask.runs import load_run
 from omnimask.visualize import sample_batch
 from omnimask_pointcloud.data import ensure_default_data
 
-FAST = ["train.progress=false", "train.batch_size=8", "train.warmup_steps=2"]
+FAST = ["train.log_every=1", "train.progress=false", "train.batch_size=8", "train.warmup_steps=2"]
 
 
 @pytest.fixture(scope="module")
