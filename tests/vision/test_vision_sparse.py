@@ -18,6 +18,7 @@ SIDE = 96  # a 3x3 grid of 32x32 mask cells
 CNNS = {
     "resnet_basic": ("resnet18", {"channels": [8, 16, 32, 64]}),
     "resnet_bottleneck": ("resnet26", {"channels": [4, 8, 16, 32]}),
+    "resnet_deep_stem_avg_down": ("resnet26d", {"channels": [4, 8, 16, 32], "stem_width": 8}),
     "convnext_conv_mlp": ("convnext_atto", {"dims": [8, 16, 32, 64], "depths": [1, 1, 1, 1]}),
     "convnext_linear_mlp": ("convnext_nano", {"dims": [8, 16, 32, 64], "depths": [1, 1, 1, 1]}),
 }
@@ -69,12 +70,16 @@ def test_nothing_masked_gives_the_plain_timm_features(kind: str, train: bool) ->
         tokens.extras["image"], indices=encoder.indices, intermediates_only=True
     )
     assert [f.shape[-1] for f in sparse] == [SIDE // s for s in (4, 8, 16, 32)]
+    # Training-mode batch statistics are summed in another order (visible rows gathered first).
+    atol = 3e-4 if train else 1e-5
     for ours, reference in zip(sparse, dense):
-        torch.testing.assert_close(ours, reference, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(ours, reference, atol=atol, rtol=1e-4)
     if train:  # running statistics updated as timm's own batch norm does
         for ours, reference in zip(encoder.model.modules(), plain.modules()):
             if isinstance(ours, torch.nn.BatchNorm2d):
-                torch.testing.assert_close(ours.running_var, reference.running_var)
+                torch.testing.assert_close(
+                    ours.running_var, reference.running_var, rtol=1e-4, atol=1e-4
+                )
 
 
 @pytest.mark.parametrize("kind", list(CNNS))
