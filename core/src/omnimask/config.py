@@ -7,12 +7,16 @@ module only turns its exceptions into messages that name the key and what is wro
 from __future__ import annotations
 
 import difflib
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from omnimask.recipe import RecipeConfig
+
+if TYPE_CHECKING:
+    from omnimask.recipe import Recipe
 
 C = TypeVar("C", bound=RecipeConfig)
 
@@ -90,6 +94,21 @@ def from_yaml(text: str, config_class: type[C], source: str = "config") -> C:
         where = f" at {key!r}" if key else ""
         raise ConfigError(f"{source}{where}: {str(error).splitlines()[0]}") from None
     return OmegaConf.to_object(merged)  # type: ignore[return-value]
+
+
+def load_config_file(path: Path) -> tuple[Recipe, RecipeConfig]:
+    """The recipe a saved `config.yaml` names, and the config parsed into its config class."""
+    from omnimask.plugins import get_recipe
+
+    text = path.read_text()
+    recipe_name = next(
+        (line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("recipe:")),
+        "",
+    )
+    if not recipe_name:
+        raise ConfigError(f"{path}: no 'recipe:' entry")
+    recipe = get_recipe(recipe_name)
+    return recipe, from_yaml(text, recipe.config_class, source=str(path))
 
 
 def differences(old: RecipeConfig, new: RecipeConfig) -> list[tuple[str, Any, Any]]:

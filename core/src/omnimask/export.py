@@ -12,9 +12,8 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from omnimask.config import from_yaml, to_yaml
+from omnimask.config import load_config_file, to_yaml
 from omnimask.model import MaskedModel
-from omnimask.plugins import get_recipe
 from omnimask.recipe import Recipe, RecipeConfig
 
 EXPORTED_PARTS = ("tokenizer.", "encoder.")
@@ -60,19 +59,14 @@ def load_safetensors_export(path: Path) -> tuple[Recipe, RecipeConfig, MaskedMod
     for needed in (weights, config_path):
         if not needed.exists():
             raise ExportError(f"{folder} is not a safetensors export: {needed.name} is missing")
-    text = config_path.read_text()
-    recipe_name = next(
-        line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("recipe:")
-    )
-    recipe = get_recipe(recipe_name)
-    config = from_yaml(text, recipe.config_class, str(config_path))
+    recipe, config = load_config_file(config_path)
     model = recipe.build_model(config)
     state = load_file(str(weights))
     expected = set(encoder_state(model))
     missing, unexpected = expected - set(state), set(state) - expected
     if missing or unexpected:
         raise ExportError(
-            f"{weights} does not match recipe {recipe_name!r}: "
+            f"{weights} does not match recipe {recipe.name!r}: "
             f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
     model.load_state_dict(state, strict=False)

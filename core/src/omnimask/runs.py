@@ -12,10 +12,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_model
 
-from omnimask.config import ConfigError, from_yaml
+from omnimask.config import load_config_file
 from omnimask.engine.checkpoint import list_checkpoints
 from omnimask.model import MaskedModel
-from omnimask.plugins import get_recipe
 from omnimask.recipe import Recipe, RecipeConfig
 
 logger = logging.getLogger(__name__)
@@ -39,15 +38,7 @@ def read_run_config(run_dir: Path) -> tuple[Recipe, RecipeConfig]:
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
         raise RunError(f"{run_dir} is not a run directory (no config.yaml)")
-    text = config_path.read_text()
-    recipe_name = next(
-        (line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("recipe:")),
-        "",
-    )
-    if not recipe_name:
-        raise ConfigError(f"{config_path}: no 'recipe:' entry")
-    recipe = get_recipe(recipe_name)
-    return recipe, from_yaml(text, recipe.config_class, source=str(config_path))
+    return load_config_file(config_path)
 
 
 @dataclass

@@ -214,6 +214,7 @@ class Engine:
                     receiver.set_progress(step / max(1, train.steps))
                 step_sums: dict[str, torch.Tensor] = {}
                 sample_ids: list[int] = []
+                generator = step_generator(train.seed, step)
                 for micro in range(train.grad_accum):
                     batch, skipped = next(batches)
                     skipped_total += len(skipped)
@@ -226,7 +227,6 @@ class Engine:
                         )
                     sample_ids += batch["sample_id"].tolist()
                     batch = send_to_device(batch, accelerator.device, non_blocking=True)
-                    generator = step_generator(train.seed, step)
                     last_micro = micro == train.grad_accum - 1
                     context = accelerator.no_sync(model) if not last_micro else nullcontext()
                     with context, accelerator.autocast():
