@@ -250,17 +250,17 @@ def test_loss_falls_when_overfitting_one_batch(
     assert sum(history[-3:]) / 3 < 0.7 * history[0], history
 
 
-def test_torchscript_export_equals_embed(
+def test_exported_program_equals_embed(
     recipe: TimeSeriesMAE, config: TimeSeriesMAEConfig, batch: dict, tmp_path: Path
 ) -> None:
     model = fresh_model(recipe, config)
-    path = recipe.export(model, config, "torchscript", tmp_path)
-    embed = recipe.load_export(config, "torchscript", path)
-    for rows in (batch, {"series": batch["series"][:5]}):  # not the traced batch size
+    path = recipe.export(model, config, "pt2", tmp_path)
+    embed = recipe.load_export(config, "pt2", path)
+    for rows in (batch, {"series": batch["series"][:5]}):  # not the example batch size
         expected = model.embed(rows)
         assert expected.shape == (len(rows["series"]), config.model.encoder_dim)
         torch.testing.assert_close(embed(rows), expected, atol=1e-5, rtol=1e-4)
-    assert torch.jit.load(str(path))(batch["series"]).shape == (8, config.model.encoder_dim)
+    assert torch.export.load(path).module()(batch["series"]).shape == (8, config.model.encoder_dim)
 
 
 def test_figure_is_written(

@@ -164,7 +164,7 @@ class PatchTarget(Target):
 
 class SeriesEmbedder(nn.Module):
     """`series [B, C, T] -> [B, D]`: what `MaskedModel.embed` computes, as a plain module with a
-    tensor in and a tensor out, so it can be traced to TorchScript."""
+    tensor in and a tensor out, so it can be exported with `torch.export`."""
 
     def __init__(self, tokenizer: SeriesPatchTokenizer, encoder: SeriesEncoder) -> None:
         super().__init__()

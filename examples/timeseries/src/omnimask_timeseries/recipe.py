@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from omnimask_timeseries.model import (
     SeriesPatchTokenizer,
 )
 
-TORCHSCRIPT_FILE = "embedder.torchscript.pt"
+EXPORTED_PROGRAM_FILE = "embedder.pt2"
 
 
 @dataclass
@@ -115,7 +114,7 @@ class TimeSeriesMAE(Recipe):
     summary = "masked autoencoder on multichannel series patches (PatchTST / Ti-MAE style)"
     config_class = TimeSeriesMAEConfig
     presets = {"demo": demo, "paper": paper}
-    export_formats = ("torchscript",)
+    export_formats = ("pt2",)
 
     def build_model(self, config: TimeSeriesMAEConfig) -> MaskedModel:
         _check(config)
@@ -230,28 +229,26 @@ class TimeSeriesMAE(Recipe):
     def export(
         self, model: MaskedModel, config: TimeSeriesMAEConfig, fmt: str, out_dir: Path
     ) -> Path:
-        if fmt != "torchscript":
+        """The embedder as a `torch.export` program (`.pt2`): PyTorch's successor to TorchScript,
+        loadable with `torch.export.load(path).module()` and no omnimask code. The batch size is
+        a dynamic dimension; channels and window are fixed, as the model is built for them."""
+        if fmt != "pt2":
             raise ValueError(f"recipe {self.name!r} cannot export {fmt!r}")
-        embedder = SeriesEmbedder(model.tokenizer, model.encoder)
-        embedder = copy.deepcopy(embedder).cpu().eval()
+        embedder = copy.deepcopy(SeriesEmbedder(model.tokenizer, model.encoder)).cpu().eval()
         shape = (2, config.model.channels, config.model.window)
         example = torch.randn(shape, generator=torch.Generator().manual_seed(0))
-        with torch.no_grad(), warnings.catch_warnings():
-            # The patch grid is computed from the input's length in Python, so the trace is
-            # specialised to `model.window`, which is exactly what the model is built for.
-            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-            traced = torch.jit.trace(embedder, example)
-        path = Path(out_dir) / TORCHSCRIPT_FILE
-        traced.save(str(path))
+        batch = torch.export.Dim("batch", min=1)
+        program = torch.export.export(embedder, (example,), dynamic_shapes=({0: batch},))
+        path = Path(out_dir) / EXPORTED_PROGRAM_FILE
+        torch.export.save(program, path)
         return path
 
     def load_export(self, config: TimeSeriesMAEConfig, fmt: str, path: Path):  # noqa: ANN201
-        """`embed(batch) -> [B, D]` from the TorchScript file alone (no omnimask code needed:
-        `torch.jit.load(path)(series)` works anywhere PyTorch does)."""
-        if fmt != "torchscript":
+        """`embed(batch) -> [B, D]` from the `.pt2` file alone."""
+        if fmt != "pt2":
             raise ValueError(f"recipe {self.name!r} cannot load {fmt!r}")
         path = Path(path)
-        module = torch.jit.load(str(path / TORCHSCRIPT_FILE if path.is_dir() else path))
+        module = torch.export.load(path / EXPORTED_PROGRAM_FILE if path.is_dir() else path).module()
 
         def embed(batch: dict) -> Tensor:
             with torch.no_grad():
