@@ -171,3 +171,21 @@ def test_eval_falls_back_when_the_newest_weights_are_truncated(run_dir, caplog) 
     assert main(["eval", str(run_dir)]) == 0
     assert json.loads((run_dir / "eval.json").read_text())["step"] == 3
     assert "step_00000006/model.safetensors is unreadable" in caplog.text
+
+
+def test_eval_limit_scores_a_seeded_subset_of_each_split(run_dir, capsys) -> None:
+    assert main(["eval", str(run_dir)]) == 0
+    full = json.loads((run_dir / "eval.json").read_text())
+    assert full["train_samples"] > 5 and full["test_samples"] > 5
+
+    scores = []
+    for _ in range(2):
+        assert main(["eval", str(run_dir), "--limit", "5"]) == 0
+        limited = json.loads((run_dir / "eval.json").read_text())
+        assert limited["train_samples"] == limited["test_samples"] == 5
+        scores.append(limited["pretrained"])
+    assert scores[0] == scores[1]  # the same subset, so the same scores
+
+    with pytest.raises(SystemExit):
+        main(["eval", str(run_dir), "--limit", "0"])
+    assert "must be a positive integer" in capsys.readouterr().err

@@ -94,7 +94,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from omnimask.evaluation import evaluate_run
 
-    result = evaluate_run(Path(args.run), args.data, args.k)
+    result = evaluate_run(Path(args.run), args.data, args.k, args.limit)
     print(json.dumps(result, indent=2))
     print(f"written: {Path(args.run) / 'eval.json'}")
     return 0
@@ -127,6 +127,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(
         prog="omnimask", description="Masked-modeling self-supervised pretraining."
@@ -157,6 +164,11 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run", help="run directory")
     evaluate.add_argument("--data", help="labelled data (default: the plugin's embedded set)")
     evaluate.add_argument("--k", type=int, default=20, help="neighbours for kNN")
+    evaluate.add_argument(
+        "--limit",
+        type=positive_int,
+        help="score at most this many samples of each split (seeded subset)",
+    )
     evaluate.set_defaults(func=cmd_eval)
 
     visualize = sub.add_parser("visualize", help="original | masked | reconstruction PNG")

@@ -16,7 +16,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
 
 from omnimask.model import MaskedModel
 from omnimask.recipe import Recipe
@@ -24,13 +25,18 @@ from omnimask.recipe import Recipe
 
 @torch.no_grad()
 def extract_features(
-    model: MaskedModel, recipe: Recipe, dataset: Dataset, batch_size: int = 64
+    model: MaskedModel,
+    recipe: Recipe,
+    dataset: Dataset,
+    batch_size: int = 64,
+    description: str = "features",
 ) -> tuple[np.ndarray, np.ndarray]:
     """(features `[n, D]`, labels `[n]`) of a labelled dataset, in dataset order."""
     device = next(model.parameters()).device
     model.eval()
     features, labels = [], []
-    for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=recipe.collate):
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=recipe.collate)
+    for batch in tqdm(loader, desc=description, unit="batch", leave=False):
         labels.append(torch.as_tensor(batch["label"]).cpu())
         batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         features.append(model.embed(batch).float().cpu())
@@ -55,10 +61,15 @@ def knn_accuracy(
 
 
 def evaluate_model(
-    model: MaskedModel, recipe: Recipe, train_set: Dataset, test_set: Dataset, k: int = 20
+    model: MaskedModel,
+    recipe: Recipe,
+    train_set: Dataset,
+    test_set: Dataset,
+    k: int = 20,
+    name: str = "model",
 ) -> dict[str, float]:
-    train = extract_features(model, recipe, train_set)
-    test = extract_features(model, recipe, test_set)
+    train = extract_features(model, recipe, train_set, description=f"{name}: train features")
+    test = extract_features(model, recipe, test_set, description=f"{name}: test features")
     return {
         "linear_probe_accuracy": linear_probe_accuracy(train, test),
         "knn_accuracy": knn_accuracy(train, test, k),
@@ -66,12 +77,31 @@ def evaluate_model(
     }
 
 
-def evaluate_run(run_dir: Path, data: str | None = None, k: int = 20) -> dict[str, Any]:
-    """Score a run's encoder and its random initialisation; writes `eval.json` in the run."""
+def random_subset(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
+    """At most `limit` samples of `dataset`, drawn without replacement under `seed` and kept in
+    dataset order, so a large labelled set can be scored quickly and the same way every time."""
+    size = len(dataset)  # type: ignore[arg-type]
+    if limit is None or limit >= size:
+        return dataset
+    chosen = torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:limit]
+    return Subset(dataset, sorted(chosen.tolist()))
+
+
+def evaluate_run(
+    run_dir: Path, data: str | None = None, k: int = 20, limit: int | None = None
+) -> dict[str, Any]:
+    """Score a run's encoder and its random initialisation; writes `eval.json` in the run.
+
+    `limit` caps the samples taken from each of the train and test splits."""
     from omnimask.runs import load_run
 
     run = load_run(run_dir)
     train_set, test_set = run.recipe.build_eval_datasets(run.config, data)
+    seed = run.config.train.seed
+    train_set, test_set = (
+        random_subset(train_set, limit, seed),
+        random_subset(test_set, limit, seed + 1),
+    )
     torch.manual_seed(run.config.train.seed)
     baseline = run.recipe.build_model(run.config)
     result = {
@@ -79,8 +109,8 @@ def evaluate_run(run_dir: Path, data: str | None = None, k: int = 20) -> dict[st
         "step": run.step,
         "train_samples": len(train_set),  # type: ignore[arg-type]
         "test_samples": len(test_set),  # type: ignore[arg-type]
-        "pretrained": evaluate_model(run.model, run.recipe, train_set, test_set, k),
-        "random_init": evaluate_model(baseline, run.recipe, train_set, test_set, k),
+        "pretrained": evaluate_model(run.model, run.recipe, train_set, test_set, k, "pretrained"),
+        "random_init": evaluate_model(baseline, run.recipe, train_set, test_set, k, "random init"),
     }
     (run.run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
