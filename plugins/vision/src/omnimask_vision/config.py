@@ -48,8 +48,12 @@ class CellMaskConfig:
 
 @dataclass
 class SparkModelConfig:
+    """`backend`: how the encoder skips masked sites, "masked_dense" (any device, ResNet and
+    ConvNeXt) or "spconv" (spconv sparse convolutions; ResNets; trains on CUDA only)."""
+
     encoder: TimmModelConfig = field(default_factory=TimmModelConfig)
     decoder_width: int = 512
+    backend: str = "masked_dense"
 
 
 @dataclass

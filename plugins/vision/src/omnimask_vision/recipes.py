@@ -89,7 +89,7 @@ class SparkRecipe(ImageRecipe):
         return SPARK_CELL
 
     def build_model(self, config: SparkConfig) -> MaskedModel:
-        encoder = SparseCNNEncoder(create_timm_model(config.model.encoder))
+        encoder = SparseCNNEncoder(create_timm_model(config.model.encoder), config.model.backend)
         return MaskedModel(
             ImagePatchTokenizer(SPARK_CELL),
             RandomMasker(config.mask.ratio),

@@ -11,6 +11,9 @@ arranges both on a timm ResNet or ConvNeXt without changing its parameters or st
   residual block, at that module's resolution (the stride-32 mask upsampled to it).
 
 With no mask set, every hook is a no-op and the model is the plain timm model.
+
+The other backend, `omnimask_vision.spconv_backend`, computes the same thing with spconv's
+submanifold convolutions (timm ResNets only; needs CUDA to train).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ REMASKED_MODULES = (
 )
 #: the feature strides SparK's decoder consumes.
 FEATURE_STRIDES = (4, 8, 16, 32)
+#: how the encoder skips masked sites: dense ops with re-masking, or spconv sparse convolutions.
+BACKENDS = ("masked_dense", "spconv")
 
 
 class ActiveSites:
@@ -152,21 +157,33 @@ class SparseCNNEncoder(Encoder):
     """A timm CNN encoding only the visible 32x32 patches (SparK).
 
     `forward` returns the four feature maps (strides 4, 8, 16, 32) with masked sites zero;
-    `forward_features` is the plain timm model on the whole image. Masked dense is the only
-    backend: spconv's PyPI CPU build could not be made to match `F.conv2d` (see README).
+    `forward_features` is the plain timm model on the whole image. `backend` picks how:
+    "masked_dense" (this module; any device, ResNet and ConvNeXt) or "spconv"
+    (`omnimask_vision.spconv_backend`; ResNets, trains on CUDA only). Both give the same maps
+    from the same timm parameters, and leave the model's state-dict keys unchanged.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, backend: str = "masked_dense") -> None:
         super().__init__()
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown SparK backend {backend!r}; choose one of {BACKENDS}")
         self.model = model
+        self.backend = backend
         self.sites = ActiveSites()
-        sparsify(model, self.sites)
+        if backend == "spconv":
+            from omnimask_vision.spconv_backend import SpconvResNet
+
+            self.spconv = SpconvResNet(model)  # a plain object: no parameters of its own
+        else:
+            sparsify(model, self.sites)
         self.indices = feature_indices(model)
         self.widths = [model.feature_info[i]["num_chs"] for i in self.indices]
 
     def forward(self, tokens: Tokens, mask: Tensor) -> list[Tensor]:
         image = tokens.extras["image"]
         visible = (~mask).view(mask.shape[0], 1, *tokens.grid)
+        if self.backend == "spconv":
+            return self.spconv(self.model, image, visible)
         self.sites.set(visible)
         try:
             return self._intermediates(image * self.sites.at(*image.shape[-2:]).to(image.dtype))
