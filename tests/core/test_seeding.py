@@ -3,7 +3,7 @@
 import torch
 from omnimask.masking import RandomMasker, TubeMasker
 from omnimask.model import MaskedModel
-from omnimask.seeding import mix_seed, sample_uniform, seeded_rng
+from omnimask.seeding import mix_seed, sample_generators, sample_seeds, sample_uniform, seeded_rng
 from omnimask.tokens import Tokens
 from scipy import stats
 
@@ -48,6 +48,18 @@ def test_per_sample_masks_do_not_depend_on_the_batch() -> None:
         assert len({tuple(row.tolist()) for row in whole}) == 6  # rows differ
     tube = whole.view(6, 4, 9)
     assert (tube == tube[:, :1]).all() and (tube[:, 0].sum(1) == 7).all()  # round(0.75 * 9)
+
+
+def test_sample_seeds_follow_sample_ids_and_salt() -> None:
+    step = torch.Generator().manual_seed(7)
+    ids = torch.tensor([4, 9, 2])
+    assert sample_seeds(ids, step) == [mix_seed(7, 4), mix_seed(7, 9), mix_seed(7, 2)]
+    assert sample_seeds(ids, step, 5) == [mix_seed(7, 5, 4), mix_seed(7, 5, 9), mix_seed(7, 5, 2)]
+    assert sample_seeds(None, None, rows=2) == [mix_seed(0, 0), mix_seed(0, 1)]
+    # A sample draws the same numbers wherever it sits in a batch.
+    first = [torch.rand(4, generator=g) for g in sample_generators(ids, step)]
+    again = sample_generators(ids[1:], step)
+    assert all(torch.equal(torch.rand(4, generator=g), first[1:][i]) for i, g in enumerate(again))
 
 
 def test_seeded_rng_restores_the_torch_stream() -> None:

@@ -18,7 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from omnimask.seeding import mix_seed
+from omnimask.seeding import sample_seeds
 from omnimask.tokens import Tokens
 
 Batch = dict[str, Any]
@@ -133,8 +133,7 @@ class MaskedModel(nn.Module):
         if sample_ids is None:
             mask = self.masker(tokens, generator)
         else:
-            step_seed = generator.initial_seed()
-            seeds = [mix_seed(step_seed, sample_id) for sample_id in sample_ids.tolist()]
+            seeds = sample_seeds(sample_ids, generator)
             vectorised = getattr(self.masker, "mask_from_seeds", None)
             if vectorised is not None:
                 mask = vectorised(tokens, torch.tensor(seeds, dtype=torch.int64))

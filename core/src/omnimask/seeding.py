@@ -28,6 +28,32 @@ def mix_seed(*parts: int) -> int:
     return state & ((1 << 63) - 1)
 
 
+def sample_seeds(
+    sample_ids: Tensor | None, generator: torch.Generator | None, *salt: int, rows: int = 0
+) -> list[int]:
+    """One seed per sample: `mix_seed(step seed, *salt, sample id)`.
+
+    The step seed is `generator.initial_seed()` (the engine's per-step generator; 0 without one).
+    Keying randomness by sample id rather than by row makes a sample's draws independent of which
+    batch, process or position it lands in; `salt` separates independent draws of the same sample
+    (the mask, Gumbel noise, distractors...). Without ids (a bare batch outside the engine) rows
+    `0..rows-1` stand in for them.
+    """
+    step_seed = 0 if generator is None else generator.initial_seed()
+    keys = range(rows) if sample_ids is None else sample_ids.tolist()
+    return [mix_seed(step_seed, *salt, key) for key in keys]
+
+
+def sample_generators(
+    sample_ids: Tensor | None, generator: torch.Generator | None, *salt: int, rows: int = 0
+) -> list[torch.Generator]:
+    """A CPU `torch.Generator` per sample, seeded by `sample_seeds` (see there)."""
+    return [
+        torch.Generator().manual_seed(seed)
+        for seed in sample_seeds(sample_ids, generator, *salt, rows=rows)
+    ]
+
+
 def _signed(value: int) -> int:
     """A uint64 constant as the int64 with the same bits (torch has no uint64 arithmetic)."""
     return value - (1 << 64) if value >= 1 << 63 else value
