@@ -103,6 +103,22 @@ def test_spconv_feature_maps_equal_masked_dense(kind: str, train: bool) -> None:
         torch.testing.assert_close(ours.running_var, reference.running_var, atol=2e-4, rtol=1e-4)
 
 
+def test_spconv_is_exact_with_several_cpu_threads() -> None:
+    """spconv's CPU kernels race on several threads; the backend runs them on one."""
+    dense, sparse = twin_encoders("resnet18")
+    tokens, mask = random_batch(5)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.no_grad():
+            expected, got = dense(tokens, mask), sparse(tokens, mask)
+        assert torch.get_num_threads() == 2  # restored
+    finally:
+        torch.set_num_threads(threads)
+    for ours, reference in zip(got, expected):
+        torch.testing.assert_close(ours, reference, atol=2e-4, rtol=1e-4)
+
+
 def test_recipe_backends_give_the_same_loss() -> None:
     recipe = SparkRecipe()
     config = recipe.config("demo")

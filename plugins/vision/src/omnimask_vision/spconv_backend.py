@@ -28,11 +28,14 @@ Scope: timm `ResNet`s (`BasicBlock` / `Bottleneck`, plain or deep stem, `avg_dow
 (spconv's max pool returns max(0, active inputs)). spconv 2.3 has no grouped convolution
 (`SparseConvolution` asserts `groups == 1`), so ConvNeXt (depthwise 7x7) and ResNeXt (grouped
 3x3) are refused. The CPU build's backward pass needs a CUDA driver, so on CPU this backend runs
-forward passes only (no-grad); training with it needs spconv's CUDA build.
+forward passes only (no-grad), and its kernels on one thread (they race on several); training
+with it needs spconv's CUDA build.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import product
 from typing import Any
@@ -161,6 +164,21 @@ def _check_module(module: nn.Module, name: str) -> None:
         module, (nn.Identity, *POINTWISE_ACTIVATIONS)
     ):
         raise refuse(f"no sparse equivalent for {type(module).__name__}")
+
+
+@contextmanager
+def one_cpu_thread(device: torch.device) -> Iterator[None]:
+    """Run spconv's CPU kernels on one thread: with torch's intra-op threads they race (spconv
+    2.3.8's submanifold and regular convolutions return wrong sums with 2 threads)."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @dataclass
@@ -338,9 +356,10 @@ class _Pass:
             indice_dict=x.sites.indice_dict,
         )  # fmt: skip
         # spconv differentiates only when `training` is passed; its weight is [out, kh, kw, in].
-        out = operator._conv_forward(
-            torch.is_grad_enabled(), tensor, weight.permute(0, 2, 3, 1).contiguous(), conv.bias
-        )
+        with one_cpu_thread(x.features.device):
+            out = operator._conv_forward(
+                torch.is_grad_enabled(), tensor, weight.permute(0, 2, 3, 1).contiguous(), conv.bias
+            )
         if stride == 1:
             x.sites.indice_dict = out.indice_dict
             return SparseMap(out.features, x.sites)
@@ -370,7 +389,8 @@ class _Pass:
         tensor = self.spconv.SparseConvTensor(
             x.features.contiguous(), x.sites.indices, x.sites.shape, x.sites.visible.shape[0]
         )
-        return self.restrict(operator(tensor))
+        with one_cpu_thread(x.features.device):
+            return self.restrict(operator(tensor))
 
     def avg_pool(self, pool: nn.AvgPool2d, x: SparseMap) -> SparseMap:
         """Mean of each k x k window's rows, gathered by position (hand-written: spconv's
