@@ -4,13 +4,15 @@
    size, batch, mask ratio and decoder: step time and peak memory, with ratios (ours / theirs).
 2. SparK's masked-dense encoder (forward + backward, 60% masked) against the same timm CNN run
    densely on the full image: what sparse encoding costs or saves on this backend.
+3. SparK's two sparse-encoding backends, masked dense and spconv, against each other and the
+   dense CNN (`--spark-backends` alone): forward on CPU, forward + backward on CUDA.
 
 Step times are medians with the two sides' steps interleaved in one process (same machine
 load); peak memory is measured for each case alone in a child process (CUDA allocator peak, or
 peak RSS above the baseline after imports on CPU). Defaults are small enough for a CPU;
 `--paper` uses ViT-B/16 at 224 px with the 8x512 decoder and ResNet-50 at 224 px.
 
-    .venv/bin/python benchmarks/vision.py [--paper] [--steps N] [--batch B]
+    .venv/bin/python benchmarks/vision.py [--paper] [--steps N] [--batch B] [--spark-backends]
 """
 
 from __future__ import annotations
@@ -180,6 +182,95 @@ def step_times(pair: tuple[str, str], size: dict, steps: int, warmup: int) -> li
     return [sorted(t)[len(t) // 2] for t in times]
 
 
+# --------------------------------------------------------------------------------------------
+# SparK's sparse-encoding backends: masked dense against spconv, and both against the same timm
+# CNN run densely on the full image (`--spark-backends` runs this section alone). Same weights,
+# images and 60% mask for all three, batch norm in training mode, fp32. spconv's CPU build has
+# no backward pass, so on CPU the three are timed forward only (no grad); on CUDA (spconv's
+# GPU build installed) forward + backward. Medians of interleaved calls.
+# --------------------------------------------------------------------------------------------
+
+SPARK_BACKENDS = ("masked_dense", "spconv", "dense")
+
+
+def spark_backend_calls(size: dict, device):  # noqa: ANN001, ANN201
+    """{case: a function running one forward (CPU) or forward + backward (CUDA) of it}."""
+    import timm
+    import torch
+    from omnimask_vision.sparse import SparseCNNEncoder
+    from omnimask_vision.tokenizer import ImagePatchTokenizer
+
+    generator = torch.Generator().manual_seed(0)
+    side, batch = size["cnn_image"], size["batch"]
+    images = torch.randn(batch, 3, side, side, generator=generator).to(device)
+    tokens = ImagePatchTokenizer(32)({"image": images})
+    cells = tokens.num_tokens
+    mask = torch.rand(batch, cells, generator=generator).argsort(1) < round(0.6 * cells)
+    mask = mask.to(device)
+    torch.manual_seed(0)
+    models = [
+        timm.create_model(size["cnn"], pretrained=False, **size["cnn_kwargs"]) for _ in range(3)
+    ]
+    for model in models[1:]:
+        model.load_state_dict(models[0].state_dict())
+    masked_dense = SparseCNNEncoder(models[0], "masked_dense").to(device).train()
+    spconv = SparseCNNEncoder(models[1], "spconv").to(device).train()
+    dense = models[2].to(device).train()
+    forwards = {
+        "masked_dense": lambda: masked_dense(tokens, mask),
+        "spconv": lambda: spconv(tokens, mask),
+        "dense": lambda: dense.forward_intermediates(
+            images, indices=[1, 2, 3, 4], intermediates_only=True
+        ),
+    }
+    owners = {"masked_dense": masked_dense, "spconv": spconv, "dense": dense}
+
+    def call(case: str) -> None:
+        if device.type != "cuda":
+            with torch.no_grad():
+                forwards[case]()
+            return
+        sum(m.mean() for m in forwards[case]()).backward()
+        owners[case].zero_grad(set_to_none=True)
+
+    return {case: (lambda case=case: call(case)) for case in SPARK_BACKENDS}
+
+
+def spark_backend_figures(size: dict, steps: int, warmup: int) -> None:
+    import torch
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    kind = "step" if device.type == "cuda" else "forward"
+    setting = {
+        "model": size["cnn"], "image": size["cnn_image"], "batch": size["batch"],
+        "mask_ratio": 0.6, "device": device.type,
+        "timed": "forward + backward" if device.type == "cuda" else "forward (no grad)",
+    }  # fmt: skip
+    try:
+        calls = spark_backend_calls(size, device)
+    except ImportError as error:  # spconv not installed (its wheels are Linux x86-64 only)
+        print(json.dumps({"bench": "vision", "figure": f"spark_spconv_{kind}_s",
+                          "value": float("nan"), "note": str(error), **setting}))  # fmt: skip
+        return
+    times: dict[str, list[float]] = {case: [] for case in SPARK_BACKENDS}
+    for index in range(warmup + steps):
+        for case in SPARK_BACKENDS:
+            synchronize(device)
+            start = time.perf_counter()
+            calls[case]()
+            synchronize(device)
+            if index >= warmup:
+                times[case].append(time.perf_counter() - start)
+    median = {case: sorted(t)[len(t) // 2] for case, t in times.items()}
+    dense = median["dense"]
+    for case, peer in (("spconv", "masked_dense"), ("masked_dense", "dense")):
+        print(json.dumps({
+            "bench": "vision", "figure": f"spark_{case}_{kind}_s", "value": median[case],
+            "peer": peer, "peer_value": median[peer], "ratio": median[case] / median[peer],
+            "dense_value": dense, "ratio_to_dense": median[case] / dense, **setting,
+        }))  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--paper", action="store_true", help="ViT-B/16 and ResNet-50 at 224 px")
@@ -187,12 +278,18 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--batch", type=int, help="override the batch size")
     parser.add_argument("--case", choices=CASES, help=argparse.SUPPRESS)  # child process
+    parser.add_argument(
+        "--spark-backends", action="store_true", help="only SparK masked dense vs spconv vs dense"
+    )
     args = parser.parse_args()
     size = dict(PAPER if args.paper else SMALL)
     if args.batch:
         size["batch"] = args.batch
     if args.case:
         print(json.dumps({"peak_memory_mb": peak_memory(args.case, size, args.warmup + 1)}))
+        return
+    if args.spark_backends:
+        spark_backend_figures(size, args.steps, args.warmup)
         return
     import torch
 
@@ -220,7 +317,7 @@ def main() -> None:
         emit(f"spark_masked_dense_{metric}", sparse, peer=f"{size['cnn']} dense, full image",
              peer_value=dense, ratio=sparse / dense, image=size["cnn_image"],
              batch=size["batch"], mask_ratio=0.6)  # fmt: skip
-    emit("spark_spconv_step_time_s", float("nan"), note="spconv backend not shipped: see README")
+    spark_backend_figures(size, args.steps, args.warmup)
 
 
 if __name__ == "__main__":
