@@ -10,6 +10,7 @@ import copy
 import pytest
 import timm
 import torch
+from omnimask.config import ConfigError
 from omnimask_vision.recipes import SparkRecipe
 from omnimask_vision.sparse import SparseCNNEncoder
 from omnimask_vision.tokenizer import ImagePatchTokenizer
@@ -156,17 +157,17 @@ def test_recipe_backends_give_the_same_loss() -> None:
 )
 def test_unsupported_models_are_refused(name: str, kwargs: dict, message: str) -> None:
     model = timm.create_model(name, pretrained=False, **kwargs)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         SparseCNNEncoder(model, "spconv")
 
 
 def test_unknown_backend_and_cpu_training_are_refused() -> None:
     model = timm.create_model("resnet18", pretrained=False, channels=[8, 16, 32, 64])
-    with pytest.raises(ValueError, match="unknown SparK backend 'sparse'"):
+    with pytest.raises(ConfigError, match="unknown SparK backend 'sparse'"):
         SparseCNNEncoder(model, "sparse")
     encoder = SparseCNNEncoder(model, "spconv")
     tokens, mask = random_batch(0, size=2)
-    with pytest.raises(RuntimeError, match="trains on CUDA only"):
+    with pytest.raises(ConfigError, match="trains on CUDA only"):
         encoder(tokens, mask)
 
 

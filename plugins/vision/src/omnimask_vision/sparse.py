@@ -19,6 +19,7 @@ submanifold convolutions (timm ResNets only; needs CUDA to train).
 from __future__ import annotations
 
 from omnimask import Encoder, Tokens
+from omnimask.config import ConfigError
 from timm.layers import LayerNorm2d
 from timm.models.convnext import ConvNeXt, ConvNeXtBlock
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
@@ -166,7 +167,7 @@ class SparseCNNEncoder(Encoder):
     def __init__(self, model: nn.Module, backend: str = "masked_dense") -> None:
         super().__init__()
         if backend not in BACKENDS:
-            raise ValueError(f"unknown SparK backend {backend!r}; choose one of {BACKENDS}")
+            raise ConfigError(f"unknown SparK backend {backend!r}; choose one of {BACKENDS}")
         self.model = model
         self.backend = backend
         self.sites = ActiveSites()

@@ -42,6 +42,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from omnimask.config import ConfigError
 from timm.layers.activations import GELU, GELUTanh, Tanh
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import Tensor, nn
@@ -82,9 +83,10 @@ def import_spconv() -> Any:
 
 
 def check_supported(model: nn.Module) -> ResNet:
-    """`model` if this backend can run it, else a ValueError naming the first module it cannot."""
+    """`model` if this backend can run it, else a ConfigError (a ValueError) naming the first
+    module it cannot."""
     if not isinstance(model, ResNet):
-        raise ValueError(
+        raise ConfigError(
             f"the spconv backend runs timm ResNets only, got {type(model).__name__}. ConvNeXt "
             "needs depthwise (grouped) convolutions, which spconv 2.3 lacks (SparseConvolution "
             "asserts groups == 1); use model.backend=masked_dense"
@@ -102,14 +104,14 @@ def _check_max_pool(pool: nn.MaxPool2d, before: nn.Module) -> None:
     """The stem max pool, which follows the stem activation `before` in timm's ResNet."""
     kernel, stride, padding = pool.kernel_size, pool.stride, pool.padding
     if not all(isinstance(v, int) for v in (kernel, stride, padding, pool.dilation)):
-        raise ValueError(f"the spconv backend needs a square max pool, got {pool}")
+        raise ConfigError(f"the spconv backend needs a square max pool, got {pool}")
     if pool.dilation != 1 or pool.ceil_mode or stride < 2 or not 0 <= padding < kernel:
-        raise ValueError(
+        raise ConfigError(
             f"the spconv backend needs a strided, undilated max pool whose window contains its "
             f"own site, without ceil_mode; got {pool}"
         )
     if not isinstance(before, NON_NEGATIVE_ACTIVATIONS):
-        raise ValueError(
+        raise ConfigError(
             f"the spconv backend needs a ReLU before the stem max pool, got {before}: spconv's "
             "SparseMaxPool2d returns max(0, active inputs), which equals masked dense's max only "
             "on non-negative inputs (use model.backend=masked_dense, or replace_stem_pool=True)"
@@ -117,9 +119,9 @@ def _check_max_pool(pool: nn.MaxPool2d, before: nn.Module) -> None:
 
 
 def _check_module(module: nn.Module, name: str) -> None:
-    def refuse(why: str) -> ValueError:
+    def refuse(why: str) -> ConfigError:
         described = f"{type(module).__name__}({module.extra_repr()})"
-        return ValueError(f"the spconv backend cannot run {name} {described}: {why}")
+        return ConfigError(f"the spconv backend cannot run {name} {described}: {why}")
 
     if isinstance(module, nn.Sequential):
         for child_name, child in module.named_children():
@@ -231,13 +233,13 @@ class SpconvResNet:
         stride-32 mask `visible` `[B, 1, h, w]` holds; dense, zeros at masked sites."""
         needs_grad = image.requires_grad or any(p.requires_grad for p in model.parameters())
         if image.device.type == "cpu" and torch.is_grad_enabled() and needs_grad:
-            raise RuntimeError(
+            raise ConfigError(
                 "spconv's CPU backward pass needs a CUDA driver, so the spconv backend trains on "
                 "CUDA only: use model.backend=masked_dense on CPU, or run without gradients "
                 "(torch.no_grad())"
             )
         if image.is_cuda and self.cpu_only_build:
-            raise RuntimeError(f"spconv's CPU build cannot run CUDA tensors; {INSTALL_HINT}")
+            raise ConfigError(f"spconv's CPU build cannot run CUDA tensors; {INSTALL_HINT}")
         run = _Pass(self, visible)
         x = run.to_sparse(image)
         for name in ("conv1", "bn1", "act1", "maxpool"):
@@ -329,7 +331,7 @@ class _Pass:
             return x
         if isinstance(module, POINTWISE_ACTIVATIONS):
             return SparseMap(module(x.features), x.sites)
-        raise ValueError(f"the spconv backend has no sparse equivalent for {module}")
+        raise RuntimeError(f"the spconv backend has no sparse equivalent for {module}")
 
     def block(self, block: nn.Module, x: SparseMap) -> SparseMap:
         steps, final = BLOCK_STEPS[type(block)]
