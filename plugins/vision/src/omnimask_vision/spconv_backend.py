@@ -7,7 +7,8 @@ backend's semantics (`omnimask_vision.sparse`) reproduced exactly:
 
 - stride-1 k x k convolutions ("same" padding) -> `SubMConv2d`: outputs at the active sites only,
   each a sum over its active neighbours, i.e. masked dense's zeros at masked sites;
-- stride-1 1x1 convolutions -> a matrix product of the feature rows (what spconv does for them);
+- stride-1 1x1 convolutions -> a matrix product of the feature rows (spconv's own 1x1 path
+  reads its `[out, 1, 1, in]` weight memory as `[in, out]`);
 - strided convolutions and the stem max pool -> spconv's regular `SparseConv2d` /
   `SparseMaxPool2d`, keeping only the outputs at visible sites of the coarser grid. The mask
   lives on the stride-32 grid, so at every stride <= 32 the visible sites form whole aligned
@@ -70,7 +71,7 @@ BLOCK_EXTRAS = ("se", "drop_path", "drop_block", "aa")
 TRUNK = ("conv1", "bn1", "act1", "maxpool", "layer1", "layer2", "layer3", "layer4")
 INSTALL_HINT = (
     "the spconv backend needs spconv: `pip install 'omnimask-vision[spconv]'` (CPU build, forward "
-    "only) or, on a CUDA machine, the matching GPU build (e.g. `pip install spconv-cu120`)"
+    "only) or, on a CUDA machine, the matching GPU build (e.g. `pip install spconv-cu126`)"
 )
 
 
