@@ -54,6 +54,9 @@ class DataConfig:
     on_bad_sample: str = "raise"  # raise | skip
     num_workers: int = 0
     shuffle: bool = True
+    # > 0: length-bucketed batches (recipes whose `sample_lengths` gives lengths): samples are
+    # sorted by length within groups of this many global batches, cutting padding.
+    bucket_batches: int = 0
 
 
 @dataclass
@@ -99,6 +102,16 @@ class Recipe(ABC):
     def collate(self, samples: list[dict[str, Any]]) -> Batch:
         """Samples -> batch. Override for variable-length data (padding, packing)."""
         return default_collate(samples)
+
+    def sample_lengths(self, dataset: Dataset, config: RecipeConfig) -> Sequence[int] | None:
+        """Each sample's length (frames, tokens: what `collate` pads), for length-bucketed
+        batches when `config.data.bucket_batches > 0`; None: the recipe has no lengths.
+
+        Read them from cheap metadata (file headers, an index), never by loading the samples, and
+        return the length `dataset[i]` will have: it must not depend on random augmentation
+        beyond what can be known in advance (an upper bound such as a crop length works).
+        """
+        return None
 
     def tokens_per_sample(self, config: RecipeConfig) -> int | None:
         """Token count of one sample when it is fixed (for FLOP and throughput estimates)."""

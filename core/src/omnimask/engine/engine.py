@@ -13,7 +13,7 @@ import math
 import re
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +26,12 @@ from safetensors.torch import load_model
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from omnimask.config import RESUMABLE_KEYS, differences, from_yaml, to_yaml
+from omnimask.config import RESUMABLE_KEYS, ConfigError, differences, from_yaml, to_yaml
 from omnimask.data import EngineDataset, engine_collate
 from omnimask.engine import checkpoint as ckpt
 from omnimask.engine.metrics import MetricsWriter
 from omnimask.engine.optim import build_optimizer, build_scheduler
-from omnimask.engine.sampler import ResumableBatchSampler
+from omnimask.engine.sampler import BucketedBatchSampler, ResumableBatchSampler
 from omnimask.recipe import Recipe, RecipeConfig
 from omnimask.seeding import mix_seed
 
@@ -124,17 +124,43 @@ class Engine:
         self.accelerator.wait_for_everyone()
 
     # ---------------------------------------------------------------- data
-    def _loader(self, dataset: EngineDataset, start: int, stop: int) -> DataLoader:
-        sampler = ResumableBatchSampler(
-            len(dataset),
-            self.train.batch_size,
-            seed=self.train.seed,
-            start=start,
-            stop=stop,
-            shuffle=self.config.data.shuffle,
-            num_replicas=self.accelerator.num_processes,
-            rank=self.accelerator.process_index,
-        )
+    def _sample_lengths(self, dataset: EngineDataset) -> Sequence[int] | None:
+        """The recipe's sample lengths when `data.bucket_batches` asks for bucketing, else None."""
+        if self.config.data.bucket_batches <= 0:
+            return None
+        lengths = self.recipe.sample_lengths(dataset.dataset, self.config)
+        if lengths is None:
+            raise ConfigError(
+                f"data.bucket_batches={self.config.data.bucket_batches} needs sample lengths, "
+                f"and recipe {self.recipe.name!r} gives none; set data.bucket_batches=0"
+            )
+        if len(lengths) != len(dataset):
+            raise ValueError(
+                f"recipe {self.recipe.name!r} gave {len(lengths)} sample lengths for a data set "
+                f"of {len(dataset)} samples"
+            )
+        return lengths
+
+    def _loader(
+        self, dataset: EngineDataset, start: int, stop: int, lengths: Sequence[int] | None
+    ) -> DataLoader:
+        placement = {
+            "seed": self.train.seed,
+            "start": start,
+            "stop": stop,
+            "shuffle": self.config.data.shuffle,
+            "num_replicas": self.accelerator.num_processes,
+            "rank": self.accelerator.process_index,
+        }
+        if lengths is None:
+            sampler = ResumableBatchSampler(len(dataset), self.train.batch_size, **placement)
+        else:
+            sampler = BucketedBatchSampler(
+                lengths,
+                self.train.batch_size,
+                bucket_batches=self.config.data.bucket_batches,
+                **placement,
+            )
         workers = self.config.data.num_workers
         return DataLoader(
             dataset,
@@ -157,6 +183,7 @@ class Engine:
         dataset = EngineDataset(
             self.recipe.build_dataset(self.config), train.seed, self.config.data.on_bad_sample
         )
+        lengths = self._sample_lengths(dataset)
         self._prepare_run_dir()
         torch.manual_seed(mix_seed(train.seed, accelerator.process_index))
 
@@ -190,7 +217,7 @@ class Engine:
             ema.to(accelerator.device)
 
         loader = self._loader(
-            dataset, start_step * train.grad_accum, train.steps * train.grad_accum
+            dataset, start_step * train.grad_accum, train.steps * train.grad_accum, lengths
         )
         batches: Iterator[tuple[dict[str, Any] | None, list[str]]] = iter(loader)
 
