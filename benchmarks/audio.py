@@ -7,7 +7,9 @@ heads, FFN width, one codebook of the same size, the same distractor count and s
 peer's seven feature-encoder convolutions get the model width as channels. Mask drawing and
 distractor sampling are inside the timed step for both. Also measured: the feature extraction
 (decode + resample + fbank + normalise, one core) throughput against the training step rate, and
-the padding that length bucketing saves.
+length bucketing (`data.bucket_batches`): one epoch of the corpus batched by the engine's plain
+sampler and by its bucketed one, both trained step by step interleaved (plain, bucketed, plain...),
+giving the padded share of the collated frames and samples/s of each.
 
     python benchmarks/audio.py            # small CPU sizes
     python benchmarks/audio.py --paper    # w2v-BERT XL vs a wav2vec 2.0 of the same size
@@ -16,13 +18,17 @@ the padding that length bucketing saves.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import statistics
 import time
 
 import torch
+from omnimask.data import EngineDataset, engine_collate
+from omnimask.engine.sampler import BucketedBatchSampler, ResumableBatchSampler
 from omnimask.plugins import get_recipe
 from omnimask.visualize import sample_batch
-from omnimask_audio.audio import bucket_batches, load_audio, padding_fraction
+from omnimask_audio.audio import load_audio
 from omnimask_audio.config import W2VBertConfig
 from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining
 from transformers.models.wav2vec2.modeling_wav2vec2 import (
@@ -82,12 +88,74 @@ def time_steps(step, steps: int, warmup: int = 2) -> float:  # noqa: ANN001
     return (time.perf_counter() - start) / steps
 
 
+def epoch_batches(recipe, config, dataset, bucketed: bool) -> list[dict]:  # noqa: ANN001
+    """One epoch of collated batches, as the engine's loader makes them (plain or bucketed)."""
+    train = config.train
+    steps = len(dataset) // train.batch_size
+    if bucketed:
+        sampler = BucketedBatchSampler(
+            recipe.sample_lengths(dataset, config),
+            train.batch_size,
+            bucket_batches=config.data.bucket_batches,
+            seed=train.seed,
+            start=0,
+            stop=steps,
+        )
+    else:
+        sampler = ResumableBatchSampler(
+            len(dataset), train.batch_size, seed=train.seed, start=0, stop=steps
+        )
+    wrapped = EngineDataset(dataset, train.seed)
+    collate = engine_collate(recipe.collate)
+    return [collate([wrapped[key] for key in keys])[0] for keys in sampler]
+
+
+def bucketing_figures(recipe, config, dataset, rounds: int) -> dict:  # noqa: ANN001
+    """Padded share and training speed over one epoch, plain vs bucketed batches of the same
+    clips; each batch's step time is the median of `rounds` interleaved runs."""
+    torch.manual_seed(0)
+    model = recipe.build_model(config).train()
+    runs = {}
+    for name in ("plain", "bucketed"):
+        trained = copy.deepcopy(model)
+        runs[name] = (
+            epoch_batches(recipe, config, dataset, name == "bucketed"),
+            trained,
+            torch.optim.AdamW(trained.parameters(), lr=1e-4),
+        )
+    times: dict[str, list[list[float]]] = {name: [] for name in runs}
+    for round_index in range(rounds):
+        for index in range(len(runs["plain"][0])):
+            for name, (batches, trained, optimizer) in runs.items():
+                start = time.perf_counter()
+                losses = trained(batches[index], torch.Generator().manual_seed(index))
+                losses["loss"].backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                elapsed = time.perf_counter() - start
+                if round_index == 0:
+                    times[name].append([])
+                times[name][index].append(elapsed)
+    figures = {}
+    for name, (batches, _, _) in runs.items():
+        frames = sum(b["features"].shape[0] * b["features"].shape[1] for b in batches)
+        real = sum(int(b["lengths"].sum()) for b in batches)
+        seconds = sum(statistics.median(t) for t in times[name])
+        figures[name] = {
+            "padded_frames_fraction": 1.0 - real / frames,
+            "samples_per_s": sum(len(b["sample_id"]) for b in batches) / seconds,
+            "real_frames_per_s": real / seconds,
+        }
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--paper", action="store_true", help="full w2v-BERT XL size")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--bucket-rounds", type=int, default=3, help="interleaved epochs timed")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     recipe = get_recipe("audio/w2v_bert")
@@ -152,11 +220,7 @@ def main() -> None:
         dataset[index]
     extract_time = time.perf_counter() - start
 
-    lengths = [int(load_audio(path).numel()) for path in dataset.files]
-    generator = torch.Generator().manual_seed(0)
-    order = torch.randperm(len(lengths), generator=generator).tolist()
-    random_batches = [order[i : i + args.batch] for i in range(0, len(order), args.batch)]
-    buckets = bucket_batches(lengths, args.batch, generator)
+    bucketing = bucketing_figures(recipe, config, dataset, args.bucket_rounds)
 
     params = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731
     figures = [
@@ -209,13 +273,19 @@ def main() -> None:
             }
         )
     )
+    plain, bucketed = bucketing["plain"], bucketing["bucketed"]
     print(
         json.dumps(
             {
                 **base,
-                "metric": "padding_fraction",
-                "random_batches": padding_fraction(lengths, random_batches),
-                "bucketed_batches": padding_fraction(lengths, buckets),
+                "metric": "length_bucketing",
+                "bucket_batches": config.data.bucket_batches,
+                "clips": len(dataset),
+                "padded_frames_fraction_plain": plain["padded_frames_fraction"],
+                "padded_frames_fraction_bucketed": bucketed["padded_frames_fraction"],
+                "samples_per_s_plain": plain["samples_per_s"],
+                "samples_per_s_bucketed": bucketed["samples_per_s"],
+                "ratio_bucketed_over_plain": bucketed["samples_per_s"] / plain["samples_per_s"],
             }
         )
     )

@@ -7,7 +7,6 @@ not ship, so torchaudio is used only for what it computes: resampling and Kaldi 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,6 +113,7 @@ class AudioFolder(Dataset):
     def __init__(
         self, path: str | Path, config: AudioConfig, labelled: bool = False, crop: bool = True
     ) -> None:
+        self.root = Path(path)
         self.files = check_data_path(path, AUDIO_PATTERNS)
         self.config = config
         self.crop = crop
@@ -139,7 +139,7 @@ class AudioFolder(Dataset):
 
 def pad_collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Pad `features` to the longest clip of the batch (not a fixed maximum) and keep the lengths:
-    with length-bucketed batches the padding is then small."""
+    with length-bucketed batches (`data.bucket_batches`) the padding is then small."""
     lengths = torch.tensor([s["features"].shape[0] for s in samples], dtype=torch.long)
     bins = samples[0]["features"].shape[1]
     features = torch.zeros(len(samples), int(lengths.max()), bins)
@@ -149,26 +149,3 @@ def pad_collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     if "label" in samples[0]:
         batch["label"] = torch.tensor([int(s["label"]) for s in samples], dtype=torch.long)
     return batch
-
-
-def bucket_batches(
-    lengths: Sequence[int], batch_size: int, generator: torch.Generator, bucket_factor: int = 8
-) -> list[list[int]]:
-    """Length-bucketed batches of dataset indices: shuffle, cut into pools of
-    `bucket_factor * batch_size`, sort each pool by length, slice it into batches, shuffle the
-    batches. Clips of a batch then have similar lengths (little padding) while every epoch still
-    mixes the data."""
-    order = torch.randperm(len(lengths), generator=generator).tolist()
-    pool = batch_size * bucket_factor
-    batches = []
-    for start in range(0, len(order), pool):
-        chunk = sorted(order[start : start + pool], key=lambda index: lengths[index])
-        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
-    shuffled = torch.randperm(len(batches), generator=generator).tolist()
-    return [batches[i] for i in shuffled]
-
-
-def padding_fraction(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> float:
-    """Share of padded frames when each batch is padded to its longest clip."""
-    padded = sum(max(lengths[i] for i in batch) * len(batch) for batch in batches)
-    return 1.0 - sum(lengths) / padded if padded else 0.0

@@ -60,6 +60,9 @@ def demo() -> W2VBertConfig:
     config.train.betas = (0.9, 0.98)
     config.train.clip_grad = 1.0
     config.train.checkpoint_every = 50
+    # Mega-batches of 4 batches (32 clips) sorted by length: padding 28% -> 10% on the embedded
+    # corpus, and a clip still meets different neighbours each epoch.
+    config.data.bucket_batches = 4
     return config
 
 
@@ -94,4 +97,7 @@ def paper() -> W2VBertConfig:
     config.train.warmup_steps = 25_000
     config.train.clip_grad = 1.0
     config.train.checkpoint_every = 5000
+    # fairseq's wav2vec 2.0 sorts the whole corpus by length; 16 global batches of thousands of
+    # clips already sample the length distribution finely, and keep batches' contents random.
+    config.data.bucket_batches = 16
     return config

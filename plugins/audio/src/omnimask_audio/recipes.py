@@ -34,6 +34,15 @@ class W2VBertRecipe(Recipe):
 
         return AudioFolder(default_corpus() / "pretrain", config.audio)
 
+    def sample_lengths(self, dataset: Dataset, config: W2VBertConfig) -> list[int]:
+        """Filterbank frames of each clip, computed from the file headers (no decoding; cached
+        on disk for large corpora): what `pad_collate` pads, for length-bucketed batches."""
+        from omnimask_audio.lengths import clip_feature_lengths
+
+        if not isinstance(dataset, AudioFolder):
+            raise TypeError(f"audio/w2v_bert reads lengths of an AudioFolder, not {dataset!r}")
+        return clip_feature_lengths(dataset.files, dataset.config, dataset.crop, dataset.root)
+
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         return pad_collate(samples)
 
