@@ -107,9 +107,10 @@ class Recipe(ABC):
         """Each sample's length (frames, tokens: what `collate` pads), for length-bucketed
         batches when `config.data.bucket_batches > 0`; None: the recipe has no lengths.
 
-        Read them from cheap metadata (file headers, an index), never by loading the samples, and
-        return the length `dataset[i]` will have: it must not depend on random augmentation
-        beyond what can be known in advance (an upper bound such as a crop length works).
+        Read them from cheap metadata (file headers, an index), not by loading the samples. They
+        only decide which samples share a batch, so where random augmentation changes a length,
+        its known bound (the crop length) serves. They must not vary between calls: a resumed
+        run recomputes them and must get the same batches.
         """
         return None
 
