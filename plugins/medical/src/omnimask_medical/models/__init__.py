@@ -1,0 +1,1 @@
+"""MambaMIM: the hybrid CNN-Mamba encoder, TOKI, the decoder and the target."""

@@ -1,0 +1,178 @@
+"""NIfTI CT volumes -> model-ready arrays: read, reorient, resample, window, crop, cache.
+
+Every volume goes through the same steps (`preprocess`):
+
+1. read with nibabel (`.nii`, `.nii.gz`); a 4-D file needs `channel` (or has a single one);
+2. reorient to the closest canonical (RAS+) orientation: axis 0 runs left to right, 1 posterior
+   to anterior, 2 inferior to superior, whatever orientation the scanner wrote;
+3. resample to the target spacing in millimetres (trilinear);
+4. crop to the body: the bounding box of voxels above `foreground_hu`;
+5. clip to the Hounsfield window and scale to [0, 1].
+
+The result is cached as a `.npy` file keyed by the file's path, size and modification time and
+by the preprocessing settings, and read back memory-mapped: decoding gzip and resampling happen
+once per file, not once per epoch.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omnimask.data import BadSampleError
+
+NIFTI_PATTERNS = ("*.nii", "*.nii.gz")
+
+
+@dataclass
+class CTConfig:
+    """How volumes are preprocessed (`data.ct.*`)."""
+
+    spacing: tuple[float, float, float] = (1.5, 1.5, 2.0)  # target voxel size, mm (x, y, z)
+    window: tuple[float, float] = (-175.0, 250.0)  # Hounsfield units mapped to [0, 1]
+    foreground_hu: float = -500.0  # voxels above this are body (for the foreground crop)
+    channel: int | None = None  # which volume of a 4-D file to use; None: refuse 4-D files
+    cache: bool = True
+    cache_dir: str | None = None  # default: a `.omnimask-cache` folder beside each file's folder
+
+
+def read_canonical(path: Path, channel: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 volume `[X, Y, Z]` in RAS+ orientation, voxel spacing in mm `[3]`)."""
+    try:
+        image = nib.load(str(path))
+        if len(image.shape) == 4:
+            image = _one_channel(image, path, channel)
+        elif len(image.shape) != 3:
+            raise BadSampleError(path, f"expected a 3-D volume, got shape {image.shape}")
+        image = nib.as_closest_canonical(image)
+        volume = np.asarray(image.get_fdata(dtype=np.float32))
+    except BadSampleError:
+        raise
+    except (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError) as error:
+        raise BadSampleError(
+            path, f"unreadable NIfTI file ({type(error).__name__}: {error})"
+        ) from error
+    except nib.filebasedimages.ImageFileError as error:
+        raise BadSampleError(path, f"not a NIfTI file ({error})") from error
+    spacing = np.asarray(image.header.get_zooms()[:3], dtype=np.float64)
+    if not np.isfinite(volume).all():
+        bad = int((~np.isfinite(volume)).sum())
+        raise BadSampleError(path, f"{bad} NaN or infinite voxels")
+    return volume, spacing
+
+
+def _one_channel(image: nib.Nifti1Image, path: Path, channel: int | None) -> nib.Nifti1Image:
+    count = image.shape[3]
+    if count == 1:
+        channel = 0
+    if channel is None:
+        raise BadSampleError(
+            path, f"4-D volume with {count} channels; choose one with data.ct.channel=N"
+        )
+    if not 0 <= channel < count:
+        raise BadSampleError(path, f"data.ct.channel={channel} but the file has {count} channels")
+    return image.slicer[..., channel]
+
+
+def resample(volume: np.ndarray, spacing: np.ndarray, target: tuple[float, ...]) -> np.ndarray:
+    """Trilinear resampling from `spacing` to `target` mm per voxel (at least one voxel)."""
+    shape = tuple(max(1, round(n * s / t)) for n, s, t in zip(volume.shape, spacing, target))
+    if shape == volume.shape:
+        return volume
+    tensor = torch.from_numpy(np.ascontiguousarray(volume))[None, None]
+    return F.interpolate(tensor, size=shape, mode="trilinear", align_corners=False)[0, 0].numpy()
+
+
+def foreground_crop(volume: np.ndarray, threshold: float) -> np.ndarray:
+    """The bounding box of voxels above `threshold` (the whole volume when there are none)."""
+    inside = np.argwhere(volume > threshold)
+    if len(inside) == 0:
+        return volume
+    low, high = inside.min(0), inside.max(0) + 1
+    return volume[tuple(slice(a, b) for a, b in zip(low, high))]
+
+
+def window(volume: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Clip Hounsfield units to [low, high] and scale linearly to [0, 1]."""
+    return ((np.clip(volume, low, high) - low) / (high - low)).astype(np.float32)
+
+
+def warn_if_not_ct(volume: np.ndarray, path: Path) -> None:
+    """CT holds air near -1000 HU and tissue around 0-100 HU; other ranges (MR, PET, an already
+    normalised volume) go through the same window, but the user should know."""
+    low, high = float(volume.min()), float(volume.max())
+    if low > -500 or high < 0 or high > 10000:
+        warnings.warn(
+            f"{path}: intensities span [{low:.4g}, {high:.4g}], not a CT range in Hounsfield units "
+            "(air ~ -1000, soft tissue ~ 40); windowing may discard everything",
+            stacklevel=2,
+        )
+
+
+def preprocess(path: Path, config: CTConfig) -> np.ndarray:
+    """The model-ready volume of one file (see the module docstring): float32 in [0, 1]."""
+    volume, spacing = read_canonical(path, config.channel)
+    warn_if_not_ct(volume, path)
+    volume = resample(volume, spacing, tuple(config.spacing))
+    volume = foreground_crop(volume, config.foreground_hu)
+    return window(volume, *config.window)
+
+
+def cache_path(path: Path, config: CTConfig) -> Path:
+    stat = path.stat()
+    settings = {k: v for k, v in asdict(config).items() if k not in ("cache", "cache_dir")}
+    key = json.dumps([str(path.resolve()), stat.st_size, stat.st_mtime_ns, settings], default=list)
+    digest = hashlib.sha1(key.encode()).hexdigest()[:20]
+    folder = Path(config.cache_dir) if config.cache_dir else path.parent / ".omnimask-cache"
+    return folder / f"{path.name.split('.')[0]}-{digest}.npy"
+
+
+def load_volume(path: Path, config: CTConfig) -> np.ndarray:
+    """`preprocess(path)`, through the cache when `config.cache` (memory-mapped, read-only)."""
+    if not config.cache:
+        return preprocess(path, config)
+    cached = cache_path(path, config)
+    if cached.exists():
+        try:
+            return np.load(cached, mmap_mode="r")
+        except (OSError, ValueError):
+            cached.unlink(missing_ok=True)  # a damaged cache entry is rebuilt
+    volume = preprocess(path, config)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=cached.parent, suffix=".npy.tmp")
+    with os.fdopen(handle, "wb") as file:
+        np.save(file, volume)
+    os.replace(temporary, cached)  # atomic: concurrent workers never read half a file
+    return volume
+
+
+def random_crop(
+    volume: np.ndarray, size: int, generator: torch.Generator | None = None
+) -> np.ndarray:
+    """A `size`^3 crop at a random position; smaller volumes are padded with 0 (the window's
+    lower bound) evenly on both sides first. Without a generator, torch's default one is used,
+    which the engine seeds per sample."""
+    pads = [max(0, size - n) for n in volume.shape]
+    if any(pads):
+        volume = np.pad(np.asarray(volume), [(p // 2, p - p // 2) for p in pads])
+    starts = [int(torch.randint(0, n - size + 1, (1,), generator=generator)) for n in volume.shape]
+    return np.array(volume[tuple(slice(s, s + size) for s in starts)], dtype=np.float32)
+
+
+def center_crop(volume: np.ndarray, size: int) -> np.ndarray:
+    pads = [max(0, size - n) for n in volume.shape]
+    if any(pads):
+        volume = np.pad(np.asarray(volume), [(p // 2, p - p // 2) for p in pads])
+    starts = [(n - size) // 2 for n in volume.shape]
+    return np.array(volume[tuple(slice(s, s + size) for s in starts)], dtype=np.float32)

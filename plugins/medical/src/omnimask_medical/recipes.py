@@ -1,0 +1,59 @@
+"""The `medical/mambamim` recipe: MambaMIM on NIfTI CT volumes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+from omnimask import MaskedModel, Recipe
+from omnimask.config import ConfigError
+from omnimask.masking import RandomMasker
+from torch.utils.data import Dataset
+
+from omnimask_medical import config as presets
+from omnimask_medical.config import MambaMIMConfig
+from omnimask_medical.data import CTVolumes, labelled_datasets, pretraining_files
+from omnimask_medical.figures import draw_slices
+from omnimask_medical.models.encoder import HybridEncoder
+from omnimask_medical.models.mambamim import DensifyingDecoder, NormalizedVoxels, VolumeTokenizer
+
+
+class MambaMIMRecipe(Recipe):
+    name = "medical/mambamim"
+    summary = "MambaMIM: hybrid MedNeXt-Mamba encoder, bottom-up 3D masks, TOKI, on CT volumes"
+    config_class = MambaMIMConfig
+    presets: ClassVar = {"demo": presets.mambamim_demo, "paper": presets.mambamim_paper}
+
+    def build_model(self, config: MambaMIMConfig) -> MaskedModel:
+        model = config.model
+        cell = 2 ** len(model.widths)
+        if config.data.crop % cell:
+            raise ConfigError(
+                f"data.crop={config.data.crop} must be a multiple of the coarse cell ({cell} "
+                f"voxels = 2 ** len(model.widths))"
+            )
+        encoder = HybridEncoder(
+            model.stem_width, tuple(model.widths), tuple(model.depths), model.kernel,
+            model.mamba_depth, model.d_state,
+        )  # fmt: skip
+        return MaskedModel(
+            VolumeTokenizer(cell),
+            RandomMasker(config.mask.ratio),
+            encoder,
+            DensifyingDecoder(encoder.widths, model.decoder_width, cell),
+            NormalizedVoxels(),
+        )
+
+    def build_dataset(self, config: MambaMIMConfig) -> Dataset:
+        return CTVolumes(pretraining_files(config.data.path), config.data.ct, config.data.crop)
+
+    def build_eval_datasets(
+        self, config: MambaMIMConfig, path: str | None = None
+    ) -> tuple[Dataset, Dataset]:
+        return labelled_datasets(path, config.data.ct, config.data.crop)
+
+    def tokens_per_sample(self, config: MambaMIMConfig) -> int:
+        return (config.data.crop // 2 ** len(config.model.widths)) ** 3
+
+    def visualize(self, model: MaskedModel, batch: dict, path: Path) -> Path:
+        return draw_slices(model, batch, path)
