@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from omnimask import Decoder, Encoder, MaskedModel, MaskedOutput, Target, Tokens
-from omnimask.seeding import mix_seed
+from omnimask.seeding import sample_generators
 from torch import Tensor, nn
 from transformers import Wav2Vec2BertConfig, Wav2Vec2BertModel
 
@@ -301,17 +301,6 @@ class W2VBertTarget(Target):
         }
 
 
-def row_generators(
-    batch: dict, generator: torch.Generator | None, salt: int, rows: int
-) -> list[torch.Generator]:
-    """One generator per sample, seeded by (step seed, salt, sample id) like the core's masks, so
-    a sample's noise and distractors do not depend on which batch or process it lands in."""
-    seed = 0 if generator is None else generator.initial_seed()
-    ids = batch.get("sample_id")
-    keys = range(rows) if ids is None else ids.tolist()
-    return [torch.Generator().manual_seed(mix_seed(seed, salt, key)) for key in keys]
-
-
 class W2VBert(MaskedModel):
     """Contrastive + MLM in one step; overrides `predict` because the target needs the Gumbel
     noise and the loss needs the distractors, both drawn from the step's generator."""
@@ -337,7 +326,9 @@ class W2VBert(MaskedModel):
         shape = (tokens.num_tokens, *self.target.quantizer.codebooks_shape)
         rows = [
             torch.rand(shape, generator=g)
-            for g in row_generators(batch, generator, GUMBEL_SALT, tokens.batch_size)
+            for g in sample_generators(
+                batch.get("sample_id"), generator, GUMBEL_SALT, rows=tokens.batch_size
+            )
         ]
         uniform = torch.stack(rows).clamp(1e-10, 1.0 - 1e-7)
         return (-torch.log(-torch.log(uniform))).to(tokens.device, tokens.values.dtype)
@@ -348,7 +339,9 @@ class W2VBert(MaskedModel):
         prediction = self.decoder(self.encoder(tokens, mask), tokens, mask)
         noise = self.gumbel_noise(tokens, batch, generator) if self.training else None
         target = self.target(batch, tokens, noise)
-        generators = row_generators(batch, generator, NEGATIVES_SALT, tokens.batch_size)
+        generators = sample_generators(
+            batch.get("sample_id"), generator, NEGATIVES_SALT, rows=tokens.batch_size
+        )
         negatives = sample_negatives(mask, self.num_negatives, generators)
         losses = self.target.loss(prediction, target, mask, negatives)
         losses["num_tokens"] = torch.tensor(float(tokens.count()))
