@@ -124,20 +124,26 @@ def chunked_selective_scan(
     chunks = math.ceil(length / chunk)
     pad = chunks * chunk - length
 
-    log_decay = delta.unsqueeze(-1) * A.to(work)[:, None]  # [b, d, L, n], <= 0 for stable A
-    drive = (delta * u).unsqueeze(-1) * B  # [b, d, L, n]
-    if pad:  # padded steps keep the state (decay 1), add nothing and are cut from the output
-        log_decay, drive = (F.pad(x, (0, 0, 0, pad)) for x in (log_decay, drive))
-        C = F.pad(C, (0, 0, 0, pad))
-    log_decay = log_decay.view(batch, channels, chunks, chunk, states)
-    drive = drive.view(batch, channels, chunks, chunk, states)
-    C = C.reshape(batch, C.shape[1], chunks, chunk, states)
+    if pad:  # padded steps keep the state (delta 0: decay 1), add nothing, and are cut off
+        delta, u = F.pad(delta, (0, pad)), F.pad(u, (0, pad))
+        B, C = F.pad(B, (0, 0, 0, pad)), F.pad(C, (0, 0, 0, pad))
 
-    # Position-in-chunk first, so that every step reads contiguous memory; `unbind` rather than
-    # indexing in the loops, because its backward is one stack where indexing would scatter into
-    # a full-size gradient at every step.
-    decay = log_decay.exp().permute(3, 0, 1, 2, 4).contiguous().unbind(0)
-    drive = drive.permute(3, 0, 1, 2, 4).contiguous().unbind(0)
+    def steps_first(x: Tensor) -> Tensor:
+        """`[b, d, L]` -> `[chunk, b, d, chunks]`: every step of every chunk contiguous."""
+        return x.reshape(batch, x.shape[1], chunks, chunk).permute(3, 0, 1, 2).contiguous()
+
+    def steps_first_states(x: Tensor) -> Tensor:
+        """B or C `[b, d or 1, L, n]` -> `[chunk, b, d or 1, chunks, n]`."""
+        x = x.reshape(batch, x.shape[1], chunks, chunk, states)
+        return x.permute(3, 0, 1, 2, 4).contiguous()
+
+    # The full-size tensors are built directly in step-major layout (no copies of them), and
+    # `unbind` rather than indexing feeds the loops: its backward is one stack, where indexing
+    # would scatter into a full-size gradient at every step.
+    A = A.to(work)[:, None, :]  # [d, 1, n]
+    delta_steps = steps_first(delta)
+    decay = torch.exp(delta_steps.unsqueeze(-1) * A).unbind(0)  # chunk x [b, d, chunks, n]
+    drive = ((delta_steps * steps_first(u)).unsqueeze(-1) * steps_first_states(B)).unbind(0)
 
     # 1. Every chunk from a zero state, all chunks at once: the state each chunk ends in.
     local_end = drive[0]
@@ -145,21 +151,26 @@ def chunked_selective_scan(
         local_end = torch.addcmul(drive_t, decay_t, local_end)  # [b, d, chunks, n]
 
     # 2. The state entering each chunk: a loop over chunks on small tensors. A chunk's decay is
-    #    exp of its summed log-decays.
-    chunk_decay = log_decay.sum(dim=3).exp()
+    #    exp(A * its summed steps), since A is constant along the sequence.
+    chunk_decay = torch.exp(delta_steps.sum(0).unsqueeze(-1) * A)  # [b, d, chunks, n]
     entering = [torch.zeros_like(local_end[:, :, 0])]
     for decay_c, local_c in zip(chunk_decay.unbind(2)[:-1], local_end.unbind(2)[:-1]):
         entering.append(decay_c * entering[-1] + local_c)
     state = torch.stack(entering, dim=2)  # [b, d, chunks, n]
 
-    # 3. The recurrence inside all chunks again, each from its entering state, read out via C.
-    C = C.permute(3, 0, 1, 2, 4).contiguous().unbind(0)
+    # 3. The recurrence inside all chunks again, each from its entering state, read out via C
+    #    (a batched matrix-vector product over the states).
+    readout = steps_first_states(C)  # [chunk, b, d or 1, chunks, n]
+    shared = readout.shape[2] == 1  # one C for all channels (ungrouped): a batched mat-vec
     outputs = []
-    for decay_t, drive_t, c_t in zip(decay, drive, C):
+    for decay_t, drive_t, c_t in zip(decay, drive, readout.unbind(0)):
         state = torch.addcmul(drive_t, decay_t, state)
-        outputs.append((state * c_t).sum(-1))
-    y = torch.stack(outputs, dim=3).view(batch, channels, chunks * chunk)[:, :, :length]
-    out = _finish(y, u, D, z).to(dtype)
+        if shared:
+            outputs.append(torch.einsum("bdcn,bcn->bdc", state, c_t.squeeze(1)))
+        else:
+            outputs.append((state * c_t).sum(-1))
+    y = torch.stack(outputs, dim=3).reshape(batch, channels, chunks * chunk)[:, :, :length]
+    out = _finish(y, u[:, :, :length], D, z).to(dtype)
     if return_last_state:
         return out, state[:, :, -1]  # padded steps leave the last state unchanged
     return out
