@@ -53,8 +53,9 @@ def test_forward_and_last_state_equal_the_recurrence(options, length, groups) ->
     torch.testing.assert_close(ours_state, ref_state, rtol=1e-10, atol=1e-10)
 
 
-def test_gradients_equal_the_recurrence() -> None:
-    inputs = scan_inputs(45, groups=None)
+@pytest.mark.parametrize("groups", [None, 3])
+def test_gradients_equal_the_recurrence(groups) -> None:
+    inputs = scan_inputs(45, groups=groups)
     leaves = {k: v.clone().requires_grad_() for k, v in inputs.items() if v is not None}
     weights = torch.randn(2, 6, 45, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     grads = []
@@ -76,6 +77,14 @@ def test_gradcheck() -> None:
         return chunked_selective_scan(**dict(zip(keys, values)), delta_softplus=True, chunk=4)
 
     assert torch.autograd.gradcheck(scan, leaves)
+
+    def last_state(*values: torch.Tensor) -> torch.Tensor:
+        arguments = dict(zip(keys, values))
+        return chunked_selective_scan(
+            **arguments, delta_softplus=True, chunk=4, return_last_state=True
+        )[1]
+
+    assert torch.autograd.gradcheck(last_state, leaves)
 
 
 def test_long_float32_sequences_and_large_steps_stay_finite_and_exact() -> None:

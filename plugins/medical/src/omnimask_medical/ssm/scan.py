@@ -17,10 +17,11 @@ overhead. `selective_scan` cuts the sequence into chunks of `chunk` steps and ru
 
 That is `2 * chunk + L / chunk` Python steps instead of L (about 380 instead of 16k at L = 16k),
 each on tensors `L / chunk` times larger, with no exponential of a positive number anywhere, so
-it stays finite for any length and step size; autograd differentiates it. The arithmetic is the
-recurrence's own, so on a CPU the gain is the per-step overhead saved, and that the large steps
-use all cores (the step-by-step loop's small tensors run on one). On CUDA with `mamba_ssm`
-installed, its fused kernel is used instead (same signature and semantics).
+it stays finite for any length and step size. `ChunkedLinearScan` runs the same three passes in
+reverse for the backward. The arithmetic is the recurrence's own, so on a CPU the gain is the
+per-step overhead saved, and that the large steps use all cores (the step-by-step loop's small
+tensors run on one). On CUDA with `mamba_ssm` installed, its fused kernel is used instead (same
+signature and semantics).
 """
 
 from __future__ import annotations
@@ -99,6 +100,82 @@ def _finish(y: Tensor, u: Tensor, D: Tensor | None, z: Tensor | None) -> Tensor:
     return y
 
 
+def _readout(states: Tensor, c: Tensor) -> Tensor:
+    """`<C_t, h_t>` for one step: states `[b, d, chunks, n]`, c `[b, d or 1, chunks, n]`."""
+    if c.shape[1] == 1:  # one C for all channels: a batched matrix-vector product
+        return torch.einsum("bdcn,bcn->bdc", states, c.squeeze(1))
+    return (states * c).sum(-1)
+
+
+class ChunkedLinearScan(torch.autograd.Function):
+    """`h_t = a_t h_{t-1} + b_t`, `y_t = <c_t, h_t>` over step-major chunked tensors
+    `[chunk, b, d, chunks, n]` (c may have 1 channel), with its own backward.
+
+    Backward is the same chunked scan run in reverse on `q_t = a_t g_t`, where `g_t = dL/dh_t`:
+    `g_t = c_t dy_t + q_{t+1}` and `q_t = a_t g_t`; then `dL/db_t = g_t`,
+    `dL/da_t = g_t h_{t-1}` and `dL/dc_t = sum_d dy_t h_t`. Autograd through the loops would
+    instead keep and revisit a graph node per operation per step, about twice the memory traffic.
+    `chunk_decay` (the product of each chunk's `a`) only speeds up the carry and gets no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, decay: Tensor, drive: Tensor, readout: Tensor, chunk_decay: Tensor):  # noqa: ANN001, ANN205
+        steps = decay.shape[0]
+        # 1. Each chunk from a zero state: the state it ends in.
+        local_end = drive[0]
+        for t in range(1, steps):
+            local_end = torch.addcmul(drive[t], decay[t], local_end)
+        # 2. The state entering each chunk.
+        entering = torch.zeros_like(local_end)
+        for c in range(1, entering.shape[2]):
+            entering[:, :, c] = chunk_decay[:, :, c - 1] * entering[:, :, c - 1]
+            entering[:, :, c] += local_end[:, :, c - 1]
+        # 3. Every chunk again from its entering state, keeping the states for backward.
+        states = torch.empty_like(drive)
+        outputs = drive.new_empty(drive.shape[:-1])
+        state = entering
+        for t in range(steps):
+            state = torch.addcmul(drive[t], decay[t], state, out=states[t])
+            outputs[t] = _readout(state, readout[t])
+        ctx.save_for_backward(decay, readout, chunk_decay, states, entering)
+        return outputs, states[-1, :, :, -1]
+
+    @staticmethod
+    def backward(ctx, grad_outputs: Tensor, grad_last: Tensor):  # noqa: ANN001, ANN205
+        decay, readout, chunk_decay, states, entering = ctx.saved_tensors
+        steps, chunks = decay.shape[0], decay.shape[3]
+        shared = readout.shape[2] == 1
+
+        def direct(t: int) -> Tensor:  # c_t dy_t, the loss's own pull on h_t
+            return grad_outputs[t].unsqueeze(-1) * readout[t]
+
+        # 1. Each chunk from a zero future: what reaches its first step, q at t = 0.
+        local_start = decay[-1] * direct(steps - 1)
+        for t in range(steps - 2, -1, -1):
+            local_start = decay[t] * (direct(t) + local_start)
+        # 2. What enters each chunk from the next one (the last chunk also gets dL/dh_last).
+        incoming = torch.zeros_like(local_start)
+        incoming[:, :, -1] = grad_last
+        for c in range(chunks - 2, -1, -1):
+            incoming[:, :, c] = chunk_decay[:, :, c + 1] * incoming[:, :, c + 1]
+            incoming[:, :, c] += local_start[:, :, c + 1]
+        # 3. Every chunk again from its incoming gradient.
+        grad_drive = torch.empty_like(states)
+        grad_decay = torch.empty_like(states)
+        grad_readout = torch.empty_like(readout)
+        passed = incoming
+        for t in range(steps - 1, -1, -1):
+            total = torch.add(direct(t), passed, out=grad_drive[t])
+            before = states[t - 1] if t > 0 else entering
+            torch.mul(total, before, out=grad_decay[t])
+            passed = decay[t] * total
+            if shared:
+                grad_readout[t, :, 0] = torch.einsum("bdc,bdcn->bcn", grad_outputs[t], states[t])
+            else:
+                torch.mul(grad_outputs[t].unsqueeze(-1), states[t], out=grad_readout[t])
+        return grad_decay, grad_drive, grad_readout, None
+
+
 def chunked_selective_scan(
     u: Tensor,
     delta: Tensor,
@@ -137,42 +214,19 @@ def chunked_selective_scan(
         x = x.reshape(batch, x.shape[1], chunks, chunk, states)
         return x.permute(3, 0, 1, 2, 4).contiguous()
 
-    # The full-size tensors are built directly in step-major layout (no copies of them), and
-    # `unbind` rather than indexing feeds the loops: its backward is one stack, where indexing
-    # would scatter into a full-size gradient at every step.
+    # The full-size tensors are built directly in step-major layout (no copies of them).
     A = A.to(work)[:, None, :]  # [d, 1, n]
     delta_steps = steps_first(delta)
-    decay = torch.exp(delta_steps.unsqueeze(-1) * A).unbind(0)  # chunk x [b, d, chunks, n]
-    drive = ((delta_steps * steps_first(u)).unsqueeze(-1) * steps_first_states(B)).unbind(0)
-
-    # 1. Every chunk from a zero state, all chunks at once: the state each chunk ends in.
-    local_end = drive[0]
-    for decay_t, drive_t in zip(decay[1:], drive[1:]):
-        local_end = torch.addcmul(drive_t, decay_t, local_end)  # [b, d, chunks, n]
-
-    # 2. The state entering each chunk: a loop over chunks on small tensors. A chunk's decay is
-    #    exp(A * its summed steps), since A is constant along the sequence.
-    chunk_decay = torch.exp(delta_steps.sum(0).unsqueeze(-1) * A)  # [b, d, chunks, n]
-    entering = [torch.zeros_like(local_end[:, :, 0])]
-    for decay_c, local_c in zip(chunk_decay.unbind(2)[:-1], local_end.unbind(2)[:-1]):
-        entering.append(decay_c * entering[-1] + local_c)
-    state = torch.stack(entering, dim=2)  # [b, d, chunks, n]
-
-    # 3. The recurrence inside all chunks again, each from its entering state, read out via C
-    #    (a batched matrix-vector product over the states).
+    decay = torch.exp(delta_steps.unsqueeze(-1) * A)  # [chunk, b, d, chunks, n]
+    drive = (delta_steps * steps_first(u)).unsqueeze(-1) * steps_first_states(B)
+    with torch.no_grad():  # the product of a chunk's decays, exp(A * its summed steps)
+        chunk_decay = torch.exp(delta_steps.sum(0).unsqueeze(-1) * A)  # [b, d, chunks, n]
     readout = steps_first_states(C)  # [chunk, b, d or 1, chunks, n]
-    shared = readout.shape[2] == 1  # one C for all channels (ungrouped): a batched mat-vec
-    outputs = []
-    for decay_t, drive_t, c_t in zip(decay, drive, readout.unbind(0)):
-        state = torch.addcmul(drive_t, decay_t, state)
-        if shared:
-            outputs.append(torch.einsum("bdcn,bcn->bdc", state, c_t.squeeze(1)))
-        else:
-            outputs.append((state * c_t).sum(-1))
-    y = torch.stack(outputs, dim=3).reshape(batch, channels, chunks * chunk)[:, :, :length]
+    outputs, last_state = ChunkedLinearScan.apply(decay, drive, readout, chunk_decay)
+    y = outputs.permute(1, 2, 3, 0).reshape(batch, channels, chunks * chunk)[:, :, :length]
     out = _finish(y, u[:, :, :length], D, z).to(dtype)
     if return_last_state:
-        return out, state[:, :, -1]  # padded steps leave the last state unchanged
+        return out, last_state  # padded steps leave the last state unchanged
     return out
 
 
