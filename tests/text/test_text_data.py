@@ -58,6 +58,32 @@ def test_jsonl_field_and_parquet_column(tmp_path) -> None:  # noqa: ANN001
         read_file(tmp_path / "c.jsonl", "body")
 
 
+def test_saved_datasets_read_like_the_same_jsonl(tmp_path) -> None:  # noqa: ANN001
+    import datasets
+
+    texts = ["The first document.", "", "A second one, with more words.", "Third."]
+    rows = [{"body": t, "id": i} for i, t in enumerate(texts)]
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    expected = [d.text for d in read_corpus(tmp_path / "docs.jsonl", "body")]
+
+    single = datasets.Dataset.from_list(rows)
+    single.save_to_disk(str(tmp_path / "single"))
+    assert [d.text for d in read_corpus(tmp_path / "single", "body")] == expected
+    splits = datasets.DatasetDict({"train": single, "validation": single.select([0])})
+    splits.save_to_disk(str(tmp_path / "dict"))
+    assert [d.text for d in read_corpus(tmp_path / "dict", "body")] == expected
+    assert [d.text for d in read_corpus(tmp_path / "dict", "body", split="validation")] == [
+        texts[0]
+    ]
+
+    with pytest.raises(BadSampleError, match=r"no split 'test' \(splits: train, validation\)"):
+        read_corpus(tmp_path / "dict", "body", split="test")
+    with pytest.raises(BadSampleError, match=r"no column 'text' \(columns: body, id\)"):
+        read_corpus(tmp_path / "single", "text")
+    with pytest.raises(BadSampleError, match="column 'id' holds int, not text"):
+        read_corpus(tmp_path / "single", "id")
+
+
 def test_long_documents_are_split_not_truncated(embedded_tokenizer) -> None:  # noqa: ANN001
     long_text = " ".join(f"word{i} value" for i in range(400))
     seq_len = 32

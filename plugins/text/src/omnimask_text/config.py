@@ -26,7 +26,8 @@ class VocabConfig:
 class CorpusConfig:
     """How documents are read and cut into training rows."""
 
-    field: str = "text"  # the JSONL field / Parquet column holding the text
+    field: str = "text"  # the JSONL field / Parquet or `datasets` column holding the text
+    split: str = "train"  # the split of a saved `datasets.DatasetDict`
     seq_len: int = 128  # tokens per row, [CLS] and [SEP] included
     packing: bool = True  # pack several documents per row (no padding) instead of one per row
     max_documents: int = 0  # 0 = all

@@ -1,9 +1,11 @@
 """Reading documents from the formats users have, and the embedded default corpus.
 
 Formats: folders (or single files) of plain text (`*.txt`, one document per file), JSON Lines
-(`*.jsonl`, one document per line, text in a named field) and Parquet (`*.parquet`, a named
-column). Every problem names the file: an empty file, invalid UTF-8 (with the byte offset), a
-JSONL line that is not JSON or lacks the field, a Parquet file without the column.
+(`*.jsonl`, one document per line, text in a named field), Parquet (`*.parquet`, a named
+column), and a Hugging Face `datasets` folder written by `save_to_disk` (a `Dataset`, or a
+`DatasetDict` whose split is chosen by name). Every problem names the file: an empty file,
+invalid UTF-8 (with the byte offset), a JSONL line that is not JSON or lacks the field, a Parquet
+file or dataset without the column (listing the columns there are), a missing split.
 
 The embedded corpus needs no download: it is the documentation that ships with Python itself,
 the docstrings of standard-library modules, read with `ast` from the `.py` sources under
@@ -109,9 +111,61 @@ def _read_parquet(path: Path, field: str) -> list[Document]:
     return documents
 
 
-def read_corpus(path: str | os.PathLike[str], field: str, on_bad: str = "raise") -> list[Document]:
-    """Every document under `path`, in sorted file order. Bad files raise `BadSampleError`, or
-    with `on_bad="skip"` are logged and left out."""
+def is_saved_dataset(path: Path) -> bool:
+    """Whether `path` is a folder written by `datasets`' `save_to_disk`."""
+    return path.is_dir() and any(
+        (path / marker).is_file() for marker in ("dataset_dict.json", "state.json")
+    )
+
+
+def read_saved_dataset(path: Path, field: str, split: str = "train") -> list[Document]:
+    """The `field` column of a `save_to_disk` folder (for a `DatasetDict`, of split `split`),
+    read with `datasets.load_from_disk`: local Arrow files, memory-mapped, never the Hub."""
+    import datasets
+
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError, OSError) as error:
+        raise BadSampleError(path, f"not a readable `datasets` folder ({error})") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise BadSampleError(
+                path, f"no split {split!r} (splits: {', '.join(loaded)}); set corpus.split"
+            )
+        loaded = loaded[split]
+    if field not in loaded.column_names:
+        columns = ", ".join(loaded.column_names)
+        raise BadSampleError(path, f"no column {field!r} (columns: {columns}); set corpus.field")
+    documents = []
+    for row, value in enumerate(loaded[field]):
+        if not isinstance(value, str):
+            raise BadSampleError(
+                f"{path}:row{row}", f"column {field!r} holds {type(value).__name__}, not text"
+            )
+        if value.strip():
+            documents.append(Document(f"{path}:row{row}", value))
+    if not documents:
+        raise BadSampleError(path, f"column {field!r} holds no text")
+    return documents
+
+
+def corpus_files(path: str | os.PathLike[str], split: str = "train") -> list[Path]:
+    """The files a corpus is read from (what keys its cached tokenizer): a `datasets` folder's
+    files (of the split's folder, for a `DatasetDict`), or the matching text files."""
+    root = Path(path)
+    if is_saved_dataset(root):
+        folder = root / split if (root / "dataset_dict.json").is_file() else root
+        return sorted(f for f in (folder if folder.is_dir() else root).rglob("*") if f.is_file())
+    return check_data_path(root, PATTERNS)
+
+
+def read_corpus(
+    path: str | os.PathLike[str], field: str, on_bad: str = "raise", split: str = "train"
+) -> list[Document]:
+    """Every document under `path` (a `datasets` folder, or files in sorted order). Bad files
+    raise `BadSampleError`, or with `on_bad="skip"` are logged and left out."""
+    if is_saved_dataset(Path(path)):
+        return read_saved_dataset(Path(path), field, split)
     documents: list[Document] = []
     for file in check_data_path(path, PATTERNS):
         try:

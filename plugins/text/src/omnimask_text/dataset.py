@@ -24,7 +24,12 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
 from omnimask_text.config import MLMConfig
-from omnimask_text.corpus import PATTERNS, ensure_embedded_data, read_corpus, read_labelled
+from omnimask_text.corpus import (
+    corpus_files,
+    ensure_embedded_data,
+    read_corpus,
+    read_labelled,
+)
 from omnimask_text.vocab import (
     CLS,
     SEP,
@@ -53,10 +58,12 @@ def tokenizer_path(config: MLMConfig) -> Path:
     """The tokenizer file of `config`, training and caching it first when needed."""
     if config.vocab.path:
         return Path(config.vocab.path)
-    files = check_data_path(corpus_path(config), PATTERNS)
+    files = corpus_files(corpus_path(config), config.corpus.split)
     path = cached_tokenizer_path(corpus_key(files, config.vocab, config.corpus.field))
     if not path.exists():
-        documents = read_corpus(corpus_path(config), config.corpus.field, config.data.on_bad_sample)
+        documents = read_corpus(
+            corpus_path(config), config.corpus.field, config.data.on_bad_sample, config.corpus.split
+        )
         logger.info("training a WordPiece vocabulary on %d documents -> %s", len(documents), path)
         save_atomically(train_wordpiece([d.text for d in documents], config.vocab), path)
     return path
@@ -155,7 +162,9 @@ def build_rows(config: MLMConfig, tokenizer: Tokenizer, texts: Sequence[str]) ->
 
 def build_text_dataset(config: MLMConfig) -> TextRows:
     tokenizer = resolve_tokenizer(config)
-    documents = read_corpus(corpus_path(config), config.corpus.field, config.data.on_bad_sample)
+    documents = read_corpus(
+        corpus_path(config), config.corpus.field, config.data.on_bad_sample, config.corpus.split
+    )
     if config.corpus.max_documents > 0:
         documents = documents[: config.corpus.max_documents]
     return build_rows(config, tokenizer, [d.text for d in documents])
