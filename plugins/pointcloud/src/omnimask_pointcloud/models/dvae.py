@@ -21,13 +21,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from omnimask import Decoder, Encoder, MaskedModel, MaskedOutput, Target, Tokens
-from omnimask.seeding import mix_seed
+from omnimask.seeding import sample_generators
 from omnimask_pointcloud.geometry import chamfer_distance, gather_points, knn
 from omnimask_pointcloud.layers import MiniPointNet
 from omnimask_pointcloud.models.point_mae import max_mean_pool
 
 #: points unfolded from each coarse point (a 2 x 2 grid).
 FOLD = 4
+#: Separates the Gumbel noise from the masks drawn for the same samples.
+GUMBEL_SALT = 1
 
 
 class EdgeConv(nn.Module):
@@ -215,13 +217,8 @@ class DVAEModel(MaskedModel):
         self.quantizer = quantizer
 
     def gumbel_noise(self, shape: torch.Size, batch: dict, generator: torch.Generator | None) -> Tensor:
-        step_seed = generator.initial_seed() if generator is not None else 0
-        ids = batch.get("sample_id")
-        ids = ids.tolist() if ids is not None else list(range(shape[0]))
-        rows = [
-            torch.rand(shape[1:], generator=torch.Generator().manual_seed(mix_seed(step_seed, i, 1)))
-            for i in ids
-        ]
+        generators = sample_generators(batch.get("sample_id"), generator, GUMBEL_SALT, rows=shape[0])
+        rows = [torch.rand(shape[1:], generator=row) for row in generators]
         uniform = torch.stack(rows).clamp(1e-9, 1 - 1e-9)
         return -torch.log(-torch.log(uniform))
 

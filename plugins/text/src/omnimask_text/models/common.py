@@ -9,7 +9,7 @@ import torch
 from omnimask import Encoder, MaskedModel, Tokens
 from omnimask.engine.engine import ResumeError
 from omnimask.model import Batch
-from omnimask.seeding import mix_seed
+from omnimask.seeding import sample_generators
 from torch import Tensor, nn
 
 from omnimask_text.masking import MLMMasker
@@ -137,11 +137,10 @@ class TextMaskedModel(MaskedModel):
         if sample_ids is None:
             mask, ids = self.masker.corrupt(tokens, generator)
         else:
-            step_seed = generator.initial_seed()
-            rows = []
-            for row, sample_id in enumerate(sample_ids.tolist()):
-                row_generator = torch.Generator().manual_seed(mix_seed(step_seed, sample_id))
-                rows.append(self.masker.corrupt(tokens.rows(slice(row, row + 1)), row_generator))
+            rows = [
+                self.masker.corrupt(tokens.rows(slice(row, row + 1)), row_generator)
+                for row, row_generator in enumerate(sample_generators(sample_ids, generator))
+            ]
             mask = torch.cat([m for m, _ in rows])
             ids = torch.cat([i for _, i in rows])
         return mask.to(tokens.device), ids.to(tokens.device)

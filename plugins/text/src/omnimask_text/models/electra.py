@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from omnimask import Decoder, MaskedOutput, Target, Tokens
 from omnimask.model import Batch
-from omnimask.seeding import mix_seed
+from omnimask.seeding import sample_generators
 from torch import Tensor, nn
 from transformers import ElectraConfig as HFElectraConfig
 from transformers import ElectraForMaskedLM, ElectraForPreTraining
@@ -22,6 +22,9 @@ from transformers import ElectraForMaskedLM, ElectraForPreTraining
 from omnimask_text.config import ElectraConfig, ModelConfig
 from omnimask_text.models.build import SpecialIds
 from omnimask_text.models.common import TextMaskedModel, attention_mask
+
+#: Separates the generator's sampling noise from the masks drawn for the same samples.
+SAMPLING_SALT = 1
 
 
 def electra_configs(
@@ -95,12 +98,8 @@ class ElectraModel(TextMaskedModel):
     ) -> Tensor:
         """Uniforms for sampling the generator, drawn from a seed derived from the step's
         generator and the sample ids, so replacements are reproducible and batch-independent."""
-        seed = (generator.initial_seed() if generator is not None else 0) + 1
-        noise = []
-        for sample_id in batch.get("sample_id", torch.arange(shape[0])).tolist():
-            row = torch.Generator().manual_seed(mix_seed(seed, sample_id, 1))
-            noise.append(torch.rand(shape[1], generator=row))
-        return torch.stack(noise)
+        rows = sample_generators(batch.get("sample_id"), generator, SAMPLING_SALT, rows=shape[0])
+        return torch.stack([torch.rand(shape[1], generator=row) for row in rows])
 
     def predict(self, batch: Batch, generator: torch.Generator | None = None) -> MaskedOutput:
         tokens, mask = self.corrupted_tokens(batch, generator)
