@@ -55,7 +55,19 @@ def test_mae_encoder_sees_only_visible_patches(mae) -> None:
     patch = model.tokenizer.patch
     hidden = mask.view(3, 1, 8, 8).repeat_interleave(patch, 2).repeat_interleave(patch, 3)
     tokens.extras["image"] = torch.where(hidden, torch.randn_like(batch["image"]), batch["image"])
+    noise = torch.randn_like(tokens.values)
+    tokens.values = torch.where(mask.unsqueeze(-1), noise, tokens.values)
     torch.testing.assert_close(model.encoder(tokens, mask), first, atol=0, rtol=0)
+
+
+def test_visible_patch_embedding_equals_timm_convolution(mae) -> None:
+    _, _, model = mae
+    batch = images()
+    tokens = model.tokenizer(batch)
+    with torch.no_grad():
+        convolved = model.encoder.model.patch_embed(batch["image"])
+        linear = model.encoder.embed_patches(tokens.values)
+    torch.testing.assert_close(linear, convolved, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("fixture", ["mae", "simmim"])
@@ -119,7 +131,19 @@ def test_simmim_masks_whole_cells_and_replaces_them_by_the_mask_token(simmim) ->
     first = model.encoder(tokens, mask)
     hidden = grid.unsqueeze(1).repeat_interleave(8, 2).repeat_interleave(8, 3)
     tokens.extras["image"] = torch.where(hidden, torch.randn_like(batch["image"]), batch["image"])
+    noise = torch.randn_like(tokens.values)
+    tokens.values = torch.where(mask.unsqueeze(-1), noise, tokens.values)
     torch.testing.assert_close(model.encoder(tokens, mask), first, atol=0, rtol=0)
+
+
+def test_visible_patch_embedding_equals_timm_convolution(mae) -> None:
+    _, _, model = mae
+    batch = images()
+    tokens = model.tokenizer(batch)
+    with torch.no_grad():
+        convolved = model.encoder.model.patch_embed(batch["image"])
+        linear = model.encoder.embed_patches(tokens.values)
+    torch.testing.assert_close(linear, convolved, atol=1e-5, rtol=1e-5)
 
 
 def test_simmim_loss_is_l1_over_masked_pixels(simmim) -> None:

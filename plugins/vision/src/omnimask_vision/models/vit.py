@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from omnimask import Decoder, Encoder, Target, Tokens
 from omnimask.gather import gather_tokens, mask_to_indices, scatter_tokens
 from omnimask.model import Batch
@@ -61,6 +62,17 @@ class MAEEncoder(ViTEncoder):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
+        proj = self.model.patch_embed.proj
+        if not (
+            isinstance(proj, nn.Conv2d)
+            and proj.kernel_size == proj.stride
+            and proj.padding == (0, 0)
+            and proj.groups == 1
+        ):
+            raise ValueError(
+                f"MAE needs a ViT whose patch embedding is one linear map per patch (a "
+                f"convolution with kernel = stride, no padding); got {proj}"
+            )
         grid = tuple(self.model.patch_embed.grid_size)
         table = sincos_position_embedding(grid, self.model.embed_dim)
         with torch.no_grad():
@@ -70,11 +82,25 @@ class MAEEncoder(ViTEncoder):
     def forward(self, tokens: Tokens, mask: Tensor) -> Tensor:
         """`[B, 1 + K, D]`: the class token, then the K visible tokens in grid order."""
         vit = self.model
-        x = vit.patch_embed(tokens.extras["image"]) + vit.pos_embed[:, 1:]
         visible_index, _ = mask_to_indices(mask)
-        x = gather_tokens(x, visible_index)
+        positions = vit.pos_embed[:, 1:].expand(tokens.batch_size, -1, -1)
+        x = self.embed_patches(gather_tokens(tokens.values, visible_index))
+        x = x + gather_tokens(positions, visible_index)
         cls = (vit.cls_token + vit.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
         return self._run_blocks(torch.cat([cls, x], dim=1))
+
+    def embed_patches(self, patches: Tensor) -> Tensor:
+        """timm's patch embedding applied to the visible patches only (`patchify` layout).
+
+        The patch embedding is a convolution whose kernel equals its stride, i.e. one linear map
+        per patch, so running it as a linear layer on the K visible patches gives exactly what
+        the convolution gives at those positions, for a quarter of the work at 75% masking
+        (MAE's reference code embeds every patch and then drops three quarters).
+        """
+        embed = self.model.patch_embed
+        proj = embed.proj
+        weight = proj.weight.permute(0, 2, 3, 1).flatten(1)  # (h, w, c) order, as patchify's
+        return embed.norm(F.linear(patches, weight, proj.bias))
 
 
 class MAEDecoder(Decoder):
