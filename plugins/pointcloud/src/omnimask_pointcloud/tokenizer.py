@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from omnimask import Tokens
-from omnimask_pointcloud.geometry import farthest_point_sample, gather_points, knn
+from omnimask_pointcloud.geometry import gather_points, group_points
 
 
 class PointPatchTokenizer(nn.Module):
@@ -30,9 +30,11 @@ class PointPatchTokenizer(nn.Module):
         if points.shape[1] < max(self.group_size, self.num_groups):
             points = self._repeat_points(points)
         with torch.no_grad():
-            centre_index = farthest_point_sample(points, self.num_groups, backend=self.backend)
+            centre_index, members = group_points(
+                points, self.num_groups, self.group_size, backend=self.backend
+            )
             centres = gather_points(points, centre_index.to(points.device))
-            members = knn(centres, points, self.group_size, backend=self.backend).to(points.device)
+            members = members.to(points.device)
             neighbourhood = gather_points(points, members) - centres.unsqueeze(2)
         return Tokens(
             values=neighbourhood.flatten(2),
