@@ -1,12 +1,17 @@
 """MAE and SimMIM on timm ViTs: equal-count masks, visible-only encoding, the norm-pix target
-against its formula and Hugging Face's patch layout, SimMIM's cell mask and L1 loss."""
+against its formula and Hugging Face's patch layout, MAE's hidden-only decoder against the
+grid-order reference decoder (values, loss and gradients), SimMIM's cell mask and L1 loss."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from omnimask.gather import mask_to_indices, scatter_tokens
+from omnimask.patching import per_patch_normalize
+from omnimask_vision.models.vit import block_on_last_tokens
 from omnimask_vision.recipes import MAERecipe, SimMIMRecipe
+from timm.models.vision_transformer import Block
 from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
 
@@ -109,12 +114,77 @@ def test_per_patch_normalisation_matches_its_formula_and_hf_layout(mae) -> None:
 def test_mae_loss_is_mse_over_masked_patches_only(mae) -> None:
     _, _, model = mae
     generator = torch.Generator().manual_seed(3)
-    prediction = torch.randn(2, 64, 192, generator=generator)
+    full_prediction = torch.randn(2, 64, 192, generator=generator)
     target = torch.randn(2, 64, 192, generator=generator)
-    mask = torch.rand(2, 64, generator=generator) < 0.75
+    mask = torch.rand(2, 64, generator=generator).argsort(1) < 48
+    prediction = full_prediction[mask].view(2, 48, 192)  # the decoder predicts hidden patches
     loss = model.target.loss(prediction, target, mask)["loss"]
-    expected = ((prediction - target) ** 2)[mask].mean()
+    expected = ((full_prediction - target) ** 2)[mask].mean()
     torch.testing.assert_close(loss, expected)
+
+
+def reference_mae_decoder(decoder, latent: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """MAE's reference decoder: unshuffle to grid order with mask tokens, add the position
+    embedding, run every block on every token, predict every patch (`[B, N, D]`)."""
+    x = decoder.embed(latent)
+    visible, _ = mask_to_indices(mask)
+    patches = scatter_tokens(x[:, 1:], visible, decoder.num_tokens, decoder.mask_token)
+    x = torch.cat([x[:, :1], patches], dim=1) + decoder.pos_embed
+    return decoder.head(decoder.norm(decoder.blocks(x)))[:, 1:]
+
+
+def test_mae_decoder_predicts_the_hidden_patches_of_the_grid_order_decoder(mae) -> None:
+    _, _, model = mae
+    batch = images()
+    tokens = model.tokenizer(batch)
+    mask = model.draw_mask(tokens, batch, torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        latent = model.encoder(tokens, mask)
+        ours = model.decoder(latent, tokens, mask)
+        full = reference_mae_decoder(model.decoder, latent, mask)
+    assert ours.shape == (3, int(mask[0].sum()), full.shape[-1])
+    torch.testing.assert_close(ours, full[mask].view_as(ours), atol=1e-5, rtol=1e-5)
+
+
+def test_mae_loss_and_gradients_match_the_full_prediction_reference(mae) -> None:
+    _, _, model = mae
+    batch = images()
+    model.zero_grad(set_to_none=True)
+    output = model.predict(batch, torch.Generator().manual_seed(7))
+    output.losses["loss"].backward()
+    ours = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    tokens, mask = output.tokens, output.mask
+    full = reference_mae_decoder(model.decoder, model.encoder(tokens, mask), mask)
+    # MAE's loss: mean over masked patches of the per-patch mean squared error.
+    target = per_patch_normalize(tokens.values)
+    per_patch = (full - target).pow(2).mean(-1)
+    loss = (per_patch * mask).sum() / mask.sum()
+    loss.backward()
+    torch.testing.assert_close(output.losses["loss"], loss, atol=1e-6, rtol=1e-5)
+    reference = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+    assert ours.keys() == reference.keys()
+    for name, grad in reference.items():
+        torch.testing.assert_close(ours[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+    model.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("count", [1, 5, 17])
+def test_block_on_last_tokens_equals_the_full_block_sliced(count: int) -> None:
+    torch.manual_seed(0)
+    block = Block(32, 4, mlp_ratio=4.0, qkv_bias=True).train()  # no dropout: deterministic
+    x = torch.randn(2, 17, 32, requires_grad=True)
+    ours = block_on_last_tokens(block, x, count)
+    weight = torch.randn_like(ours)
+    (ours * weight).sum().backward()
+    grads = [x.grad.clone()] + [p.grad.clone() for p in block.parameters()]
+    x.grad = None
+    block.zero_grad(set_to_none=True)
+    full = block(x)[:, -count:]
+    (full * weight).sum().backward()
+    torch.testing.assert_close(ours, full, atol=1e-6, rtol=1e-5)
+    for mine, reference in zip(grads, [x.grad] + [p.grad for p in block.parameters()]):
+        torch.testing.assert_close(mine, reference, atol=1e-6, rtol=1e-5)
 
 
 def test_simmim_masks_whole_cells_and_replaces_them_by_the_mask_token(simmim) -> None:
@@ -134,16 +204,6 @@ def test_simmim_masks_whole_cells_and_replaces_them_by_the_mask_token(simmim) ->
     noise = torch.randn_like(tokens.values)
     tokens.values = torch.where(mask.unsqueeze(-1), noise, tokens.values)
     torch.testing.assert_close(model.encoder(tokens, mask), first, atol=0, rtol=0)
-
-
-def test_visible_patch_embedding_equals_timm_convolution(mae) -> None:
-    _, _, model = mae
-    batch = images()
-    tokens = model.tokenizer(batch)
-    with torch.no_grad():
-        convolved = model.encoder.model.patch_embed(batch["image"])
-        linear = model.encoder.embed_patches(tokens.values)
-    torch.testing.assert_close(linear, convolved, atol=1e-5, rtol=1e-5)
 
 
 def test_simmim_loss_is_l1_over_masked_pixels(simmim) -> None:

@@ -35,10 +35,11 @@ def draw_reconstructions(model: MaskedModel, batch: dict, path: Path, patch: int
     output = model.predict(batch, torch.Generator().manual_seed(0))
     tokens, mask = output.tokens, output.mask.cpu()
     patches = tokens.values.detach().float().cpu()
+    prediction = output.prediction.detach().float().cpu()
+    if prediction.shape[1] != patches.shape[1]:  # the hidden patches only (MAE's decoder)
+        prediction = patches.masked_scatter(mask.unsqueeze(-1), prediction)
     predicted = reconstructed_patches(
-        output.prediction.detach().float().cpu(),
-        patches,
-        getattr(model.target, "per_patch", False),
+        prediction, patches, getattr(model.target, "per_patch", False)
     )
     hidden = mask.unsqueeze(-1)
     grid = tokens.grid

@@ -24,6 +24,7 @@ from omnimask_vision.figures import draw_reconstructions
 from omnimask_vision.masking import CoarseRandomMasker
 from omnimask_vision.models.spark import DensifyingDecoder, PatchNormalizedPixels
 from omnimask_vision.models.vit import (
+    HiddenPatchPixels,
     LinearPixelHead,
     MAEDecoder,
     MAEEncoder,
@@ -126,7 +127,7 @@ class MAERecipe(ImageRecipe):
             RandomMasker(config.mask.ratio),
             encoder,
             decoder,
-            PatchNormalizedPixels(per_patch=model.norm_pix_loss),
+            HiddenPatchPixels(per_patch=model.norm_pix_loss),
         )
 
 

@@ -20,7 +20,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from omnimask import Decoder, Encoder, Target, Tokens
-from omnimask.gather import gather_tokens, mask_to_indices
+from omnimask.gather import mask_to_indices
 from omnimask.patching import grid_positions, patch_grid, patchify, per_patch_normalize
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
@@ -88,10 +88,13 @@ class VideoMAEEncoder(Encoder):
         """
         projection = self.hf.embeddings.patch_embeddings.projection
         weight = projection.weight.permute(0, 2, 3, 4, 1).flatten(1)
-        positions = self.pos_embed.expand(patches.shape[0], -1, -1).to(patches.dtype)
-        if index is not None:
-            patches, positions = gather_tokens(patches, index), gather_tokens(positions, index)
-        return F.linear(patches, weight, projection.bias) + positions
+        positions = self.pos_embed[0].to(patches.dtype)  # [N, D]
+        if index is None:
+            return F.linear(patches, weight, projection.bias) + positions
+        # Plain indexing rather than `gather_tokens`: torch.gather with an index expanded over
+        # the feature dim is about 10x slower on CPU than this row copy.
+        rows = torch.arange(index.shape[0], device=index.device).unsqueeze(1)
+        return F.linear(patches[rows, index], weight, projection.bias) + positions[index]
 
     def run_layers(self, x: Tensor) -> Tensor:
         for layer in self.hf.encoder.layer:
@@ -152,9 +155,9 @@ class VideoMAEDecoder(Decoder):
 
     def forward(self, latent: Tensor, tokens: Tokens, mask: Tensor) -> Tensor:
         visible, hidden = mask_to_indices(mask)
-        positions = self.pos_embed.expand(latent.shape[0], -1, -1).to(latent.dtype)
-        queries = self.mask_token + gather_tokens(positions, hidden)
-        x = torch.cat([self.embed(latent) + gather_tokens(positions, visible), queries], dim=1)
+        table = self.pos_embed[0].to(latent.dtype)  # [N, dim]
+        queries = self.mask_token + table[hidden]
+        x = torch.cat([self.embed(latent) + table[visible], queries], dim=1)
         for block in self.blocks:
             x = block(x)
         return self.head(self.norm(x[:, -hidden.shape[1] :]))
@@ -198,5 +201,5 @@ class TubeletPixelTarget(Target):
             return per_patch_normalize(channels_first, eps).transpose(-1, -2).flatten(2)
 
     def loss(self, prediction: Tensor, target: Tensor, mask: Tensor) -> dict[str, Tensor]:
-        _, hidden = mask_to_indices(mask)
-        return {"loss": F.mse_loss(prediction, gather_tokens(target, hidden))}
+        # Boolean indexing lists each row's hidden tubelets in increasing position, as predicted.
+        return {"loss": F.mse_loss(prediction, target[mask].view_as(prediction))}
