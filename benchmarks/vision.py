@@ -1,7 +1,10 @@
 """Vision benchmarks, side by side in one run, one JSON line per figure.
 
 1. `vision/mae` training step against Hugging Face `ViTMAEForPreTraining`, same ViT size, image
-   size, batch, mask ratio and decoder: step time and peak memory, with ratios (ours / theirs).
+   size, batch, mask ratio, decoder, fp32, SDPA attention, AdamW step and the same masks (our
+   masker draws each step's mask inside our timed step; Hugging Face gets it as `noise`, drawn
+   outside its timing): step time (median of strictly alternating steps, with quartiles and the
+   median of the per-pair ratios) and peak memory, with ratios (ours / theirs).
 2. SparK's masked-dense encoder (forward + backward, 60% masked) against the same timm CNN run
    densely on the full image: what sparse encoding costs or saves on this backend.
 3. SparK's two sparse-encoding backends, masked dense and spconv, against each other and the
@@ -12,13 +15,15 @@ load); peak memory is measured for each case alone in a child process (CUDA allo
 peak RSS above the baseline after imports on CPU). Defaults are small enough for a CPU;
 `--paper` uses ViT-B/16 at 224 px with the 8x512 decoder and ResNet-50 at 224 px.
 
-    .venv/bin/python benchmarks/vision.py [--paper] [--steps N] [--batch B] [--spark-backends]
+    .venv/bin/python benchmarks/vision.py [--paper] [--steps N] [--mae-steps N] [--batch B]
+        [--threads T] [--mae-only | --spark-backends]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -34,6 +39,8 @@ PAPER = {
     "cnn": "resnet50", "cnn_kwargs": {}, "cnn_image": 224,
 }  # fmt: skip
 CASES = ("mae_omnimask", "mae_transformers", "spark_masked_dense", "cnn_dense")
+#: MAE steps cycle through this many masks (seeds 1..MASKS), the same for both sides.
+MASKS = 64
 
 
 def proc_status_mb(field: str) -> float:
@@ -51,6 +58,55 @@ def reset_peak_rss() -> None:
         refs.write("5")
 
 
+def mae_omnimask(size: dict):  # noqa: ANN201
+    """Our `vision/mae` model at `size` (the paper preset with the ViT and decoder resized)."""
+    from omnimask_vision.config import TimmModelConfig
+    from omnimask_vision.recipes import MAERecipe
+
+    recipe = MAERecipe()
+    config = recipe.config("paper")
+    config.model.encoder = TimmModelConfig(
+        "vit_base_patch16_224",
+        {
+            "img_size": size["image"], "patch_size": size["patch"],
+            "embed_dim": size["width"], "depth": size["depth"], "num_heads": size["heads"],
+        },
+    )  # fmt: skip
+    config.model.decoder_width = size["decoder_width"]
+    config.model.decoder_depth = size["decoder_depth"]
+    config.model.decoder_heads = size["decoder_heads"]
+    return recipe.build_model(config)
+
+
+def mae_transformers(size: dict):  # noqa: ANN201
+    """Hugging Face's `ViTMAEForPreTraining` with the same sizes, norm-pix loss and SDPA."""
+    from transformers import ViTMAEConfig, ViTMAEForPreTraining
+
+    config = ViTMAEConfig(
+        image_size=size["image"], patch_size=size["patch"], hidden_size=size["width"],
+        num_hidden_layers=size["depth"], num_attention_heads=size["heads"],
+        intermediate_size=4 * size["width"], decoder_hidden_size=size["decoder_width"],
+        decoder_num_hidden_layers=size["decoder_depth"],
+        decoder_num_attention_heads=size["decoder_heads"],
+        decoder_intermediate_size=4 * size["decoder_width"], mask_ratio=0.75,
+        norm_pix_loss=True, qkv_bias=True, layer_norm_eps=1e-6, attn_implementation="sdpa",
+    )  # fmt: skip
+    return ViTMAEForPreTraining(config)
+
+
+def mae_masks(images, size: dict) -> list:  # noqa: ANN001
+    """The masks our `vision/mae` step draws from seeds 1..MASKS (the batch has no `sample_id`,
+    so `MaskedModel.draw_mask` calls the masker with the step's generator)."""
+    import torch
+    from omnimask.masking import RandomMasker
+    from omnimask_vision.recipes import MAERecipe
+    from omnimask_vision.tokenizer import ImagePatchTokenizer
+
+    tokens = ImagePatchTokenizer(size["patch"])({"image": images.cpu()})
+    masker = RandomMasker(MAERecipe().config("paper").mask.ratio)
+    return [masker(tokens, torch.Generator().manual_seed(seed)) for seed in range(1, MASKS + 1)]
+
+
 def build_case(case: str, size: dict, device):  # noqa: ANN001, ANN201
     """(model, step_function) for one case; step_function runs forward + backward."""
     import torch
@@ -59,45 +115,29 @@ def build_case(case: str, size: dict, device):  # noqa: ANN001, ANN201
     if case.startswith("mae"):
         images = torch.randn(size["batch"], 3, size["image"], size["image"], generator=generator)
         images = images.to(device)
-    if case == "mae_omnimask":
-        from omnimask_vision.config import TimmModelConfig
-        from omnimask_vision.recipes import MAERecipe
-
-        recipe = MAERecipe()
-        config = recipe.config("paper")
-        config.model.encoder = TimmModelConfig(
-            "vit_base_patch16_224",
-            {
-                "img_size": size["image"], "patch_size": size["patch"],
-                "embed_dim": size["width"], "depth": size["depth"], "num_heads": size["heads"],
-            },
-        )  # fmt: skip
-        config.model.decoder_width = size["decoder_width"]
-        config.model.decoder_depth = size["decoder_depth"]
-        config.model.decoder_heads = size["decoder_heads"]
-        model = recipe.build_model(config).to(device)
-        batch = {"image": images}
+        masks = mae_masks(images, size)
         state = {"step": 0}
+    if case == "mae_omnimask":
+        model = mae_omnimask(size).to(device)
+        batch = {"image": images}
 
         def step() -> torch.Tensor:
             state["step"] += 1
-            return model(batch, torch.Generator().manual_seed(state["step"]))["loss"]
+            seed = 1 + (state["step"] - 1) % MASKS  # draws masks[seed - 1] inside the step
+            return model(batch, torch.Generator().manual_seed(seed))["loss"]
 
         return model, step
     if case == "mae_transformers":
-        from transformers import ViTMAEConfig, ViTMAEForPreTraining
+        model = mae_transformers(size).to(device)
+        # argsort of the noise keeps the lowest-noise patches visible: ours, exactly.
+        noises = [mask.to(device=device, dtype=torch.float32) for mask in masks]
 
-        config = ViTMAEConfig(
-            image_size=size["image"], patch_size=size["patch"], hidden_size=size["width"],
-            num_hidden_layers=size["depth"], num_attention_heads=size["heads"],
-            intermediate_size=4 * size["width"], decoder_hidden_size=size["decoder_width"],
-            decoder_num_hidden_layers=size["decoder_depth"],
-            decoder_num_attention_heads=size["decoder_heads"],
-            decoder_intermediate_size=4 * size["decoder_width"], mask_ratio=0.75,
-            norm_pix_loss=True, qkv_bias=True, layer_norm_eps=1e-6,
-        )  # fmt: skip
-        model = ViTMAEForPreTraining(config).to(device)
-        return model, lambda: model(pixel_values=images).loss
+        def peer_step() -> torch.Tensor:
+            state["step"] += 1
+            noise = noises[(state["step"] - 1) % MASKS]
+            return model(pixel_values=images, noise=noise).loss
+
+        return model, peer_step
     import timm
     from omnimask_vision.sparse import SparseCNNEncoder
     from omnimask_vision.tokenizer import ImagePatchTokenizer
@@ -180,6 +220,44 @@ def step_times(pair: tuple[str, str], size: dict, steps: int, warmup: int) -> li
             if index >= warmup:
                 times[which].append(time.perf_counter() - start)
     return [sorted(t)[len(t) // 2] for t in times]
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    q1, median, q3 = statistics.quantiles(values, n=4)
+    return q1, statistics.median(values), q3
+
+
+def trained_parameters(case: str, size: dict, device) -> int:  # noqa: ANN001
+    """Parameters that get a gradient in one step of `case` (timm's ViT keeps a classifier head
+    that MAE never uses; counting it would compare unequal things)."""
+    model, step = build_case(case, size, device)
+    step().backward()
+    return sum(p.numel() for p in model.parameters() if p.grad is not None)
+
+
+def mae_step_figures(size: dict, steps: int, warmup: int, device) -> dict:  # noqa: ANN001
+    """Our MAE step against Hugging Face's, strictly alternating (ours, theirs, ours, ...), so
+    that both see the same machine load: medians, quartiles and the per-pair ratios."""
+    pair = ("mae_omnimask", "mae_transformers")
+    steppers = [trainer(case, size, device) for case in pair]
+    times: list[list[float]] = [[], []]
+    for index in range(warmup + steps):
+        for which, train_step in enumerate(steppers):
+            synchronize(device)
+            start = time.perf_counter()
+            train_step()
+            synchronize(device)
+            if index >= warmup:
+                times[which].append(time.perf_counter() - start)
+    ours, theirs = quartiles(times[0]), quartiles(times[1])
+    ratios = quartiles([a / b for a, b in zip(*times)])
+    return {
+        "value": ours[1], "peer_value": theirs[1], "ratio": ours[1] / theirs[1],
+        "quartiles": [ours[0], ours[2]], "peer_quartiles": [theirs[0], theirs[2]],
+        "pair_ratio_median": ratios[1], "pair_ratio_quartiles": [ratios[0], ratios[2]],
+        "steps": steps, "params": trained_parameters(pair[0], size, device),
+        "peer_params": trained_parameters(pair[1], size, device),
+    }  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,43 +353,57 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--paper", action="store_true", help="ViT-B/16 and ResNet-50 at 224 px")
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--mae-steps", type=int, default=30, help="timed MAE steps per side")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--batch", type=int, help="override the batch size")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch default)")
     parser.add_argument("--case", choices=CASES, help=argparse.SUPPRESS)  # child process
-    parser.add_argument(
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--mae-only", action="store_true", help="only MAE against Hugging Face")
+    only.add_argument(
         "--spark-backends", action="store_true", help="only SparK masked dense vs spconv vs dense"
     )
     args = parser.parse_args()
     size = dict(PAPER if args.paper else SMALL)
     if args.batch:
         size["batch"] = args.batch
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.case:
         print(json.dumps({"peak_memory_mb": peak_memory(args.case, size, args.warmup + 1)}))
         return
     if args.spark_backends:
         spark_backend_figures(size, args.steps, args.warmup)
         return
-    import torch
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    results: dict[str, dict[str, float]] = {case: {} for case in CASES}
-    for pair in (CASES[:2], CASES[2:]):
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cases = CASES[:2] if args.mae_only else CASES
+    results: dict[str, dict[str, float]] = {case: {} for case in cases}
+    mae = mae_step_figures(size, args.mae_steps, args.warmup, device)
+    if not args.mae_only:
+        pair = CASES[2:]
         for case, seconds in zip(pair, step_times(pair, size, args.steps, args.warmup)):
             results[case]["step_time_s"] = seconds
-    for case in CASES:
+    for case in cases:
         command = [sys.executable, __file__, "--case", case, "--warmup", str(args.warmup)]
-        command += ["--batch", str(size["batch"])] + (["--paper"] if args.paper else [])
+        command += ["--batch", str(size["batch"]), "--threads", str(args.threads)]
+        command += ["--paper"] if args.paper else []
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         results[case].update(json.loads(output.strip().splitlines()[-1]))
     setting = {key: size[key] for key in ("image", "patch", "width", "depth", "batch")}
+    setting.update(device=device.type, threads=torch.get_num_threads())
 
     def emit(figure: str, value: float, **extra: object) -> None:
         print(json.dumps({"bench": "vision", "figure": figure, "value": value, **extra}))
 
-    for metric in ("step_time_s", "peak_memory_mb"):
-        ours, theirs = results["mae_omnimask"][metric], results["mae_transformers"][metric]
-        emit(f"mae_{metric}", ours, peer="transformers.ViTMAEForPreTraining", peer_value=theirs,
-             ratio=ours / theirs, device=device, **setting)  # fmt: skip
+    peer = "transformers.ViTMAEForPreTraining (sdpa)"
+    emit("mae_step_time_s", peer=peer, target_ratio=0.9, **mae, **setting)
+    ours, theirs = results["mae_omnimask"]["peak_memory_mb"], results["mae_transformers"]
+    emit("mae_peak_memory_mb", ours, peer=peer, peer_value=theirs["peak_memory_mb"],
+         ratio=ours / theirs["peak_memory_mb"], **setting)  # fmt: skip
+    if args.mae_only:
+        return
     for metric in ("step_time_s", "peak_memory_mb"):
         sparse, dense = results["spark_masked_dense"][metric], results["cnn_dense"][metric]
         emit(f"spark_masked_dense_{metric}", sparse, peer=f"{size['cnn']} dense, full image",
