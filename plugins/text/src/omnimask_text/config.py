@@ -37,13 +37,20 @@ class CorpusConfig:
 class MaskConfig:
     """Which tokens are predicted and how the selected ones are corrupted."""
 
-    strategy: str = "token"  # token | whole_word | span (SpanBERT) | ngram (ERNIE-Gram)
+    # token | whole_word | span (SpanBERT) | ngram (contiguous n-grams, P(n) ∝ 1/n)
+    # | explicit_ngram (ERNIE-Gram: lexicon n-grams collapsed to one [MASK], identity predicted)
+    strategy: str = "token"
     ratio: float = 0.15
     mask_prob: float = 0.8  # selected tokens -> [MASK]
     random_prob: float = 0.1  # selected tokens -> a random token (the rest stay unchanged)
     span_p: float = 0.2  # SpanBERT: span length in words ~ Geometric(p), clipped at max_span
     max_span: int = 10
-    max_ngram: int = 3  # ERNIE-Gram: n-gram length n in 1..max_ngram with weight 1/n
+    max_ngram: int = 3  # longest n-gram: ngram draws n in 1..max_ngram with weight 1/n
+    # explicit_ngram: a lexicon file (lexicon.py), or None to build one from the corpus by the
+    # T-test (cached; building the dataset pins this to the file, like vocab.path)
+    lexicon: str | None = None
+    lexicon_size: int = 2000  # n-grams kept, by decreasing t
+    lexicon_min_count: int = 5  # rarer n-grams are not considered
 
 
 @dataclass

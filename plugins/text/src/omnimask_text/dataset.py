@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from omnimask.data import check_data_path
 from tokenizers import Tokenizer
@@ -30,10 +31,14 @@ from omnimask_text.corpus import (
     read_corpus,
     read_labelled,
 )
+from omnimask_text.lexicon import NgramLexicon, build_lexicon
+from omnimask_text.models.build import SpecialIds
 from omnimask_text.vocab import (
     CLS,
     SEP,
+    cached_lexicon_path,
     cached_tokenizer_path,
+    continuation_flags,
     corpus_key,
     load_tokenizer,
     save_atomically,
@@ -67,6 +72,45 @@ def tokenizer_path(config: MLMConfig) -> Path:
         logger.info("training a WordPiece vocabulary on %d documents -> %s", len(documents), path)
         save_atomically(train_wordpiece([d.text for d in documents], config.vocab), path)
     return path
+
+
+def lexicon_path(config: MLMConfig) -> Path:
+    """The n-gram lexicon file of `config` (explicit n-gram masking), built by the T-test on the
+    tokenized corpus and cached when `mask.lexicon` is unset. Keyed by the corpus files, the
+    vocabulary and the lexicon settings."""
+    if config.mask.lexicon:
+        return Path(config.mask.lexicon)
+    tokenizer = resolve_tokenizer(config)
+    files = corpus_files(corpus_path(config), config.corpus.split)
+    mask = config.mask
+    settings = f"{mask.lexicon_size}/{mask.lexicon_min_count}/{mask.max_ngram}"
+    key = corpus_key(files, config.vocab, f"{config.corpus.field}/{settings}")
+    path = cached_lexicon_path(f"{key}-{vocabulary_digest(tokenizer):x}")
+    if not path.exists():
+        documents = read_corpus(
+            corpus_path(config), config.corpus.field, config.data.on_bad_sample, config.corpus.split
+        )
+        # The whole document, framed once: n-grams are counted within documents.
+        chunks, _ = tokenize_documents(tokenizer, [d.text for d in documents], 1 << 40)
+        special = np.zeros(tokenizer.get_vocab_size(), dtype=bool)
+        special[SpecialIds.of(tokenizer).all()] = True
+        lexicon = build_lexicon(
+            chunks,
+            special,
+            np.array(continuation_flags(tokenizer)),
+            vocabulary_digest(tokenizer),
+            mask.lexicon_size,
+            mask.lexicon_min_count,
+            mask.max_ngram,
+        )
+        logger.info("built an n-gram lexicon of %d entries -> %s", len(lexicon), path)
+        lexicon.save(path)
+    return path
+
+
+def load_lexicon(config: MLMConfig, tokenizer: Tokenizer) -> NgramLexicon:
+    path = lexicon_path(config)
+    return NgramLexicon.load(path, tokenizer.get_vocab_size(), vocabulary_digest(tokenizer))
 
 
 def split_into_chunks(ids: Sequence[int], body: int) -> list[list[int]]:

@@ -1,5 +1,6 @@
 """`omnimask visualize` for text: a PNG table of sample rows, their masked input and the top
-predictions at the masked positions (MLM), or the replaced tokens and the discriminator's
+predictions at the masked positions (MLM; an n-gram collapsed into one [MASK] shows as its words
+joined by `_`), or the replaced tokens and the discriminator's
 verdicts (ELECTRA)."""
 
 from __future__ import annotations
@@ -54,11 +55,26 @@ def _draw_table(
     return path
 
 
+def label_names(model: MaskedModel) -> list[str]:
+    """Names of the prediction classes: the vocabulary, then (explicit n-gram MLM) each lexicon
+    n-gram as its words joined by `_` (WordPiece `##` pieces glued to their word)."""
+    vocabulary = model.tokenizer.id_to_token
+    table = getattr(model.decoder, "ngram_ids", None)
+    if table is None:
+        return vocabulary
+    ngrams = []
+    for row in table.tolist():
+        pieces = [vocabulary[i] for i in row if i >= 0]
+        ngrams.append("_".join(pieces).replace("_##", ""))
+    return vocabulary + ngrams
+
+
 @torch.no_grad()
 def mlm_figure(model: MaskedModel, batch: Batch, path: Path) -> Path:
     output = model.predict(batch, torch.Generator().manual_seed(0))
-    vocabulary = model.tokenizer.id_to_token
+    vocabulary, names = model.tokenizer.id_to_token, label_names(model)
     ids, mask = output.tokens.values.cpu(), output.mask.cpu()
+    targets = output.target.cpu()
     corrupted = output.tokens.extras["corrupted_ids"].cpu()
     top = output.prediction.float().topk(3, dim=-1).indices.cpu()  # [M, 3], row-major over mask
     slot = torch.full(mask.shape, -1, dtype=torch.long)
@@ -68,11 +84,11 @@ def mlm_figure(model: MaskedModel, batch: Batch, path: Path) -> Path:
         real = int((~output.tokens.padding[row]).sum())
         original, masked, predicted = [], [], []
         for i in _window(mask[row], real):
-            token = vocabulary[ids[row, i]]
+            token = names[targets[row, i]] if mask[row, i] else vocabulary[ids[row, i]]
             original.append(token)
             masked.append(f"[{vocabulary[corrupted[row, i]]}]" if mask[row, i] else token)
             if mask[row, i]:
-                guesses = "/".join(vocabulary[t] for t in top[slot[row, i]].tolist())
+                guesses = "/".join(names[t] for t in top[slot[row, i]].tolist())
                 predicted.append(f"{token}->{guesses}")
         rows.append((_join(original), _join(masked), "\n".join(predicted[:12])))
     headers = ("original", "masked input ([...] = selected)", "target -> top-3 predictions")

@@ -1,4 +1,5 @@
-"""Which tokens MLM predicts, and how they are corrupted: BERT, whole-word, SpanBERT, n-gram.
+"""Which tokens MLM predicts, and how they are corrupted: BERT, whole-word, SpanBERT, n-gram
+(contiguous, and ERNIE-Gram's explicit n-grams).
 
 Selection works on *units*: single tokens (BERT), whole words (a token plus its `##`
 continuations), or runs of whole words (SpanBERT spans, ERNIE-Gram n-grams). Units are picked in
@@ -7,19 +8,27 @@ padding tokens are never picked, and a word is never split. Each selected token 
 by [MASK] (80%), a random regular token (10%) or kept (10%), as in BERT; the model predicts the
 original token at every selected position. All randomness comes from the passed generator.
 
+ERNIE-Gram's explicit strategy (`explicit_ngram`) differs in kind: the units are the n-grams of
+a lexicon (`lexicon.py`, found by maximum matching) and the remaining whole words; a selected
+n-gram is collapsed into ONE [MASK] (its other tokens are removed from the input) and the model
+predicts the n-gram's identity, while selected words get BERT's 80/10/10 and are predicted
+token by token.
+
 The core's `random_mask` picks a fixed count over *all* tokens of a row; MLM needs counts over the
 eligible tokens only and whole-unit selection, hence these functions.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from omnimask import Tokens
 from torch import Tensor, nn
 
 from omnimask_text.config import MaskConfig
+from omnimask_text.lexicon import NgramLexicon
 
-STRATEGIES = ("token", "whole_word", "span", "ngram")
+STRATEGIES = ("token", "whole_word", "span", "ngram", "explicit_ngram")
 
 
 def selection_budget(eligible: Tensor, ratio: float) -> Tensor:
@@ -124,6 +133,8 @@ class MLMMasker(nn.Module):
             or config.mask_prob + config.random_prob > 1
         ):
             raise ValueError("mask.mask_prob and mask.random_prob must be >= 0 and sum to <= 1")
+        if config.strategy == "explicit_ngram" and not isinstance(self, ExplicitNgramMasker):
+            raise ValueError("mask.strategy 'explicit_ngram' needs an ExplicitNgramMasker")
         self.config = config
         self.mask_id = mask_id
         vocab_size = len(continuation)
@@ -153,18 +164,81 @@ class MLMMasker(nn.Module):
             return select_units(eligible, starts, budget, generator)
         return select_spans(eligible, starts, budget, self.length_weights, generator)
 
-    def corrupt(self, tokens: Tokens, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """(selected `[B, N]` bool, corrupted ids `[B, N]`), both on the CPU."""
-        ids = tokens.values.cpu()
-        padding = tokens.padding.cpu() if tokens.padding is not None else None
-        selected = self.select(ids, padding, generator)
+    def replace(self, ids: Tensor, selected: Tensor, generator: torch.Generator) -> Tensor:
+        """BERT's 80/10/10: selected ids -> [MASK], a random regular token, or unchanged."""
         draw = torch.rand(ids.shape, generator=generator)
         pick = torch.randint(len(self.regular_ids), ids.shape, generator=generator)
         to_mask = selected & (draw < self.config.mask_prob)
         to_random = selected & ~to_mask & (draw < self.config.mask_prob + self.config.random_prob)
         corrupted = torch.where(to_mask, self.mask_id, ids)
-        corrupted = torch.where(to_random, self.regular_ids[pick], corrupted)
-        return selected, corrupted
+        return torch.where(to_random, self.regular_ids[pick], corrupted)
+
+    def corrupt(self, tokens: Tokens, generator: torch.Generator) -> tuple[Tensor, ...]:
+        """(selected `[B, N]` bool, corrupted ids `[B, N]`), both on the CPU."""
+        ids = tokens.values.cpu()
+        padding = tokens.padding.cpu() if tokens.padding is not None else None
+        selected = self.select(ids, padding, generator)
+        return selected, self.replace(ids, selected, generator)
 
     def forward(self, tokens: Tokens, generator: torch.Generator) -> Tensor:
         return self.corrupt(tokens, generator)[0]
+
+
+class ExplicitNgramMasker(MLMMasker):
+    """ERNIE-Gram's explicitly n-gram masking.
+
+    Units are the lexicon n-grams found by maximum matching plus the other whole words; they
+    are picked in random order until `ratio` of the real tokens is covered (an n-gram counts
+    its n tokens). `corrupt` returns `(selected, corrupted, ngram_index, removed)`:
+    `ngram_index` is the lexicon index at the first token of each selected n-gram (-1
+    elsewhere), where `corrupted` holds the one [MASK] that stands for the whole n-gram, and
+    `removed` marks the n-gram's other tokens, which the model drops from its input. Selected
+    words outside n-grams get BERT's 80/10/10.
+    """
+
+    def __init__(
+        self,
+        config: MaskConfig,
+        special_ids: list[int],
+        mask_id: int,
+        continuation: list[bool],
+        lexicon: NgramLexicon,
+    ) -> None:
+        super().__init__(config, special_ids, mask_id, continuation)
+        self.lexicon = lexicon
+        self.ngram_lengths = torch.tensor([len(g) for g in lexicon.ngrams] or [0])
+
+    def extra_repr(self) -> str:
+        lexicon = f"lexicon={len(self.lexicon)} n-grams (n <= {self.lexicon.max_n})"
+        return f"{super().extra_repr()}, {lexicon}"
+
+    def segment(self, ids: Tensor, eligible: Tensor) -> Tensor:
+        """Lexicon index at the first token of every matched n-gram, -1 elsewhere `[B, N]`."""
+        word_start = ~self.is_continuation[ids]
+        rows = [
+            self.lexicon.segment(row_ids.numpy(), row_eligible.numpy(), row_start.numpy())
+            for row_ids, row_eligible, row_start in zip(ids, eligible, word_start)
+        ]
+        if not rows:
+            return torch.empty(ids.shape, dtype=torch.long)
+        return torch.from_numpy(np.stack(rows))
+
+    def corrupt(self, tokens: Tokens, generator: torch.Generator) -> tuple[Tensor, ...]:
+        ids = tokens.values.cpu()
+        eligible = ~self.is_special[ids]
+        if tokens.padding is not None:
+            eligible &= ~tokens.padding.cpu()
+        ngram_at = self.segment(ids, eligible)
+        first = ngram_at >= 0
+        length_at = torch.where(first, self.ngram_lengths[ngram_at.clamp_min(0)], 0)
+        inside = torch.zeros_like(first)  # an n-gram's tokens after its first
+        for offset in range(1, self.lexicon.max_n):
+            inside[:, offset:] |= length_at[:, :-offset] > offset
+        starts = unit_starts(eligible, self.is_continuation[ids]) & ~inside
+        budget = selection_budget(eligible, self.config.ratio)
+        selected = select_units(eligible, starts, budget, generator)
+        collapsed = selected & first
+        corrupted = self.replace(ids, selected & ~first & ~inside, generator)
+        corrupted = torch.where(collapsed, self.mask_id, corrupted)
+        ngram_index = torch.where(collapsed, ngram_at, -1)
+        return selected, corrupted, ngram_index, selected & inside

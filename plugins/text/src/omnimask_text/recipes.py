@@ -1,4 +1,4 @@
-"""`text/mlm` (BERT, whole-word, SpanBERT, ERNIE-Gram n-gram, MosaicBERT-style) and
+"""`text/mlm` (BERT, whole-word, SpanBERT, n-gram, ERNIE-Gram explicit n-gram, MosaicBERT-style) and
 `text/electra`: typed configs, presets, and the factory that builds everything from a config."""
 
 from __future__ import annotations
@@ -16,13 +16,16 @@ from omnimask_text.dataset import (
     build_labelled,
     build_text_dataset,
     collate_rows,
+    lexicon_path,
+    load_lexicon,
     resolve_tokenizer,
     tokenizer_path,
 )
-from omnimask_text.masking import MLMMasker
+from omnimask_text.masking import ExplicitNgramMasker, MLMMasker
 from omnimask_text.models.build import SpecialIds, build_mlm
 from omnimask_text.models.common import HFEncoder, TextTokenizer
 from omnimask_text.models.mlm import MLMHead, MLMModel, TokenIdTarget, head_parts
+from omnimask_text.models.ngram import ExplicitNgramModel, JointLabelTarget, JointMLMHead
 from omnimask_text.vocab import continuation_flags, vocabulary_digest
 
 
@@ -95,10 +98,28 @@ def mlm_spanbert() -> MLMConfig:
     return config
 
 
-def mlm_ernie_gram() -> MLMConfig:
-    """ERNIE-Gram-style n-gram masking (n <= 3, P(n) ∝ 1/n) on BERT-base."""
+def mlm_ngram() -> MLMConfig:
+    """Contiguous n-gram masking (whole-word n-grams, n <= 3, P(n) ∝ 1/n) on BERT-base: the
+    implicit baseline ERNIE-Gram compares against."""
     config = mlm_paper()
     config.mask.strategy = "ngram"
+    return config
+
+
+def mlm_ernie_gram() -> MLMConfig:
+    """ERNIE-Gram's explicitly n-gram MLM on BERT-base: a T-test lexicon of 300K n-grams
+    (n <= 3, the English lexicon size of the paper), each masked n-gram collapsed into one
+    [MASK] that predicts the n-gram's identity; 15% of tokens."""
+    config = mlm_paper()
+    config.mask.strategy = "explicit_ngram"
+    config.mask.lexicon_size = 300_000
+    return config
+
+
+def mlm_demo_ernie_gram() -> MLMConfig:
+    """The demo with explicit n-gram masking (a 2000-entry lexicon of the embedded corpus)."""
+    config = mlm_demo()
+    config.mask.strategy = "explicit_ngram"
     return config
 
 
@@ -147,13 +168,22 @@ class TextRecipe(Recipe):
     electra: ClassVar[bool] = False
 
     def text_parts(self, config: MLMConfig) -> tuple[TextTokenizer, MLMMasker, SpecialIds, int]:
+        """The tokenizer module, the masker (with its lexicon for explicit n-grams), the special
+        ids and the vocabulary size."""
         tokenizer = resolve_tokenizer(config)
         special = SpecialIds.of(tokenizer)
         vocabulary = [tokenizer.id_to_token(i) for i in range(tokenizer.get_vocab_size())]
         text_tokenizer = TextTokenizer(
             special.pad, vocabulary_digest(tokenizer), str(tokenizer_path(config)), vocabulary
         )
-        masker = MLMMasker(config.mask, special.all(), special.mask, continuation_flags(tokenizer))
+        continuation = continuation_flags(tokenizer)
+        if config.mask.strategy == "explicit_ngram":
+            lexicon = load_lexicon(config, tokenizer)
+            masker = ExplicitNgramMasker(
+                config.mask, special.all(), special.mask, continuation, lexicon
+            )
+        else:
+            masker = MLMMasker(config.mask, special.all(), special.mask, continuation)
         return text_tokenizer, masker, special, tokenizer.get_vocab_size()
 
     def build_dataset(self, config: MLMConfig) -> Dataset:
@@ -164,6 +194,8 @@ class TextRecipe(Recipe):
         Face's WordPiece trainer, which breaks frequency ties differently from run to run,
         never has to be re-run for an existing run."""
         config.vocab.path = str(tokenizer_path(config))
+        if config.mask.strategy == "explicit_ngram":
+            config.mask.lexicon = str(lexicon_path(config))
         return build_text_dataset(config)
 
     def collate(self, samples: list[dict[str, Any]]) -> Batch:
@@ -189,20 +221,33 @@ class TextRecipe(Recipe):
 
 class MLMRecipe(TextRecipe):
     name = "text/mlm"
-    summary = "masked language modelling: BERT 80/10/10, whole-word, SpanBERT, n-gram, MosaicBERT"
+    summary = (
+        "masked language modelling: BERT 80/10/10, whole-word, SpanBERT, n-gram, "
+        "ERNIE-Gram explicit n-gram, MosaicBERT"
+    )
     presets = {
         "demo": mlm_demo,
         "demo_modernbert": mlm_demo_modernbert,
         "paper": mlm_paper,
         "whole_word": mlm_whole_word,
         "spanbert": mlm_spanbert,
+        "ngram": mlm_ngram,
         "ernie_gram": mlm_ernie_gram,
+        "demo_ernie_gram": mlm_demo_ernie_gram,
         "mosaic": mlm_mosaic,
     }
 
     def build_model(self, config: MLMConfig) -> MaskedModel:
         text_tokenizer, masker, special, vocab_size = self.text_parts(config)
         mlm = build_mlm(config.model, vocab_size, special)
+        if isinstance(masker, ExplicitNgramMasker):
+            return ExplicitNgramModel(
+                text_tokenizer,
+                masker,
+                HFEncoder(mlm.base_model, special.mask),
+                JointMLMHead(head_parts(mlm), masker.lexicon, config.model.hidden),
+                JointLabelTarget(vocab_size),
+            )
         return MLMModel(
             text_tokenizer,
             masker,

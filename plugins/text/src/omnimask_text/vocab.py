@@ -76,6 +76,10 @@ def cached_tokenizer_path(key: str) -> Path:
     return default_data_dir("text") / "tokenizers" / f"wordpiece-{key}.json"
 
 
+def cached_lexicon_path(key: str) -> Path:
+    return default_data_dir("text") / "lexicons" / f"ngrams-{key}.json"
+
+
 def save_atomically(tokenizer: Tokenizer, path: Path) -> None:
     """Write to a temporary file and rename: concurrent processes never read half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -130,20 +130,20 @@ class TextMaskedModel(MaskedModel):
     @torch.compiler.disable
     def draw_corruption(
         self, tokens: Tokens, batch: Batch, generator: torch.Generator | None
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, ...]:
+        """The masker's `corrupt` fields (selected mask, corrupted ids, ...), drawn per sample."""
         if generator is None:
             generator = torch.Generator().manual_seed(0)
         sample_ids = batch.get("sample_id")
         if sample_ids is None:
-            mask, ids = self.masker.corrupt(tokens, generator)
+            fields = self.masker.corrupt(tokens, generator)
         else:
             rows = [
                 self.masker.corrupt(tokens.rows(slice(row, row + 1)), row_generator)
                 for row, row_generator in enumerate(sample_generators(sample_ids, generator))
             ]
-            mask = torch.cat([m for m, _ in rows])
-            ids = torch.cat([i for _, i in rows])
-        return mask.to(tokens.device), ids.to(tokens.device)
+            fields = tuple(torch.cat(parts) for parts in zip(*rows))
+        return tuple(field.to(tokens.device) for field in fields)
 
     def draw_mask(self, tokens: Tokens, batch: Batch, generator: torch.Generator | None) -> Tensor:
         return self.draw_corruption(tokens, batch, generator)[0]
@@ -152,6 +152,6 @@ class TextMaskedModel(MaskedModel):
         self, batch: Batch, generator: torch.Generator | None
     ) -> tuple[Tokens, Tensor]:
         tokens = self.tokenizer(batch)
-        mask, ids = self.draw_corruption(tokens, batch, generator)
+        mask, ids = self.draw_corruption(tokens, batch, generator)[:2]
         extras = {**tokens.extras, "corrupted_ids": ids}
         return dataclasses.replace(tokens, extras=extras), mask
