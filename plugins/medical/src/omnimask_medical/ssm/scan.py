@@ -6,10 +6,11 @@ The recurrence, per batch b, channel d and state n (`mamba_ssm`'s `selective_sca
     y_t = <C_t, h_t> + D * u_t          (then y_t * silu(z_t) when a gate z is given)
 
 A step-by-step loop costs L rounds of small tensor ops, which on a CPU is dominated by per-op
-overhead. `selective_scan` cuts the sequence into chunks of `chunk` steps and runs
+overhead. `chunked_selective_scan` cuts the sequence into chunks of about sqrt(L) / 2 steps and
+runs
 
 1. the recurrence inside every chunk at once, each from a zero state, keeping only the state
-   each chunk ends in: a loop over the `chunk` positions, each step vectorised over all chunks;
+   each chunk ends in: a loop over the chunk's positions, each step vectorised over all chunks;
 2. the chunk-to-chunk carry, `enter_c = decay_{c-1} * enter_{c-1} + end_{c-1}`, where `decay_c`
    is the product of the chunk's step decays (exp of a sum of log-decays, always <= 1): a loop
    over L / chunk small tensors;
@@ -17,11 +18,12 @@ overhead. `selective_scan` cuts the sequence into chunks of `chunk` steps and ru
 
 That is `2 * chunk + L / chunk` Python steps instead of L (about 380 instead of 16k at L = 16k),
 each on tensors `L / chunk` times larger, with no exponential of a positive number anywhere, so
-it stays finite for any length and step size. `ChunkedLinearScan` runs the same three passes in
-reverse for the backward. The arithmetic is the recurrence's own, so on a CPU the gain is the
-per-step overhead saved, and that the large steps use all cores (the step-by-step loop's small
-tensors run on one). On CUDA with `mamba_ssm` installed, its fused kernel is used instead (same
-signature and semantics).
+it stays finite for any length and step size. Each step's decays and drives are formed when
+they are used and never stored for the whole sequence (only the states are, for the backward),
+so they stay in cache: `[L, d, n]` tensors cost memory traffic and, on a CPU, first-touch page
+faults that take as long as the exponentials. `ChunkedSelectiveScan` runs the same three passes
+in reverse for the backward and reduces each step's gradients on the spot. On CUDA with
+`mamba_ssm` installed, its fused kernel is used instead (same signature and semantics).
 """
 
 from __future__ import annotations
@@ -32,8 +34,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-DEFAULT_CHUNK = 64
 
 
 def mamba_ssm_available() -> bool:
@@ -100,80 +100,125 @@ def _finish(y: Tensor, u: Tensor, D: Tensor | None, z: Tensor | None) -> Tensor:
     return y
 
 
-def _readout(states: Tensor, c: Tensor) -> Tensor:
-    """`<C_t, h_t>` for one step: states `[b, d, chunks, n]`, c `[b, d or 1, chunks, n]`."""
-    if c.shape[1] == 1:  # one C for all channels: a batched matrix-vector product
-        return torch.einsum("bdcn,bcn->bdc", states, c.squeeze(1))
-    return (states * c).sum(-1)
+def _choose_chunk(length: int) -> int:
+    """About sqrt(L) / 2 steps per chunk, a power of two in [16, 64]: the Python steps
+    (`2 * chunk + L / chunk`) stay few while each step's tensors stay large enough to amortise
+    the per-op overhead (measured on CPU: 16 is best at 1k steps, 32 at 4k, 64 at 16k)."""
+    return int(min(64, max(16, 2 ** round(math.log2(max(1.0, math.sqrt(length) / 2))))))
 
 
-class ChunkedLinearScan(torch.autograd.Function):
-    """`h_t = a_t h_{t-1} + b_t`, `y_t = <c_t, h_t>` over step-major chunked tensors
-    `[chunk, b, d, chunks, n]` (c may have 1 channel), with its own backward.
+def _contract_states(x: Tensor, y: Tensor) -> Tensor:
+    """`sum_n x * y` for x `[b, c, d, n]`, y `[b, c, d or 1, n]` -> `[b, c, d]`; a shared y is a
+    batched matrix-vector product (no broadcast copy)."""
+    if y.shape[-2] == 1:
+        return torch.matmul(x, y.transpose(-1, -2)).squeeze(-1)
+    return (x * y).sum(-1)
 
-    Backward is the same chunked scan run in reverse on `q_t = a_t g_t`, where `g_t = dL/dh_t`:
-    `g_t = c_t dy_t + q_{t+1}` and `q_t = a_t g_t`; then `dL/db_t = g_t`,
-    `dL/da_t = g_t h_{t-1}` and `dL/dc_t = sum_d dy_t h_t`. Autograd through the loops would
-    instead keep and revisit a graph node per operation per step, about twice the memory traffic.
-    `chunk_decay` (the product of each chunk's `a`) only speeds up the carry and gets no gradient.
+
+def _reduce_channels(x: Tensor, w: Tensor, groups: int) -> Tensor:
+    """The gradient of a B or C `[b, c, g, n]` (g = 1 or d) used as `w[..., None] * B`:
+    `sum_d w * x` for g = 1, `w * x` per channel otherwise."""
+    if groups == 1:
+        return torch.matmul(w.unsqueeze(-2), x)
+    return x * w.unsqueeze(-1)
+
+
+def _scan_forward(
+    delta: Tensor, scaled_u: Tensor, A: Tensor, B: Tensor, C: Tensor, keep_states: bool
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """The three passes over step-major inputs (delta and delta * u `[chunk, b, c, d, 1]`,
+    A `[d, n]`, B and C `[chunk, b, c, g, n]`): (y `[chunk, b, c, d]`, the state after the last
+    step `[b, d, n]`, and when `keep_states` every state `[chunk, b, c, d, n]` and the state
+    entering each chunk `[b, c, d, n]`)."""
+    steps, batch, chunks, channels, _ = delta.shape
+    shape = (batch, chunks, channels, A.shape[1])
+    # The decays are recomputed in pass 3 rather than stored: on a CPU, writing a full-size
+    # buffer (first-touch page faults) costs as much as the exponentials it saves.
+    decay, drive = delta.new_empty(shape), delta.new_empty(shape)
+
+    def step(t: int, state: Tensor, out: Tensor) -> Tensor:
+        torch.mul(delta[t], A, out=decay).exp_()
+        torch.mul(scaled_u[t], B[t], out=drive)
+        return torch.addcmul(drive, decay, state, out=out)
+
+    # 1. Each chunk from a zero state: the state it ends in.
+    local_end = delta.new_zeros(shape)
+    for t in range(steps):
+        step(t, local_end, out=local_end)
+    # 2. The state entering each chunk, chunk by chunk.
+    chunk_decay = torch.exp(delta.sum(0) * A)
+    entering = torch.zeros_like(local_end)
+    for c in range(1, chunks):
+        torch.addcmul(
+            local_end[:, c - 1], chunk_decay[:, c - 1], entering[:, c - 1], out=entering[:, c]
+        )
+    # 3. Every chunk again from its entering state, reading out y.
+    states = delta.new_empty(steps, *shape) if keep_states else None
+    outputs = delta.new_empty(steps, batch, chunks, channels)
+    state = entering
+    for t in range(steps):
+        state = step(t, state, out=state if states is None else states[t])
+        outputs[t] = _contract_states(state, C[t])
+    return outputs, state[:, -1], states, entering if keep_states else None
+
+
+class ChunkedSelectiveScan(torch.autograd.Function):
+    """`_scan_forward` with its own backward, which returns the gradients of the step-major
+    inputs directly (the backward of `h_t = exp(delta_t A) h_{t-1} + delta_t u_t B_t`).
+
+    With `g_t = dL/dh_t = dy_t C_t + exp(delta_{t+1} A) g_{t+1}`, the same three chunked passes
+    run in reverse for g; then per step `dL/d(delta u)_t = <g_t, B_t>`, `dL/dB_t = sum_d g_t
+    (delta u)_t`, `dL/dC_t = sum_d dy_t h_t`, and with `e_t = g_t h_{t-1} exp(delta_t A)`:
+    `dL/ddelta_t = <e_t, A>`, `dL/dA = sum_t e_t delta_t`. Every per-step tensor is formed and
+    reduced while it is in cache; autograd through the loops would instead materialise the
+    full `[L, d, n]` decays and drives and their gradients and revisit a graph node per step.
     """
 
     @staticmethod
-    def forward(ctx, decay: Tensor, drive: Tensor, readout: Tensor, chunk_decay: Tensor):  # noqa: ANN001, ANN205
-        steps = decay.shape[0]
-        # 1. Each chunk from a zero state: the state it ends in.
-        local_end = drive[0]
-        for t in range(1, steps):
-            local_end = torch.addcmul(drive[t], decay[t], local_end)
-        # 2. The state entering each chunk.
-        entering = torch.zeros_like(local_end)
-        for c in range(1, entering.shape[2]):
-            entering[:, :, c] = chunk_decay[:, :, c - 1] * entering[:, :, c - 1]
-            entering[:, :, c] += local_end[:, :, c - 1]
-        # 3. Every chunk again from its entering state, keeping the states for backward.
-        states = torch.empty_like(drive)
-        outputs = drive.new_empty(drive.shape[:-1])
-        state = entering
-        for t in range(steps):
-            state = torch.addcmul(drive[t], decay[t], state, out=states[t])
-            outputs[t] = _readout(state, readout[t])
-        ctx.save_for_backward(decay, readout, chunk_decay, states, entering)
-        return outputs, states[-1, :, :, -1]
+    def forward(ctx, delta: Tensor, scaled_u: Tensor, A: Tensor, B: Tensor, C: Tensor):  # noqa: ANN001, ANN205
+        outputs, last, states, entering = _scan_forward(delta, scaled_u, A, B, C, True)
+        ctx.save_for_backward(delta, scaled_u, A, B, C, states, entering)
+        return outputs, last
 
     @staticmethod
     def backward(ctx, grad_outputs: Tensor, grad_last: Tensor):  # noqa: ANN001, ANN205
-        decay, readout, chunk_decay, states, entering = ctx.saved_tensors
-        steps, chunks = decay.shape[0], decay.shape[3]
-        shared = readout.shape[2] == 1
+        delta, scaled_u, A, B, C, states, entering = ctx.saved_tensors
+        steps, chunks = delta.shape[0], delta.shape[2]
+        decay = torch.empty_like(entering)
 
-        def direct(t: int) -> Tensor:  # c_t dy_t, the loss's own pull on h_t
-            return grad_outputs[t].unsqueeze(-1) * readout[t]
+        def decay_at(t: int) -> Tensor:  # recomputed, as in forward
+            return torch.mul(delta[t], A, out=decay).exp_()
 
-        # 1. Each chunk from a zero future: what reaches its first step, q at t = 0.
-        local_start = decay[-1] * direct(steps - 1)
-        for t in range(steps - 2, -1, -1):
-            local_start = decay[t] * (direct(t) + local_start)
-        # 2. What enters each chunk from the next one (the last chunk also gets dL/dh_last).
-        incoming = torch.zeros_like(local_start)
-        incoming[:, :, -1] = grad_last
-        for c in range(chunks - 2, -1, -1):
-            incoming[:, :, c] = chunk_decay[:, :, c + 1] * incoming[:, :, c + 1]
-            incoming[:, :, c] += local_start[:, :, c + 1]
-        # 3. Every chunk again from its incoming gradient.
-        grad_drive = torch.empty_like(states)
-        grad_decay = torch.empty_like(states)
-        grad_readout = torch.empty_like(readout)
-        passed = incoming
+        def pull(t: int, passed: Tensor) -> Tensor:  # g_t: dy_t C_t plus what the future passes
+            return torch.addcmul(passed, grad_outputs[t].unsqueeze(-1), C[t])
+
+        # 1. Each chunk from a zero future: what its first step passes to the step before.
+        local_start = torch.zeros_like(entering)
         for t in range(steps - 1, -1, -1):
-            total = torch.add(direct(t), passed, out=grad_drive[t])
-            before = states[t - 1] if t > 0 else entering
-            torch.mul(total, before, out=grad_decay[t])
-            passed = decay[t] * total
-            if shared:
-                grad_readout[t, :, 0] = torch.einsum("bdc,bdcn->bcn", grad_outputs[t], states[t])
-            else:
-                torch.mul(grad_outputs[t].unsqueeze(-1), states[t], out=grad_readout[t])
-        return grad_decay, grad_drive, grad_readout, None
+            torch.mul(decay_at(t), pull(t, local_start), out=local_start)
+        # 2. What enters each chunk from the next one (the last one also gets dL/dh_last).
+        chunk_decay = torch.exp(delta.sum(0) * A)
+        passed = torch.zeros_like(local_start)
+        passed[:, -1] = grad_last
+        for c in range(chunks - 2, -1, -1):
+            torch.addcmul(
+                local_start[:, c + 1], chunk_decay[:, c + 1], passed[:, c + 1], out=passed[:, c]
+            )
+        # 3. Every chunk again from its incoming gradient, reducing each step's gradients.
+        grad_delta, grad_scaled_u = torch.empty_like(delta), torch.empty_like(scaled_u)
+        grad_B, grad_C = torch.empty_like(B), torch.empty_like(C)
+        grad_A = torch.zeros_like(entering)  # summed over batch and chunks at the end
+        for t in range(steps - 1, -1, -1):
+            g = pull(t, passed)
+            e = g * (states[t - 1] if t > 0 else entering)
+            e.mul_(decay_at(t))
+            grad_A.addcmul_(e, delta[t])
+            grad_delta[t] = _contract_states(e, A).unsqueeze(-1)
+            grad_scaled_u[t] = _contract_states(g, B[t]).unsqueeze(-1)
+            grad_B[t] = _reduce_channels(g, scaled_u[t].squeeze(-1), B.shape[-2])
+            grad_C[t] = _reduce_channels(states[t], grad_outputs[t], C.shape[-2])
+            passed = g.mul_(decay)
+        return grad_delta, grad_scaled_u, grad_A.sum((0, 1)), grad_B, grad_C
 
 
 def chunked_selective_scan(
@@ -187,43 +232,43 @@ def chunked_selective_scan(
     delta_bias: Tensor | None = None,
     delta_softplus: bool = False,
     return_last_state: bool = False,
-    chunk: int = DEFAULT_CHUNK,
+    chunk: int | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """The pure-PyTorch chunked scan (see the module docstring); same contract as
-    `selective_scan_reference`. Computes in float32 (float64 stays float64)."""
+    `selective_scan_reference`. Computes in float32 (float64 stays float64). `chunk`: steps per
+    chunk, by default about sqrt(L) / 2."""
     dtype = u.dtype
     work = torch.float64 if dtype == torch.float64 else torch.float32
     u, delta = u.to(work), delta.to(work)
     delta, B, C = _prepare(u, delta, A.to(work), B.to(work), C.to(work), delta_bias, delta_softplus)
     batch, channels, length = u.shape
-    states = A.shape[1]
-    chunk = max(1, min(chunk, length))
+    chunk = max(1, min(chunk or _choose_chunk(length), length))
     chunks = math.ceil(length / chunk)
     pad = chunks * chunk - length
-
+    scaled_u = delta * u
     if pad:  # padded steps keep the state (delta 0: decay 1), add nothing, and are cut off
-        delta, u = F.pad(delta, (0, pad)), F.pad(u, (0, pad))
+        delta, scaled_u = F.pad(delta, (0, pad)), F.pad(scaled_u, (0, pad))
         B, C = F.pad(B, (0, 0, 0, pad)), F.pad(C, (0, 0, 0, pad))
 
     def steps_first(x: Tensor) -> Tensor:
-        """`[b, d, L]` -> `[chunk, b, d, chunks]`: every step of every chunk contiguous."""
-        return x.reshape(batch, x.shape[1], chunks, chunk).permute(3, 0, 1, 2).contiguous()
+        """`[b, d, L]` -> `[chunk, b, chunks, d, 1]`: each step of every chunk contiguous."""
+        x = x.reshape(batch, channels, chunks, chunk).permute(3, 0, 2, 1)
+        return x.contiguous().unsqueeze(-1)
 
     def steps_first_states(x: Tensor) -> Tensor:
-        """B or C `[b, d or 1, L, n]` -> `[chunk, b, d or 1, chunks, n]`."""
-        x = x.reshape(batch, x.shape[1], chunks, chunk, states)
-        return x.permute(3, 0, 1, 2, 4).contiguous()
+        """B or C `[b, d or 1, L, n]` -> `[chunk, b, chunks, d or 1, n]`."""
+        x = x.reshape(batch, x.shape[1], chunks, chunk, x.shape[-1])
+        return x.permute(3, 0, 2, 1, 4).contiguous()
 
-    # The full-size tensors are built directly in step-major layout (no copies of them).
-    A = A.to(work)[:, None, :]  # [d, 1, n]
-    delta_steps = steps_first(delta)
-    decay = torch.exp(delta_steps.unsqueeze(-1) * A)  # [chunk, b, d, chunks, n]
-    drive = (delta_steps * steps_first(u)).unsqueeze(-1) * steps_first_states(B)
-    with torch.no_grad():  # the product of a chunk's decays, exp(A * its summed steps)
-        chunk_decay = torch.exp(delta_steps.sum(0).unsqueeze(-1) * A)  # [b, d, chunks, n]
-    readout = steps_first_states(C)  # [chunk, b, d or 1, chunks, n]
-    outputs, last_state = ChunkedLinearScan.apply(decay, drive, readout, chunk_decay)
-    y = outputs.permute(1, 2, 3, 0).reshape(batch, channels, chunks * chunk)[:, :, :length]
+    inputs = (
+        steps_first(delta), steps_first(scaled_u), A.to(work),
+        steps_first_states(B), steps_first_states(C),
+    )  # fmt: skip
+    if torch.is_grad_enabled() and any(x.requires_grad for x in inputs):
+        outputs, last_state = ChunkedSelectiveScan.apply(*inputs)
+    else:  # no backward to come: the states need not be kept
+        outputs, last_state, _, _ = _scan_forward(*inputs, keep_states=False)
+    y = outputs.permute(1, 3, 2, 0).reshape(batch, channels, chunks * chunk)[:, :, :length]
     out = _finish(y, u[:, :, :length], D, z).to(dtype)
     if return_last_state:
         return out, last_state  # padded steps leave the last state unchanged
