@@ -75,9 +75,44 @@ class MAEModelConfig:
 
 
 @dataclass
+class HPMConfig:
+    """Hard patches mining (Wang et al. 2023): `hard_share` of the hidden patches are the
+    teacher's top-scored ones at the end of training (linear from 0); the teacher's EMA decay
+    rises from `ema_decay[0]` to `ema_decay[1]` over the first `ema_warmup` of training (100 of
+    800 epochs); `loss_weight` scales the loss predictor's objective."""
+
+    hard_share: float = 0.5
+    ema_decay: tuple[float, float] = (0.999, 0.9999)
+    ema_warmup: float = 0.125
+    loss_weight: float = 1.0
+
+
+@dataclass
+class ColorNoiseConfig:
+    """ColorMAE (Hinojosa et al. 2024): white noise on the patch grid filtered to `color`
+    ("green": band-pass, the paper's best; "red", "blue", "purple"), with Gaussian blurs of
+    `sigma` and `outer_sigma` patches."""
+
+    color: str = "green"
+    sigma: float = 1.0
+    outer_sigma: float = 2.0
+
+
+@dataclass
+class MAEMaskConfig:
+    """`kind`: "random" (MAE), "hpm" (loss-guided, adds a loss predictor and an EMA teacher) or
+    "color_noise" (ColorMAE's filtered-noise masks)."""
+
+    ratio: float = 0.75
+    kind: str = "random"
+    hpm: HPMConfig = field(default_factory=HPMConfig)
+    color_noise: ColorNoiseConfig = field(default_factory=ColorNoiseConfig)
+
+
+@dataclass
 class MAEConfig(RecipeConfig):
     model: MAEModelConfig = field(default_factory=MAEModelConfig)
-    mask: MaskConfig = field(default_factory=lambda: MaskConfig(ratio=0.75))
+    mask: MAEMaskConfig = field(default_factory=MAEMaskConfig)
     image: ImageConfig = field(default_factory=lambda: ImageConfig(size=224, min_scale=0.2))
 
 
@@ -142,6 +177,34 @@ def mae_paper() -> MAEConfig:
     train.batch_size, train.weight_decay = 4096, 0.05
     train.steps = epochs_to_steps(800, 4096)
     train.warmup_steps = epochs_to_steps(40, 4096)
+    return config
+
+
+def mae_hpm_demo() -> MAEConfig:
+    """The MAE demo with HPM masks; a faster teacher (decay 0.9 to 0.99) for a 60-step run."""
+    config = mae_demo()
+    config.mask.kind = "hpm"
+    config.mask.hpm.ema_decay = (0.9, 0.99)
+    return config
+
+
+def mae_hpm_paper() -> MAEConfig:
+    """HPM ViT-B/16: MAE's paper recipe (800 epochs) with HPM's masks and loss predictor."""
+    config = mae_paper()
+    config.mask.kind = "hpm"
+    return config
+
+
+def mae_color_noise_demo() -> MAEConfig:
+    config = mae_demo()
+    config.mask.kind = "color_noise"
+    return config
+
+
+def mae_color_noise_paper() -> MAEConfig:
+    """ColorMAE-Green ViT-B/16 on MAE's paper recipe (800 epochs)."""
+    config = mae_paper()
+    config.mask.kind = "color_noise"
     return config
 
 

@@ -35,7 +35,8 @@ def draw_reconstructions(model: MaskedModel, batch: dict, path: Path, patch: int
     output = model.predict(batch, torch.Generator().manual_seed(0))
     tokens, mask = output.tokens, output.mask.cpu()
     patches = tokens.values.detach().float().cpu()
-    prediction = output.prediction.detach().float().cpu()
+    # HPM's decoder also scores the hidden patches (`HPMPrediction`); the figure shows pixels.
+    prediction = getattr(output.prediction, "pixels", output.prediction).detach().float().cpu()
     if prediction.shape[1] != patches.shape[1]:  # the hidden patches only (MAE's decoder)
         prediction = patches.masked_scatter(mask.unsqueeze(-1), prediction)
     predicted = reconstructed_patches(

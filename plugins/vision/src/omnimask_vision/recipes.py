@@ -21,7 +21,8 @@ from omnimask_vision.config import MAEConfig, SimMIMConfig, SparkConfig, TimmMod
 from omnimask_vision.data import labelled_datasets, pretraining_dataset
 from omnimask_vision.export import export_timm, load_timm_export, timm_embedding
 from omnimask_vision.figures import draw_reconstructions
-from omnimask_vision.masking import CoarseRandomMasker
+from omnimask_vision.masking import CoarseRandomMasker, ColorNoiseMasker
+from omnimask_vision.models.hpm import HardPatchMasker, HPMDecoder, HPMTarget
 from omnimask_vision.models.spark import DensifyingDecoder, PatchNormalizedPixels
 from omnimask_vision.models.vit import (
     HiddenPatchPixels,
@@ -104,17 +105,29 @@ class MAERecipe(ImageRecipe):
     name = "vision/mae"
     summary = "MAE: ViT encoder on visible patches only, transformer decoder, normalised pixels"
     config_class = MAEConfig
-    presets: ClassVar = {"demo": presets.mae_demo, "paper": presets.mae_paper}
+    presets: ClassVar = {
+        "demo": presets.mae_demo,
+        "paper": presets.mae_paper,
+        "demo_hpm": presets.mae_hpm_demo,
+        "hpm": presets.mae_hpm_paper,
+        "demo_color_noise": presets.mae_color_noise_demo,
+        "color_noise": presets.mae_color_noise_paper,
+    }
 
     def patch_size(self, config: Any) -> int:
         return _vit_patch(create_timm_model(config.model.encoder))
 
     def build_model(self, config: MAEConfig) -> MaskedModel:
+        kinds = ("random", "hpm", "color_noise")
+        mask = config.mask
+        if mask.kind not in kinds:
+            raise ValueError(f"mask.kind must be one of {kinds}, got {mask.kind!r}")
         encoder = MAEEncoder(create_timm_model(config.model.encoder))
         vit = encoder.model
         patch = _vit_patch(vit)
         model = config.model
-        decoder = MAEDecoder(
+        decoder_class = HPMDecoder if mask.kind == "hpm" else MAEDecoder
+        decoder = decoder_class(
             vit.embed_dim,
             tuple(vit.patch_embed.grid_size),
             patch,
@@ -122,13 +135,19 @@ class MAERecipe(ImageRecipe):
             model.decoder_depth,
             model.decoder_heads,
         )
-        return MaskedModel(
-            ImagePatchTokenizer(patch),
-            RandomMasker(config.mask.ratio),
-            encoder,
-            decoder,
-            HiddenPatchPixels(per_patch=model.norm_pix_loss),
-        )
+        target = HiddenPatchPixels(per_patch=model.norm_pix_loss)
+        if mask.kind == "hpm":
+            hpm = mask.hpm
+            masker = HardPatchMasker(
+                mask.ratio, encoder, decoder, hpm.hard_share, hpm.ema_decay, hpm.ema_warmup
+            )
+            target = HPMTarget(per_patch=model.norm_pix_loss, loss_weight=hpm.loss_weight)
+        elif mask.kind == "color_noise":
+            noise = mask.color_noise
+            masker = ColorNoiseMasker(mask.ratio, noise.color, noise.sigma, noise.outer_sigma)
+        else:
+            masker = RandomMasker(mask.ratio)
+        return MaskedModel(ImagePatchTokenizer(patch), masker, encoder, decoder, target)
 
 
 class SimMIMRecipe(ImageRecipe):

@@ -145,14 +145,21 @@ class MAEDecoder(Decoder):
         self.head = nn.Linear(width, patch * patch * 3)
 
     def forward(self, latent: Tensor, tokens: Tokens, mask: Tensor) -> Tensor:
+        return self.reconstruct(*self.sequence(latent, mask))
+
+    def reconstruct(self, x: Tensor, hidden_count: int) -> Tensor:
+        """The pixels of the `hidden_count` tokens at the end of the sequence `x`."""
+        x = block_on_last_tokens(self.blocks[-1], self.blocks[:-1](x), hidden_count)
+        return self.head(self.norm(x))
+
+    def sequence(self, latent: Tensor, mask: Tensor) -> tuple[Tensor, int]:
+        """The blocks' input `[class ; visible ; hidden]` with position embeddings and mask
+        tokens, and the number of hidden tokens at its end."""
         visible, hidden = mask_to_indices(mask)
         x = self.embed(latent)
         table = self.pos_embed[0, 1:].to(x.dtype)  # [N, width]; the class token's row is zero
         queries = self.mask_token.to(x.dtype) + table[hidden]
-        x = torch.cat([x[:, :1], x[:, 1:] + table[visible], queries], dim=1)
-        x = self.blocks[:-1](x)
-        x = block_on_last_tokens(self.blocks[-1], x, hidden.shape[1])
-        return self.head(self.norm(x))
+        return torch.cat([x[:, :1], x[:, 1:] + table[visible], queries], dim=1), hidden.shape[1]
 
 
 def block_on_last_tokens(block: Block, x: Tensor, count: int) -> Tensor:
