@@ -109,9 +109,9 @@ def _choose_chunk(length: int) -> int:
 
 def _contract_states(x: Tensor, y: Tensor) -> Tensor:
     """`sum_n x * y` for x `[b, c, d, n]`, y `[b, c, d or 1, n]` -> `[b, c, d]`; a shared y is a
-    batched matrix-vector product (einsum's, up to 1.8x faster on CPU than `matmul`'s here)."""
+    batched vector-matrix product, `y x^T` (on CPU about twice as fast as `x y^T`)."""
     if y.shape[-2] == 1:
-        return torch.einsum("bcdn,bcn->bcd", x, y.squeeze(-2))
+        return torch.matmul(y, x.transpose(-1, -2)).squeeze(-2)
     return (x * y).sum(-1)
 
 
@@ -123,6 +123,12 @@ def _reduce_channels(x: Tensor, w: Tensor, groups: int) -> Tensor:
     return x * w.unsqueeze(-1)
 
 
+def _log2_rate(A: Tensor) -> Tensor:
+    """`A log2(e)`, so that `exp(delta A) = exp2(delta A log2(e))`: torch's CPU `exp2` kernel is
+    about twice as fast as its `exp` (72 vs 136 us for 131k floats, AVX2, one thread)."""
+    return A * math.log2(math.e)
+
+
 def _scan_forward(
     delta: Tensor, scaled_u: Tensor, A: Tensor, B: Tensor, C: Tensor, keep_states: bool
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
@@ -132,32 +138,37 @@ def _scan_forward(
     entering each chunk `[b, c, d, n]`)."""
     steps, batch, chunks, channels, _ = delta.shape
     shape = (batch, chunks, channels, A.shape[1])
-    # The decays are recomputed in pass 3 rather than stored: on a CPU, writing a full-size
-    # buffer (first-touch page faults) costs as much as the exponentials it saves.
+    rate = _log2_rate(A)
     decay, drive = delta.new_empty(shape), delta.new_empty(shape)
+    # With `keep_states`, pass 1 leaves each step's decays where pass 3 writes that step's states,
+    # so pass 3 reads them instead of recomputing; without, a full-size buffer only for them
+    # would cost (first-touch page faults on a CPU) about what recomputing does.
+    states = delta.new_empty(steps, *shape) if keep_states else None
 
-    def step(t: int, state: Tensor, out: Tensor) -> Tensor:
-        torch.mul(delta[t], A, out=decay).exp_()
-        torch.mul(scaled_u[t], B[t], out=drive)
-        return torch.addcmul(drive, decay, state, out=out)
+    def drive_at(t: int) -> Tensor:
+        return torch.mul(scaled_u[t], B[t], out=drive)
 
     # 1. Each chunk from a zero state: the state it ends in.
     local_end = delta.new_zeros(shape)
     for t in range(steps):
-        step(t, local_end, out=local_end)
+        decay_t = torch.mul(delta[t], rate, out=decay if states is None else states[t]).exp2_()
+        torch.addcmul(drive_at(t), decay_t, local_end, out=local_end)
     # 2. The state entering each chunk, chunk by chunk.
-    chunk_decay = torch.exp(delta.sum(0) * A)
+    chunk_decay = torch.exp2(delta.sum(0) * rate)
     entering = torch.zeros_like(local_end)
     for c in range(1, chunks):
         torch.addcmul(
             local_end[:, c - 1], chunk_decay[:, c - 1], entering[:, c - 1], out=entering[:, c]
         )
     # 3. Every chunk again from its entering state, reading out y.
-    states = delta.new_empty(steps, *shape) if keep_states else None
     outputs = delta.new_empty(steps, batch, chunks, channels)
     state = entering
     for t in range(steps):
-        state = step(t, state, out=state if states is None else states[t])
+        if states is None:
+            decay_t = torch.mul(delta[t], rate, out=decay).exp2_()
+            state = torch.addcmul(drive_at(t), decay_t, state, out=state)
+        else:  # the decays in states[t] give way to the states, element by element
+            state = torch.addcmul(drive_at(t), states[t], state, out=states[t])
         outputs[t] = _contract_states(state, C[t])
     return outputs, state[:, -1], states, entering if keep_states else None
 
@@ -184,10 +195,10 @@ class ChunkedSelectiveScan(torch.autograd.Function):
     def backward(ctx, grad_outputs: Tensor, grad_last: Tensor):  # noqa: ANN001, ANN205
         delta, scaled_u, A, B, C, states, entering = ctx.saved_tensors
         steps, chunks = delta.shape[0], delta.shape[2]
-        decay = torch.empty_like(entering)
+        decay, rate = torch.empty_like(entering), _log2_rate(A)
 
-        def decay_at(t: int) -> Tensor:  # recomputed, as in forward
-            return torch.mul(delta[t], A, out=decay).exp_()
+        def decay_at(t: int) -> Tensor:  # recomputed in both passes, as in forward
+            return torch.mul(delta[t], rate, out=decay).exp2_()
 
         def pull(t: int, passed: Tensor) -> Tensor:  # g_t: dy_t C_t plus what the future passes
             return torch.addcmul(passed, grad_outputs[t].unsqueeze(-1), C[t])
@@ -197,7 +208,7 @@ class ChunkedSelectiveScan(torch.autograd.Function):
         for t in range(steps - 1, -1, -1):
             torch.mul(decay_at(t), pull(t, local_start), out=local_start)
         # 2. What enters each chunk from the next one (the last one also gets dL/dh_last).
-        chunk_decay = torch.exp(delta.sum(0) * A)
+        chunk_decay = torch.exp2(delta.sum(0) * rate)
         passed = torch.zeros_like(local_start)
         passed[:, -1] = grad_last
         for c in range(chunks - 2, -1, -1):
