@@ -131,6 +131,16 @@ def test_empty_data_folder_is_named(tmp_path, capsys) -> None:
     assert not (tmp_path / "r").exists()  # no run directory for a run that could not start
 
 
+def test_a_config_the_recipe_cannot_build_is_one_message_and_no_run(tmp_path, capsys) -> None:
+    code = main(["pretrain", "toy/mim", "model.width=0", "--run-dir", str(tmp_path / "r")])
+    assert code == 2
+    assert capsys.readouterr().err == (
+        "omnimask: error: recipe 'toy/mim' cannot build a model from this config: "
+        "model.width must be positive, got 0\n"
+    )
+    assert not (tmp_path / "r").exists()
+
+
 def test_skip_policy_through_the_cli(tmp_path) -> None:
     run = tmp_path / "run"
     assert (

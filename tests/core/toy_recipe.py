@@ -134,6 +134,8 @@ class ToyRecipe(Recipe):
 
     def build_model(self, config: ToyConfig) -> MaskedModel:
         width = config.model.width
+        if width <= 0:
+            raise ValueError(f"model.width must be positive, got {width}")
         return MaskedModel(
             ToyTokenizer(),
             HalfMasker(),

@@ -176,6 +176,18 @@ class Engine:
         )
 
     # ---------------------------------------------------------------- training
+    def _build_model(self) -> torch.nn.Module:
+        """The recipe's model; recipes check their config as they build, and a `ValueError`
+        from that is the user's config, reported as a `ConfigError` (one line, no traceback)."""
+        try:
+            return self.recipe.build_model(self.config)
+        except ConfigError:
+            raise
+        except ValueError as error:
+            raise ConfigError(
+                f"recipe {self.recipe.name!r} cannot build a model from this config: {error}"
+            ) from error
+
     def run(self) -> TrainResult:
         train = self.train
         accelerator = self.accelerator
@@ -184,10 +196,9 @@ class Engine:
             self.recipe.build_dataset(self.config), train.seed, self.config.data.on_bad_sample
         )
         lengths = self._sample_lengths(dataset)
-        self._prepare_run_dir()
         torch.manual_seed(mix_seed(train.seed, accelerator.process_index))
-
-        model = self.recipe.build_model(self.config)
+        model = self._build_model()  # so is a config the recipe cannot build a model from
+        self._prepare_run_dir()
         optimizer = build_optimizer(model, train, accelerator.num_processes)
         scheduler = build_scheduler(optimizer, train)
         ema = None
