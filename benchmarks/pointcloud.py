@@ -44,26 +44,25 @@ def timed(function, repeats: int) -> float:  # noqa: ANN001
 def grouping_figures(device: str, repeats: int) -> None:
     import fpsample
     import open3d as o3d
-    from scipy.spatial import cKDTree
-
     from omnimask_pointcloud.geometry import farthest_point_sample, gather_points, knn
+    from scipy.spatial import cKDTree
 
     for count, batch, centres in CASES:
         clouds = np.random.default_rng(0).standard_normal((batch, count, 3)).astype(np.float32)
         tensor = torch.from_numpy(clouds)
 
-        def ours(backend: str, on: torch.Tensor) -> None:
+        def ours(backend: str, on: torch.Tensor, centres: int = centres) -> None:
             index = farthest_point_sample(on, centres, backend=backend).to(on.device)
             knn(gather_points(on, index), on, NEIGHBOURS, backend=backend)
             if on.device.type == "cuda":
                 torch.cuda.synchronize()
 
-        def with_fpsample() -> None:
+        def with_fpsample(clouds: np.ndarray = clouds, centres: int = centres) -> None:
             for cloud in clouds:
                 index = fpsample.fps_sampling(cloud, centres, start_idx=0)
                 cKDTree(cloud).query(cloud[index], NEIGHBOURS)
 
-        def with_open3d() -> None:
+        def with_open3d(clouds: np.ndarray = clouds, centres: int = centres) -> None:
             for cloud in clouds:
                 pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(cloud.astype(np.float64)))
                 chosen = np.asarray(pcd.farthest_point_down_sample(centres, 0).points)
@@ -72,18 +71,19 @@ def grouping_figures(device: str, repeats: int) -> None:
                     tree.search_knn_vector_3d(query, NEIGHBOURS)
 
         times = {
-            "omnimask_auto_cpu": timed(lambda: ours("auto", tensor), repeats),
-            "omnimask_torch_cpu": timed(lambda: ours("torch", tensor), max(1, repeats // 3)),
+            "omnimask_auto_cpu": timed(lambda t=tensor: ours("auto", t), repeats),
+            "omnimask_torch_cpu": timed(lambda t=tensor: ours("torch", t), max(1, repeats // 3)),
             "fpsample+cKDTree": timed(with_fpsample, repeats),
             "open3d": timed(with_open3d, repeats),
         }
         if device == "cuda":
             on_gpu = tensor.cuda()
-            times["omnimask_torch_cuda"] = timed(lambda: ours("torch", on_gpu), repeats)
+            times["omnimask_torch_cuda"] = timed(lambda t=on_gpu: ours("torch", t), repeats)
         for name, seconds in times.items():
             emit(
                 figure="fps_knn_throughput", impl=name, points=count, batch=batch, centres=centres,
-                k=NEIGHBOURS, clouds_per_s=round(batch / seconds, 2), ms_per_batch=round(1e3 * seconds, 2),
+                k=NEIGHBOURS, clouds_per_s=round(batch / seconds, 2),
+                ms_per_batch=round(1e3 * seconds, 2),
                 ratio_vs_fpsample=round(times["fpsample+cKDTree"] / seconds, 3),
                 ratio_vs_open3d=round(times["open3d"] / seconds, 3),
             )  # fmt: skip
@@ -133,7 +133,8 @@ def chamfer_figures(device: str, count: int, threads: int) -> None:
     for mode, (peak_mb, loss, seconds) in results.items():
         emit(
             figure="chamfer_peak_memory", impl=mode, points=count, device=device,
-            extra_peak_mb=round(peak_mb, 1), loss=round(loss, 6), wall_s_incl_startup=round(seconds, 2),
+            extra_peak_mb=round(peak_mb, 1), loss=round(loss, 6),
+            wall_s_incl_startup=round(seconds, 2),
             memory_ratio_full_over_this=round(results["full_matrix"][0] / max(peak_mb, 1e-3), 1),
         )  # fmt: skip
 
@@ -180,7 +181,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--chamfer-points", type=int, default=16384)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads (0: torch's default)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

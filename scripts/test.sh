@@ -7,6 +7,10 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 uv() { if command -v uv >/dev/null 2>&1; then command uv "$@"; else python3 -m uv "$@"; fi; }
 
+echo "== lint and format (ruff) =="
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+
 .venv/bin/python -m pytest "$@"
 
 echo "== out-of-tree template in a separate environment =="

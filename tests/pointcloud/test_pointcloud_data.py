@@ -6,10 +6,13 @@ import numpy as np
 import open3d as o3d
 import pytest
 import torch
-
 from omnimask.data import BadSampleError
 from omnimask_pointcloud.data import (
-    DEFAULT_CLASSES, PointCloudDataset, ensure_default_data, labelled_splits, pretraining_files,
+    DEFAULT_CLASSES,
+    PointCloudDataset,
+    ensure_default_data,
+    labelled_splits,
+    pretraining_files,
 )  # fmt: skip
 from omnimask_pointcloud.readers import normalize_unit_sphere, read_points
 from omnimask_pointcloud.tokenizer import PointPatchTokenizer
@@ -66,7 +69,10 @@ def test_pointcloud_empty_cloud_is_named(tmp_path: Path) -> None:
     with pytest.raises(BadSampleError, match=r"empty\.npy: the cloud is empty"):
         read_points(path)
     ply = tmp_path / "empty.ply"  # open3d refuses to write an empty cloud; this is a valid PLY
-    ply.write_text("ply\nformat ascii 1.0\nelement vertex 0\nproperty float x\nproperty float y\nproperty float z\nend_header\n")
+    ply.write_text(
+        "ply\nformat ascii 1.0\nelement vertex 0\n"
+        "property float x\nproperty float y\nproperty float z\nend_header\n"
+    )
     with pytest.raises(BadSampleError, match=r"empty\.ply: the cloud is empty"):
         read_points(ply)
 
@@ -87,7 +93,9 @@ def test_pointcloud_mesh_without_faces_is_named(tmp_path: Path) -> None:
         read_points(path)
 
 
-@pytest.mark.parametrize("name", ["garbage.ply", "garbage.pcd", "garbage.npy", "garbage.xyz", "garbage.obj"])
+@pytest.mark.parametrize(
+    "name", ["garbage.ply", "garbage.pcd", "garbage.npy", "garbage.xyz", "garbage.obj"]
+)
 def test_pointcloud_unreadable_file_is_named(tmp_path: Path, name: str) -> None:
     path = tmp_path / name
     path.write_bytes(b"\x00\x01 this is not a point cloud \xff\xfe" * 10)

@@ -6,9 +6,8 @@ import numpy as np
 import open3d as o3d
 import pytest
 import torch
-from scipy.spatial import cKDTree
-
 from omnimask_pointcloud.geometry import chamfer_distance, farthest_point_sample, group_points, knn
+from scipy.spatial import cKDTree
 
 BACKENDS = ["auto", "torch"]
 

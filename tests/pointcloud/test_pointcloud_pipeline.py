@@ -7,12 +7,9 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
-
 from omnimask.cli import main
 from omnimask.engine.engine import set_progress
 from omnimask.export import load_safetensors_export
@@ -20,6 +17,7 @@ from omnimask.plugins import get_recipe
 from omnimask.runs import load_run
 from omnimask.visualize import sample_batch
 from omnimask_pointcloud.data import ensure_default_data
+from PIL import Image
 
 FAST = ["train.log_every=1", "train.progress=false", "train.batch_size=8", "train.warmup_steps=2"]
 
@@ -144,7 +142,9 @@ def test_pointcloud_dvae_schedules_follow_engine_progress() -> None:
     set_progress(model, 0.0)
     assert model.quantizer.temperature == 1.0 and model.target.kl_weight == 0.0
     set_progress(model, 0.5)
-    assert model.quantizer.temperature == pytest.approx(0.25) and model.target.kl_weight == pytest.approx(0.1)
+    assert model.quantizer.temperature == pytest.approx(
+        0.25
+    ) and model.target.kl_weight == pytest.approx(0.1)
     set_progress(model, 1.0)
     assert model.quantizer.temperature == pytest.approx(1 / 16)
     set_progress(model, 0.1)

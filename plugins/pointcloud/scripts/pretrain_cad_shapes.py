@@ -2,8 +2,10 @@
 
 Point-BERT is two runs: the dVAE tokenizer, then masked point modelling against it:
 
-    python plugins/pointcloud/scripts/pretrain_cad_shapes.py --data /data/ShapeNet55 --method point_bert
-    python plugins/pointcloud/scripts/pretrain_cad_shapes.py --data /data/ShapeNet55 --method point_mae
+    python plugins/pointcloud/scripts/pretrain_cad_shapes.py \
+        --data /data/ShapeNet55 --method point_bert
+    python plugins/pointcloud/scripts/pretrain_cad_shapes.py \
+        --data /data/ShapeNet55 --method point_mae
 
 Without --data it runs the demo on the embedded primitives. It calls the same recipe API as
 `omnimask pretrain`; extra `key=value` arguments are config overrides.

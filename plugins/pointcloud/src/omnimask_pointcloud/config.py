@@ -166,7 +166,9 @@ def dvae_paper() -> DVAEConfig:
 
 def point_bert_demo() -> PointBERTConfig:
     """dvae_run is empty: the documented demo fallback (a seeded, untrained, frozen dVAE)."""
-    config = PointBERTConfig(patches=_demo_patches(), encoder=_demo_transformer(), dvae=_demo_dvae())
+    config = PointBERTConfig(
+        patches=_demo_patches(), encoder=_demo_transformer(), dvae=_demo_dvae()
+    )
     _demo_train(config, steps=120, lr=2e-3)
     return config
 

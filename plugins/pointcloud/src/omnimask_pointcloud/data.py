@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from omnimask.data import check_data_path, default_data_dir
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from omnimask.data import check_data_path, default_data_dir
 from omnimask_pointcloud.readers import PATTERNS, normalize_unit_sphere, read_points, resample
 
 SPLITS = ("train", "test")
@@ -71,7 +71,9 @@ class PointCloudDataset(Dataset):
             finally:
                 np.random.set_state(state)
         if self.augment:
-            points = points * np.random.uniform(2 / 3, 3 / 2, size=(1, 3)) + np.random.uniform(-0.2, 0.2, size=(1, 3))
+            points = points * np.random.uniform(2 / 3, 3 / 2, size=(1, 3)) + np.random.uniform(
+                -0.2, 0.2, size=(1, 3)
+            )
         sample: dict[str, Tensor | int] = {"points": torch.from_numpy(points.astype(np.float32))}
         if self.labels is not None:
             sample["label"] = self.labels[index]
@@ -94,15 +96,21 @@ def pretraining_files(path: str | None) -> list[Path]:
     return check_data_path(path, PATTERNS)
 
 
-def labelled_splits(path: str | None) -> tuple[tuple[list[Path], list[int]], tuple[list[Path], list[int]], list[str]]:
+def labelled_splits(
+    path: str | None,
+) -> tuple[tuple[list[Path], list[int]], tuple[list[Path], list[int]], list[str]]:
     """((train files, labels), (test files, labels), class names) of a labelled folder."""
     root = data_root(path)
     files = check_data_path(root, PATTERNS)
     if root.is_file():
         raise ValueError(f"{root}: evaluation needs a folder of <class>/ subfolders, not one file")
-    classes = sorted({f.relative_to(root).parts[0] for f in files if len(f.relative_to(root).parts) > 1})
+    classes = sorted(
+        {f.relative_to(root).parts[0] for f in files if len(f.relative_to(root).parts) > 1}
+    )
     if len(classes) < 2:
-        raise ValueError(f"{root}: evaluation needs at least two <class>/ subfolders, found {classes}")
+        raise ValueError(
+            f"{root}: evaluation needs at least two <class>/ subfolders, found {classes}"
+        )
     index = {name: i for i, name in enumerate(classes)}
     split: dict[str, tuple[list[Path], list[int]]] = {"train": ([], []), "test": ([], [])}
     seen: dict[str, int] = {}
@@ -162,7 +170,9 @@ def primitive_mesh(name: str, rng: np.random.Generator):  # noqa: ANN201 (open3d
         "octahedron": lambda: g.create_octahedron(size(0.5, 1.0)),
         "icosahedron": lambda: g.create_icosahedron(size(0.5, 1.0)),
         "mobius": lambda: g.create_mobius(40, 6, 1, size(0.8, 1.2), size(0.3, 0.6)),
-        "arrow": lambda: g.create_arrow(size(0.1, 0.2), size(0.2, 0.35), size(1.0, 1.6), size(0.4, 0.7)),
+        "arrow": lambda: g.create_arrow(
+            size(0.1, 0.2), size(0.2, 0.35), size(1.0, 1.6), size(0.4, 0.7)
+        ),
     }
     mesh = makers[name]()
     mesh.scale(1.0, center=mesh.get_center())
@@ -192,5 +202,7 @@ def write_primitive_dataset(root: Path) -> None:
                 np.random.seed(int(rng.integers(2**31)))
                 vertices, faces = np.asarray(mesh.vertices), np.asarray(mesh.triangles)
                 points = sample_mesh(vertices, faces, DEFAULT_POINTS_PER_FILE, stem)
-                cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points.astype(np.float64)))
+                cloud = o3d.geometry.PointCloud(
+                    o3d.utility.Vector3dVector(points.astype(np.float64))
+                )
                 o3d.io.write_point_cloud(str(stem.with_suffix(".ply")), cloud)

@@ -29,10 +29,14 @@ def draw_panels(panels: list[Panel], path: Path) -> Path:
     figure = plt.figure(figsize=(3.2 * len(panels), 3.0 * len(VIEWS)), dpi=80)
     for row, (elevation, azimuth) in enumerate(VIEWS):
         for column, panel in enumerate(panels):
-            axes = figure.add_subplot(len(VIEWS), len(panels), row * len(panels) + column + 1, projection="3d")
+            axes = figure.add_subplot(
+                len(VIEWS), len(panels), row * len(panels) + column + 1, projection="3d"
+            )
             for points, colour in panel.layers:
                 if len(points):
-                    axes.scatter(points[:, 0], points[:, 1], points[:, 2], s=1.5, c=colour, depthshade=False)
+                    axes.scatter(
+                        points[:, 0], points[:, 1], points[:, 2], s=1.5, c=colour, depthshade=False
+                    )
             axes.view_init(elev=elevation, azim=azimuth)
             axes.set_xlim(-1, 1), axes.set_ylim(-1, 1), axes.set_zlim(-1, 1)
             axes.set_axis_off()

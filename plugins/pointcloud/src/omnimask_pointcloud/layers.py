@@ -16,7 +16,10 @@ class MiniPointNet(nn.Module):
     def __init__(self, out_dim: int, width: int = 128) -> None:
         super().__init__()
         self.first = nn.Sequential(
-            nn.Conv1d(3, width, 1), nn.BatchNorm1d(width), nn.ReLU(inplace=True), nn.Conv1d(width, 2 * width, 1)
+            nn.Conv1d(3, width, 1),
+            nn.BatchNorm1d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv1d(width, 2 * width, 1),
         )
         self.second = nn.Sequential(
             nn.Conv1d(4 * width, 4 * width, 1),

@@ -5,9 +5,8 @@ centre distance) of a random centre patch."""
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
-
 from omnimask import Tokens
+from torch import Tensor, nn
 
 
 class PointBlockMasker(nn.Module):
@@ -25,11 +24,12 @@ class PointBlockMasker(nn.Module):
     def forward(self, tokens: Tokens, generator: torch.Generator) -> Tensor:
         centres = tokens.positions.detach().float().cpu()  # [B, G, 3]
         batch, groups = centres.shape[:2]
-        ratio = self.min_ratio + (self.max_ratio - self.min_ratio) * torch.rand(batch, generator=generator)
+        ratio = self.min_ratio + (self.max_ratio - self.min_ratio) * torch.rand(
+            batch, generator=generator
+        )
         hidden = (ratio * groups).round().long().clamp(1, groups - 1)  # [B]
         seed = torch.randint(groups, (batch,), generator=generator)
         seed_centre = centres[torch.arange(batch), seed].unsqueeze(1)
         distance = (centres - seed_centre).square().sum(-1)  # [B, G]
         rank = torch.argsort(torch.argsort(distance, dim=1, stable=True), dim=1, stable=True)
         return rank < hidden.unsqueeze(1)
-

@@ -12,7 +12,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-
 from omnimask.data import BadSampleError
 
 POINT_SUFFIXES = (".pcd", ".xyz", ".txt", ".pts", ".npy", ".npz")
@@ -31,7 +30,9 @@ def read_points(path: str | Path, mesh_samples: int = 2048) -> np.ndarray:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
-        raise BadSampleError(path, f"unsupported file type {suffix!r}; known: {', '.join(SUFFIXES)}")
+        raise BadSampleError(
+            path, f"unsupported file type {suffix!r}; known: {', '.join(SUFFIXES)}"
+        )
     if not path.is_file():
         raise BadSampleError(path, "file does not exist")
     try:
@@ -56,11 +57,15 @@ def check_points(points: np.ndarray, source: str | Path) -> np.ndarray:
     if points.size == 0:
         raise BadSampleError(source, "the cloud is empty (no points)")
     if points.ndim != 2 or points.shape[1] < 3:
-        raise BadSampleError(source, f"expected an [N, 3+] array of points, got shape {points.shape}")
+        raise BadSampleError(
+            source, f"expected an [N, 3+] array of points, got shape {points.shape}"
+        )
     points = points[:, :3].astype(np.float32)
     bad = ~np.isfinite(points).all(1)
     if bad.any():
-        raise BadSampleError(source, f"{int(bad.sum())} of {len(points)} points have NaN or infinite coordinates")
+        raise BadSampleError(
+            source, f"{int(bad.sum())} of {len(points)} points have NaN or infinite coordinates"
+        )
     return points
 
 
@@ -73,7 +78,8 @@ def normalize_unit_sphere(points: np.ndarray) -> np.ndarray:
 
 def resample(points: np.ndarray, count: int, minimum: int, source: str | Path) -> np.ndarray:
     """Exactly `count` points: a random subset, or every point plus random repeats when the
-    cloud is smaller. Fewer than `minimum` points (the group size) warns: groups will repeat points."""
+    cloud is smaller. Fewer than `minimum` points (the group size) warns: groups will repeat
+    points."""
     have = len(points)
     if have < minimum:
         warnings.warn(
@@ -87,7 +93,9 @@ def resample(points: np.ndarray, count: int, minimum: int, source: str | Path) -
     return np.concatenate([points, points[extra]])[np.random.permutation(count)]
 
 
-def sample_mesh(vertices: np.ndarray, faces: np.ndarray, count: int, source: str | Path) -> np.ndarray:
+def sample_mesh(
+    vertices: np.ndarray, faces: np.ndarray, count: int, source: str | Path
+) -> np.ndarray:
     """`count` points uniformly over a triangle mesh's area.
 
     Written here instead of open3d's `sample_points_uniformly` because that one draws from
@@ -97,7 +105,9 @@ def sample_mesh(vertices: np.ndarray, faces: np.ndarray, count: int, source: str
         raise BadSampleError(source, "the mesh has no faces to sample points from")
     check_points(vertices, source)
     corners = vertices[faces].astype(np.float64)  # [F, 3, 3]
-    areas = np.linalg.norm(np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]), axis=1)
+    areas = np.linalg.norm(
+        np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]), axis=1
+    )
     if not areas.sum() > 0:
         raise BadSampleError(source, "the mesh's faces all have zero area")
     chosen = np.random.choice(len(faces), size=count, p=areas / areas.sum())

@@ -9,20 +9,33 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
-
 from omnimask import MaskedModel, Recipe, RecipeConfig
 from omnimask.masking import RandomMasker
+from torch.utils.data import Dataset
+
 from omnimask_pointcloud import config as presets
 from omnimask_pointcloud.config import DVAEArchitecture, DVAEConfig, PointBERTConfig, PointMAEConfig
 from omnimask_pointcloud.data import PointCloudDataset, labelled_splits, pretraining_files
 from omnimask_pointcloud.figures import Panel, draw_panels, patch_points
 from omnimask_pointcloud.masking import PointBlockMasker
 from omnimask_pointcloud.models.dvae import (
-    DVAEDecoder, DVAEEncoder, DVAELoss, DVAEModel, GumbelQuantizer,
+    DVAEDecoder,
+    DVAEEncoder,
+    DVAELoss,
+    DVAEModel,
+    GumbelQuantizer,
 )  # fmt: skip
-from omnimask_pointcloud.models.point_bert import CodeHead, DVAECodeTarget, FrozenDVAE, PointBERTEncoder
-from omnimask_pointcloud.models.point_mae import PatchChamferTarget, PointMAEDecoder, PointMAEEncoder
+from omnimask_pointcloud.models.point_bert import (
+    CodeHead,
+    DVAECodeTarget,
+    FrozenDVAE,
+    PointBERTEncoder,
+)
+from omnimask_pointcloud.models.point_mae import (
+    PatchChamferTarget,
+    PointMAEDecoder,
+    PointMAEEncoder,
+)
 from omnimask_pointcloud.tokenizer import PointPatchTokenizer
 
 GREY, BLUE, RED = "#9a9a9a", "#1f5fbf", "#d62728"
@@ -33,10 +46,16 @@ class PointCloudRecipe(Recipe):
 
     def build_dataset(self, config: RecipeConfig) -> Dataset:
         files = pretraining_files(config.data.path)
-        return PointCloudDataset(files, None, config.patches.num_points, config.patches.group_size, augment=True)
+        return PointCloudDataset(
+            files, None, config.patches.num_points, config.patches.group_size, augment=True
+        )
 
-    def build_eval_datasets(self, config: RecipeConfig, path: str | None = None) -> tuple[Dataset, Dataset]:
-        (train_files, train_labels), (test_files, test_labels), _ = labelled_splits(path or config.data.path)
+    def build_eval_datasets(
+        self, config: RecipeConfig, path: str | None = None
+    ) -> tuple[Dataset, Dataset]:
+        (train_files, train_labels), (test_files, test_labels), _ = labelled_splits(
+            path or config.data.path
+        )
         make = lambda files, labels: PointCloudDataset(  # noqa: E731
             files, labels, config.patches.num_points, config.patches.group_size, augment=False
         )
@@ -89,7 +108,9 @@ class PointMAERecipe(PointCloudRecipe):
             build_tokenizer(config),
             RandomMasker(config.mask.ratio),
             PointMAEEncoder(enc.dim, enc.depth, enc.heads, enc.pointnet_width, enc.drop_path),
-            PointMAEDecoder(enc.dim, config.decoder.depth, config.decoder.heads, config.patches.group_size),
+            PointMAEDecoder(
+                enc.dim, config.decoder.depth, config.decoder.heads, config.patches.group_size
+            ),
             PatchChamferTarget(config.chamfer),
         )
 
@@ -101,14 +122,25 @@ class PointMAERecipe(PointCloudRecipe):
         return full
 
 
-def build_dvae_parts(arch: DVAEArchitecture, config: RecipeConfig) -> tuple[DVAEEncoder, GumbelQuantizer, DVAEDecoder]:
+def build_dvae_parts(
+    arch: DVAEArchitecture, config: RecipeConfig
+) -> tuple[DVAEEncoder, GumbelQuantizer, DVAEDecoder]:
     loss = getattr(config, "loss", None)
-    start, end = (loss.temperature_start, loss.temperature_end) if loss is not None else (1.0, 1 / 16)
+    start, end = (
+        (loss.temperature_start, loss.temperature_end) if loss is not None else (1.0, 1 / 16)
+    )
     encoder = DVAEEncoder(arch.dim, arch.pointnet_width, arch.graph_width, arch.graph_layers,
                           arch.graph_neighbours, arch.vocab_size)  # fmt: skip
     quantizer = GumbelQuantizer(arch.vocab_size, arch.token_dim, start, end)
-    decoder = DVAEDecoder(arch.token_dim, arch.dim, arch.graph_width, arch.graph_layers,
-                          arch.graph_neighbours, config.patches.group_size, arch.fold_width)  # fmt: skip
+    decoder = DVAEDecoder(
+        arch.token_dim,
+        arch.dim,
+        arch.graph_width,
+        arch.graph_layers,
+        arch.graph_neighbours,
+        config.patches.group_size,
+        arch.fold_width,
+    )
     return encoder, quantizer, decoder
 
 
@@ -149,15 +181,23 @@ def load_frozen_dvae(config: PointBERTConfig) -> FrozenDVAE:
 
     run = load_run(config.dvae_run)
     if run.recipe.name != PointBERTDVAERecipe.name:
-        raise ValueError(f"dvae_run {config.dvae_run} is a {run.recipe.name!r} run, not {PointBERTDVAERecipe.name!r}")
+        raise ValueError(
+            f"dvae_run {config.dvae_run} is a {run.recipe.name!r} run, "
+            f"not {PointBERTDVAERecipe.name!r}"
+        )
     mismatched = [
         f"{section}.{key}: run has {getattr(theirs, key)!r}, config has {getattr(ours, key)!r}"
-        for section, ours, theirs in (("dvae", config.dvae, run.config.model), ("patches", config.patches, run.config.patches))
+        for section, ours, theirs in (
+            ("dvae", config.dvae, run.config.model),
+            ("patches", config.patches, run.config.patches),
+        )
         for key in vars(ours)
         if key != "backend" and getattr(ours, key) != getattr(theirs, key)
     ]
     if mismatched:
-        raise ValueError(f"config does not match dvae_run {config.dvae_run}: " + "; ".join(mismatched))
+        raise ValueError(
+            f"config does not match dvae_run {config.dvae_run}: " + "; ".join(mismatched)
+        )
     model = run.model
     return FrozenDVAE(model.encoder, model.quantizer, model.decoder)
 

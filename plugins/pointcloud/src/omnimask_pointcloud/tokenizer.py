@@ -7,9 +7,9 @@ from __future__ import annotations
 import warnings
 
 import torch
+from omnimask import Tokens
 from torch import Tensor, nn
 
-from omnimask import Tokens
 from omnimask_pointcloud.geometry import gather_points, group_points
 
 

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
 from omnimask import Decoder, Encoder, MaskedModel, MaskedOutput, Target, Tokens
 from omnimask.seeding import sample_generators
+from torch import Tensor, nn
+
 from omnimask_pointcloud.geometry import chamfer_distance, gather_points, knn
 from omnimask_pointcloud.layers import MiniPointNet
 from omnimask_pointcloud.models.point_mae import max_mean_pool
@@ -37,7 +37,9 @@ class EdgeConv(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(2 * in_dim, out_dim), nn.LayerNorm(out_dim), nn.LeakyReLU(0.2))
+        self.mlp = nn.Sequential(
+            nn.Linear(2 * in_dim, out_dim), nn.LayerNorm(out_dim), nn.LeakyReLU(0.2)
+        )
 
     def forward(self, x: Tensor, neighbours: Tensor) -> Tensor:
         near = gather_points(x, neighbours)  # [B, G, n, C]
@@ -53,7 +55,9 @@ class PatchGraphNet(nn.Module):
         self.neighbours = neighbours
         self.input = nn.Linear(in_dim, width)
         self.edges = nn.ModuleList(EdgeConv(width, width) for _ in range(layers))
-        self.output = nn.Sequential(nn.Linear(width * layers, out_dim), nn.LayerNorm(out_dim), nn.LeakyReLU(0.2))
+        self.output = nn.Sequential(
+            nn.Linear(width * layers, out_dim), nn.LayerNorm(out_dim), nn.LeakyReLU(0.2)
+        )
 
     def forward(self, x: Tensor, centres: Tensor) -> Tensor:
         count = min(self.neighbours, centres.shape[1])
@@ -99,7 +103,9 @@ class GumbelQuantizer(nn.Module):
     Evaluation: the hard argmax code, i.e. the discrete token itself.
     """
 
-    def __init__(self, vocab_size: int, token_dim: int, start: float = 1.0, end: float = 1 / 16) -> None:
+    def __init__(
+        self, vocab_size: int, token_dim: int, start: float = 1.0, end: float = 1 / 16
+    ) -> None:
         super().__init__()
         self.codebook = nn.Parameter(torch.randn(vocab_size, token_dim))
         self.start, self.end = start, end
@@ -123,11 +129,16 @@ class FoldingDecoder(nn.Module):
     def __init__(self, dim: int, group_size: int, width: int) -> None:
         super().__init__()
         if group_size % FOLD:
-            raise ValueError(f"group_size must be a multiple of {FOLD} for the folding decoder, got {group_size}")
+            raise ValueError(
+                f"group_size must be a multiple of {FOLD} for the folding decoder, got {group_size}"
+            )
         self.num_coarse = group_size // FOLD
-        self.coarse = nn.Sequential(nn.Linear(dim, width), nn.ReLU(inplace=True), nn.Linear(width, 3 * self.num_coarse))
+        self.coarse = nn.Sequential(
+            nn.Linear(dim, width), nn.ReLU(inplace=True), nn.Linear(width, 3 * self.num_coarse)
+        )
         self.fold = nn.Sequential(
-            nn.Linear(dim + 2 + 3, width), nn.ReLU(inplace=True), nn.Linear(width, width), nn.ReLU(inplace=True),
+            nn.Linear(dim + 2 + 3, width), nn.ReLU(inplace=True),
+            nn.Linear(width, width), nn.ReLU(inplace=True),
             nn.Linear(width, 3),
         )  # fmt: skip
         side = torch.linspace(-0.05, 0.05, 2)
@@ -183,7 +194,11 @@ class DVAELoss(Target):
 
     @property
     def kl_weight(self) -> float:
-        return self.kl_max * min(1.0, self.progress / self.kl_ramp) if self.kl_ramp > 0 else self.kl_max
+        return (
+            self.kl_max * min(1.0, self.progress / self.kl_ramp)
+            if self.kl_ramp > 0
+            else self.kl_max
+        )
 
     def forward(self, batch: dict, tokens: Tokens) -> Tensor:
         return tokens.extras["neighbourhood"]
@@ -211,13 +226,24 @@ class DVAEModel(MaskedModel):
     conformance kit exercises that masker here too). The Gumbel noise comes from the step's
     generator, per sample id like masks, so runs reproduce exactly."""
 
-    def __init__(self, tokenizer: nn.Module, masker: nn.Module, encoder: DVAEEncoder,
-                 quantizer: GumbelQuantizer, decoder: DVAEDecoder, target: DVAELoss) -> None:  # fmt: skip
+    def __init__(
+        self,
+        tokenizer: nn.Module,
+        masker: nn.Module,
+        encoder: DVAEEncoder,
+        quantizer: GumbelQuantizer,
+        decoder: DVAEDecoder,
+        target: DVAELoss,
+    ) -> None:
         super().__init__(tokenizer, masker, encoder, decoder, target)
         self.quantizer = quantizer
 
-    def gumbel_noise(self, shape: torch.Size, batch: dict, generator: torch.Generator | None) -> Tensor:
-        generators = sample_generators(batch.get("sample_id"), generator, GUMBEL_SALT, rows=shape[0])
+    def gumbel_noise(
+        self, shape: torch.Size, batch: dict, generator: torch.Generator | None
+    ) -> Tensor:
+        generators = sample_generators(
+            batch.get("sample_id"), generator, GUMBEL_SALT, rows=shape[0]
+        )
         rows = [torch.rand(shape[1:], generator=row) for row in generators]
         uniform = torch.stack(rows).clamp(1e-9, 1 - 1e-9)
         return -torch.log(-torch.log(uniform))
@@ -226,7 +252,9 @@ class DVAEModel(MaskedModel):
         tokens = self.tokenizer(batch)
         mask = self.draw_mask(tokens, batch, generator)
         logits = self.encoder(tokens, mask)
-        noise = self.gumbel_noise(logits.shape, batch, generator).to(logits) if self.training else None
+        noise = (
+            self.gumbel_noise(logits.shape, batch, generator).to(logits) if self.training else None
+        )
         coarse, fine = self.decoder(self.quantizer(logits, noise), tokens, mask)
         prediction = DVAEPrediction(coarse, fine, logits)
         target = self.target(batch, tokens)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from omnimask import Decoder, Encoder, Target, Tokens
 from torch import Tensor, nn
 
-from omnimask import Decoder, Encoder, Target, Tokens
 from omnimask_pointcloud.layers import MiniPointNet, PositionalTransformer, position_mlp
 from omnimask_pointcloud.models.dvae import DVAEDecoder, DVAEEncoder, GumbelQuantizer
 
@@ -24,7 +24,9 @@ class PointBERTEncoder(Encoder):
     `[B, 1 + G, D]` whose pooled form is [CLS] beside the max over patches (Point-BERT's
     classification feature)."""
 
-    def __init__(self, dim: int, depth: int, heads: int, pointnet_width: int, drop_path: float) -> None:
+    def __init__(
+        self, dim: int, depth: int, heads: int, pointnet_width: int, drop_path: float
+    ) -> None:
         super().__init__()
         self.patch_embed = MiniPointNet(dim, pointnet_width)
         self.position = position_mlp(dim)
@@ -41,7 +43,9 @@ class PointBERTEncoder(Encoder):
             x = torch.where(mask.unsqueeze(-1), self.mask_token.to(x.dtype), x)
         batch = x.shape[0]
         x = torch.cat([self.cls_token.expand(batch, -1, -1), x], dim=1)
-        positions = torch.cat([self.cls_position.expand(batch, -1, -1), self.position(tokens.positions)], dim=1)
+        positions = torch.cat(
+            [self.cls_position.expand(batch, -1, -1), self.position(tokens.positions)], dim=1
+        )
         return self.transformer(x, positions)
 
     def forward(self, tokens: Tokens, mask: Tensor) -> Tensor:
@@ -72,14 +76,18 @@ class FrozenDVAE(nn.Module):
     """The stage-1 parts the MPM stage keeps: the encoder gives targets; the quantizer's codebook
     and the decoder turn predicted codes back into points for figures."""
 
-    def __init__(self, encoder: DVAEEncoder, quantizer: GumbelQuantizer, decoder: DVAEDecoder) -> None:
+    def __init__(
+        self, encoder: DVAEEncoder, quantizer: GumbelQuantizer, decoder: DVAEDecoder
+    ) -> None:
         super().__init__()
         self.encoder, self.quantizer, self.decoder = encoder, quantizer, decoder
 
     @torch.no_grad()
     def decode(self, codes: Tensor, tokens: Tokens) -> Tensor:
         """Codes `[B, G]` -> fine patch points `[B, G, k, 3]` relative to the centres."""
-        _, fine = self.decoder(self.quantizer.codebook[codes], tokens, codes.new_zeros(codes.shape, dtype=torch.bool))
+        _, fine = self.decoder(
+            self.quantizer.codebook[codes], tokens, codes.new_zeros(codes.shape, dtype=torch.bool)
+        )
         return fine
 
 

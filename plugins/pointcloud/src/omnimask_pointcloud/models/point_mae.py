@@ -5,10 +5,10 @@ patch's points, scored by the L2 Chamfer distance."""
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
-
 from omnimask import Decoder, Encoder, Target, Tokens
 from omnimask.gather import gather_tokens, mask_to_indices
+from torch import Tensor, nn
+
 from omnimask_pointcloud.geometry import chamfer_distance
 from omnimask_pointcloud.layers import MiniPointNet, PositionalTransformer, position_mlp
 
@@ -22,7 +22,9 @@ def max_mean_pool(features: Tensor) -> Tensor:
 class PointMAEEncoder(Encoder):
     """Mini-PointNet patch embeddings + centre positions -> Transformer over visible patches."""
 
-    def __init__(self, dim: int, depth: int, heads: int, pointnet_width: int, drop_path: float) -> None:
+    def __init__(
+        self, dim: int, depth: int, heads: int, pointnet_width: int, drop_path: float
+    ) -> None:
         super().__init__()
         self.patch_embed = MiniPointNet(dim, pointnet_width)
         self.position = position_mlp(dim)
@@ -32,7 +34,10 @@ class PointMAEEncoder(Encoder):
         """Latent `[B, V, D]` of the visible patches, in ascending patch order."""
         embedded = self.patch_embed(tokens.extras["neighbourhood"])
         visible, _ = mask_to_indices(mask)
-        return self.transformer(gather_tokens(embedded, visible), self.position(gather_tokens(tokens.positions, visible)))
+        return self.transformer(
+            gather_tokens(embedded, visible),
+            self.position(gather_tokens(tokens.positions, visible)),
+        )
 
     def forward_features(self, tokens: Tokens) -> Tensor:
         embedded = self.patch_embed(tokens.extras["neighbourhood"])
@@ -60,7 +65,12 @@ class PointMAEDecoder(Decoder):
         batch, hidden = masked.shape
         queries = self.mask_token.expand(batch, hidden, -1)
         x = torch.cat([latent, queries], dim=1)
-        positions = self.position(torch.cat([gather_tokens(tokens.positions, visible), gather_tokens(tokens.positions, masked)], 1))
+        positions = self.position(
+            torch.cat(
+                [gather_tokens(tokens.positions, visible), gather_tokens(tokens.positions, masked)],
+                1,
+            )
+        )
         x = self.transformer(x, positions)[:, -hidden:]
         return self.head(x).reshape(batch, hidden, self.group_size, 3)
 
@@ -80,5 +90,7 @@ class PatchChamferTarget(Target):
         _, masked = mask_to_indices(mask)
         truth = gather_tokens(target, masked)
         k = truth.shape[-2]
-        distance = chamfer_distance(prediction.reshape(-1, k, 3), truth.reshape(-1, k, 3), self.variant)
+        distance = chamfer_distance(
+            prediction.reshape(-1, k, 3), truth.reshape(-1, k, 3), self.variant
+        )
         return {"loss": distance, f"chamfer_{self.variant}": distance.detach()}
