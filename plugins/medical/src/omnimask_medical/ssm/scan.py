@@ -161,7 +161,8 @@ def _scan_forward(
             local_end[:, c - 1], chunk_decay[:, c - 1], entering[:, c - 1], out=entering[:, c]
         )
     # 3. Every chunk again from its entering state, reading out y.
-    outputs = delta.new_empty(steps, batch, chunks, channels)
+    # y is written in `[b, d, chunks, chunk]` order, so `[b, d, L]` is a view of it.
+    outputs = delta.new_empty(batch, channels, chunks, steps).permute(3, 0, 2, 1)
     state = entering
     for t in range(steps):
         if states is None:
