@@ -13,8 +13,8 @@ memory then means something on a CPU: the rise of peak RSS during training; on C
 allocated), and rounds alternate the variants so a busy machine slows all alike.
 Targets: ours padded >= 1.0x the peer, ours packed >= 1.5x.
 
-    python benchmarks/text.py                 # small BERT on CPU (default)
-    python benchmarks/text.py --paper         # BERT-base, seq 512 (use a GPU)
+    python benchmarks/text_mlm.py                 # small BERT on CPU (default)
+    python benchmarks/text_mlm.py --paper         # BERT-base, seq 512 (use a GPU)
 """
 
 from __future__ import annotations
