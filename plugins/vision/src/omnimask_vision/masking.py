@@ -94,23 +94,23 @@ class ColorNoiseMasker(RatioMasker):
         return f"ratio={self.ratio}, color={self.color!r}, sigma={self.sigma}/{self.outer_sigma}"
 
     def forward(self, tokens: Tokens, generator: torch.Generator) -> Tensor:
-        height, width = self._grid(tokens)
-        field = (height + 2 * self.margin) * (width + 2 * self.margin)
-        return self._mask(torch.rand(tokens.batch_size, field, generator=generator), tokens)
+        field = self._field(tokens)
+        uniform = torch.rand(tokens.batch_size, field[0] * field[1], generator=generator)
+        return self._mask(uniform, tokens)
 
     def mask_from_seeds(self, tokens: Tokens, seeds: Tensor) -> Tensor:
         """Per-sample masks, row b from `seeds[b]` alone (see `RandomMasker.mask_from_seeds`)."""
-        height, width = self._grid(tokens)
-        field = (height + 2 * self.margin) * (width + 2 * self.margin)
-        return self._mask(sample_uniform(seeds, field), tokens)
+        field = self._field(tokens)
+        return self._mask(sample_uniform(seeds, field[0] * field[1]), tokens)
 
-    def _grid(self, tokens: Tokens) -> tuple[int, int]:
+    def _field(self, tokens: Tokens) -> tuple[int, int]:
+        """The noise field's sides: the 2-D token grid plus the margin on every side."""
         if tokens.grid is None or len(tokens.grid) != 2:
             raise ValueError(f"ColorNoiseMasker needs a 2-D token grid, got {tokens.grid}")
-        return tokens.grid
+        return tuple(side + 2 * self.margin for side in tokens.grid)
 
     def _mask(self, uniform: Tensor, tokens: Tokens) -> Tensor:
-        height, width = self._grid(tokens)
+        height, width = tokens.grid
         m = self.margin
         white = (uniform - 0.5).view(-1, height + 2 * m, width + 2 * m)
         noise = color_noise(white, self.color, self.sigma, self.outer_sigma)
