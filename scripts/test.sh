@@ -18,7 +18,7 @@ echo "== out-of-tree template in a separate environment =="
 template_env="$(mktemp -d)/env"
 uv venv --quiet --python "$(.venv/bin/python -c 'import sys; print(sys.executable)')" "$template_env"
 uv export --frozen --all-packages --no-hashes --no-emit-workspace --quiet > "$template_env.constraints.txt"
-VIRTUAL_ENV="$template_env" uv pip install --quiet \
+uv pip install --quiet --python "$template_env/bin/python" \
   --constraint "$template_env.constraints.txt" ./core ./examples/timeseries pytest
 "$template_env/bin/omnimask" plugins | tee "$template_env.plugins.txt"
 grep -q "^timeseries .* ok" "$template_env.plugins.txt"
