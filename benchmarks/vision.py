@@ -5,7 +5,8 @@
    kernel, which our engine uses; the peer gets it too) and the same masks (our
    masker draws each step's mask inside our timed step; Hugging Face gets it as `noise`, drawn
    outside its timing): step time (median of strictly alternating steps, with quartiles and the
-   median of the per-pair ratios) and peak memory, with ratios (ours / theirs).
+   median of the per-pair ratios) and peak memory, with ratios (ours / theirs), and the ratio
+   of the two steps' matrix-product FLOPs (what a compute-bound device cannot beat).
 2. SparK's masked-dense encoder (forward + backward, 60% masked) against the same timm CNN run
    densely on the full image: what sparse encoding costs or saves on this backend.
 3. SparK's two sparse-encoding backends, masked dense and spconv, against each other and the
@@ -237,6 +238,18 @@ def trained_parameters(case: str, size: dict, device) -> int:  # noqa: ANN001
     return sum(p.numel() for p in model.parameters() if p.grad is not None)
 
 
+def step_flops(case: str, size: dict, device) -> int:  # noqa: ANN001
+    """FLOPs of one forward + backward of `case`, as torch's FlopCounterMode counts them
+    (matrix products and convolutions): the floor under the time ratio on a device where the
+    step is bound by its matrix products, as a CPU is at the paper size."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    _, step = build_case(case, size, device)
+    with FlopCounterMode(display=False) as counter:
+        step().backward()
+    return counter.get_total_flops()
+
+
 def mae_step_figures(size: dict, steps: int, warmup: int, device) -> dict:  # noqa: ANN001
     """Our MAE step against Hugging Face's, strictly alternating (ours, theirs, ours, ...), so
     that both see the same machine load: medians, quartiles and the per-pair ratios."""
@@ -259,6 +272,7 @@ def mae_step_figures(size: dict, steps: int, warmup: int, device) -> dict:  # no
         "pair_ratio_median": ratios[1], "pair_ratio_quartiles": [ratios[0], ratios[2]],
         "steps": steps, "params": trained_parameters(pair[0], size, device),
         "peer_params": trained_parameters(pair[1], size, device),
+        "flop_ratio": step_flops(pair[0], size, device) / step_flops(pair[1], size, device),
     }  # fmt: skip
 
 
