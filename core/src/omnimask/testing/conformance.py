@@ -151,6 +151,27 @@ def check_loss_falls_on_fixed_batch(s: Subject) -> None:
     assert last < 0.9 * first, f"{s.name}: loss did not fall on a fixed batch: {history}"
 
 
+def check_compiles_like_eager(s: Subject) -> None:
+    """`train.compile=true` must give the eager losses. TorchDynamo with its eager backend
+    traces exactly what `torch.compile` traces (graph breaks included) without inductor's code
+    generation, so it catches capture bugs in seconds."""
+    from torch._dynamo.utils import counters
+
+    model = s.fresh_model().eval()  # eval: no dropout, whose random draws differ when traced
+    with torch.no_grad():
+        expected = model(s.batch, _generator(3))
+        torch._dynamo.reset()  # fresh caches (and counters) for this model
+        actual = torch.compile(model, backend="eager")(s.batch, _generator(3))
+    assert counters["stats"]["unique_graphs"] > 0, f"{s.name}: dynamo captured no graph"
+    assert actual.keys() == expected.keys(), (
+        f"{s.name}: compiled model returned {sorted(actual)}, eager {sorted(expected)}"
+    )
+    for key, value in expected.items():
+        torch.testing.assert_close(
+            actual[key], value, msg=lambda m, key=key: f"{s.name} compiled '{key}': {m}"
+        )
+
+
 CHECKS: tuple[Callable[[Subject], None], ...] = (
     check_builds_from_spec,
     check_masks_reproducible,
@@ -158,6 +179,7 @@ CHECKS: tuple[Callable[[Subject], None], ...] = (
     check_state_dict_round_trip,
     check_export_round_trip,
     check_loss_falls_on_fixed_batch,
+    check_compiles_like_eager,
 )
 
 

@@ -343,8 +343,8 @@ class W2VBert(MaskedModel):
             batch.get("sample_id"), generator, NEGATIVES_SALT, rows=tokens.batch_size
         )
         negatives = sample_negatives(mask, self.num_negatives, generators)
-        losses = self.target.loss(prediction, target, mask, negatives)
-        losses["num_tokens"] = torch.tensor(float(tokens.count()))
+        num_tokens = torch.tensor(float(tokens.count()))
+        losses = {**self.target.loss(prediction, target, mask, negatives), "num_tokens": num_tokens}
         return MaskedOutput(tokens, mask, prediction, target, losses)
 
 

@@ -303,12 +303,10 @@ class CromaModel(MaskedModel):
         latent: CromaLatent = self.encoder(tokens, mask)
         prediction = self.decoder(latent, tokens, mask)
         target = self.target(batch, tokens)
+        num_tokens = torch.tensor(float(tokens.count()))
         losses = self.target.loss(prediction, target, mask)
-        losses["contrastive"] = self.contrastive(latent.optical_pooled, latent.radar_pooled)
+        contrastive = self.contrastive(latent.optical_pooled, latent.radar_pooled)
         reconstruction = losses["reconstruction_optical"] + losses["reconstruction_radar"]
-        losses["loss"] = (
-            self.contrastive_weight * losses["contrastive"]
-            + self.reconstruction_weight * reconstruction
-        )
-        losses["num_tokens"] = torch.tensor(float(tokens.count()))
+        loss = self.contrastive_weight * contrastive + self.reconstruction_weight * reconstruction
+        losses = {**losses, "contrastive": contrastive, "loss": loss, "num_tokens": num_tokens}
         return MaskedOutput(tokens, mask, prediction, target, losses)

@@ -125,6 +125,7 @@ class ElectraModel(TextMaskedModel):
         latent = self.encoder.encode(discriminator_ids, tokens)
         prediction = self.decoder(latent, tokens, mask)
         target = self.target(batch, tokens)
+        num_tokens = torch.tensor(float(tokens.count()))
         losses = self.target.loss(prediction, target, mask)
         rtd_loss = losses.pop("rtd_loss")
         losses = {
@@ -132,7 +133,7 @@ class ElectraModel(TextMaskedModel):
             "mlm_loss": mlm_loss.detach(),
             "rtd_loss": rtd_loss.detach(),
             **losses,
-            "num_tokens": torch.tensor(float(tokens.count())),
+            "num_tokens": num_tokens,
         }
         return MaskedOutput(tokens, mask, prediction, target, losses)
 

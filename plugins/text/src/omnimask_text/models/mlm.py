@@ -54,8 +54,8 @@ class MLMModel(TextMaskedModel):
         latent = self.encoder(tokens, mask)
         prediction = self.decoder(latent, tokens, mask)
         target = self.target(batch, tokens)
-        losses = self.target.loss(prediction, target, mask)
-        losses["num_tokens"] = torch.tensor(float(tokens.count()))
+        num_tokens = torch.tensor(float(tokens.count()))
+        losses = {**self.target.loss(prediction, target, mask), "num_tokens": num_tokens}
         return MaskedOutput(tokens, mask, prediction, target, losses)
 
 

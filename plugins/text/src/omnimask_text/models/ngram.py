@@ -152,6 +152,6 @@ class ExplicitNgramModel(TextMaskedModel):
         latent = self.encoder(collapsed, mask)
         prediction = self.decoder(latent, collapsed, mask)
         target = self.target(batch, collapsed)
-        losses = self.target.loss(prediction, target, mask)
-        losses["num_tokens"] = torch.tensor(float(tokens.count()))
+        num_tokens = torch.tensor(float(tokens.count()))
+        losses = {**self.target.loss(prediction, target, mask), "num_tokens": num_tokens}
         return MaskedOutput(collapsed, mask, prediction, target, losses)
