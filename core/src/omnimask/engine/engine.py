@@ -299,7 +299,9 @@ class Engine:
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                     if ema is not None:
-                        ema.update(accelerator.unwrap_model(model), step=step)
+                        ema.update(
+                            accelerator.unwrap_model(model, keep_torch_compile=False), step=step
+                        )
                     window.add({k: v / train.grad_accum for k, v in step_sums.items()})
                 with warnings.catch_warnings():
                     # a skipped step still advances the schedule, so it stays aligned with `step`
@@ -385,7 +387,9 @@ class Engine:
             }
             ckpt.finish_checkpoint(
                 temp,
-                model=accelerator.unwrap_model(model),
+                # The plain module: a compiled one's state dict prefixes every key with
+                # `_orig_mod.`, which eval, export and resuming could not read.
+                model=accelerator.unwrap_model(model, keep_torch_compile=False),
                 ema=ema.module if ema is not None else None,
                 state=state,
                 config_yaml=to_yaml(self.config),
