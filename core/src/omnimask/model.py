@@ -154,9 +154,9 @@ class MaskedModel(nn.Module):
         target = self.target(batch, tokens)
         # Counted first and the dict built in one expression: under torch.compile (torch 2.11),
         # dynamo dropped entries of a losses dict that was mutated or built across a graph break
-        # (MAE's boolean-indexed loss; `Tokens.count()` on padded tokens). The conformance kit
-        # checks every recipe's compiled losses against eager ones.
-        num_tokens = torch.tensor(float(tokens.count()))
+        # (MAE's boolean-indexed loss; `Tokens.count_tensor`). The conformance kit checks every
+        # recipe's compiled losses against eager ones.
+        num_tokens = tokens.count_tensor()
         losses = {**self.target.loss(prediction, target, mask), "num_tokens": num_tokens}
         return MaskedOutput(tokens, mask, prediction, target, losses)
 

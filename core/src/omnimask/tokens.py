@@ -46,6 +46,14 @@ class Tokens:
             return self.batch_size * self.num_tokens
         return int((~self.padding).sum())
 
+    def count_tensor(self) -> Tensor:
+        """`count()` as a float scalar tensor: the `num_tokens` entry of every losses dict.
+
+        Take it before building that dict: `count()` of padded tokens breaks a torch.compile
+        graph, and dynamo (torch 2.11) lost dict entries built or mutated across such a break.
+        """
+        return torch.tensor(float(self.count()))
+
     def rows(self, index: slice | Tensor) -> Tokens:
         """The tokens of the selected batch rows (every batch-first tensor is indexed).
 

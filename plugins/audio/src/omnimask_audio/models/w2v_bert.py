@@ -343,7 +343,7 @@ class W2VBert(MaskedModel):
             batch.get("sample_id"), generator, NEGATIVES_SALT, rows=tokens.batch_size
         )
         negatives = sample_negatives(mask, self.num_negatives, generators)
-        num_tokens = torch.tensor(float(tokens.count()))
+        num_tokens = tokens.count_tensor()
         losses = {**self.target.loss(prediction, target, mask, negatives), "num_tokens": num_tokens}
         return MaskedOutput(tokens, mask, prediction, target, losses)
 

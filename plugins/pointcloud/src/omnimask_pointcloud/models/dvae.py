@@ -258,6 +258,6 @@ class DVAEModel(MaskedModel):
         coarse, fine = self.decoder(self.quantizer(logits, noise), tokens, mask)
         prediction = DVAEPrediction(coarse, fine, logits)
         target = self.target(batch, tokens)
-        num_tokens = torch.tensor(float(tokens.count()))
+        num_tokens = tokens.count_tensor()
         losses = {**self.target.loss(prediction, target, mask), "num_tokens": num_tokens}
         return MaskedOutput(tokens, mask, prediction, target, losses)

@@ -303,7 +303,7 @@ class CromaModel(MaskedModel):
         latent: CromaLatent = self.encoder(tokens, mask)
         prediction = self.decoder(latent, tokens, mask)
         target = self.target(batch, tokens)
-        num_tokens = torch.tensor(float(tokens.count()))
+        num_tokens = tokens.count_tensor()
         losses = self.target.loss(prediction, target, mask)
         contrastive = self.contrastive(latent.optical_pooled, latent.radar_pooled)
         reconstruction = losses["reconstruction_optical"] + losses["reconstruction_radar"]

@@ -125,7 +125,7 @@ class ElectraModel(TextMaskedModel):
         latent = self.encoder.encode(discriminator_ids, tokens)
         prediction = self.decoder(latent, tokens, mask)
         target = self.target(batch, tokens)
-        num_tokens = torch.tensor(float(tokens.count()))
+        num_tokens = tokens.count_tensor()
         losses = self.target.loss(prediction, target, mask)
         rtd_loss = losses.pop("rtd_loss")
         losses = {

@@ -54,7 +54,7 @@ class MLMModel(TextMaskedModel):
         latent = self.encoder(tokens, mask)
         prediction = self.decoder(latent, tokens, mask)
         target = self.target(batch, tokens)
-        num_tokens = torch.tensor(float(tokens.count()))
+        num_tokens = tokens.count_tensor()
         losses = {**self.target.loss(prediction, target, mask), "num_tokens": num_tokens}
         return MaskedOutput(tokens, mask, prediction, target, losses)
 

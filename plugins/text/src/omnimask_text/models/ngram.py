@@ -152,6 +152,6 @@ class ExplicitNgramModel(TextMaskedModel):
         latent = self.encoder(collapsed, mask)
         prediction = self.decoder(latent, collapsed, mask)
         target = self.target(batch, collapsed)
-        num_tokens = torch.tensor(float(tokens.count()))
+        num_tokens = tokens.count_tensor()
         losses = {**self.target.loss(prediction, target, mask), "num_tokens": num_tokens}
         return MaskedOutput(collapsed, mask, prediction, target, losses)
