@@ -5,7 +5,16 @@ The core defines what every pipeline is made of (`Tokens`, `Tokenizer`, `Masker`
 discovery and the `omnimask` CLI. Modalities live in plugins found through entry points.
 """
 
-from omnimask.model import Decoder, Encoder, MaskedModel, MaskedOutput, Masker, Target, Tokenizer
+from omnimask.model import (
+    CodeIds,
+    Decoder,
+    Encoder,
+    MaskedModel,
+    MaskedOutput,
+    Masker,
+    Target,
+    Tokenizer,
+)
 from omnimask.plugins import PluginSpec
 from omnimask.recipe import DataConfig, Recipe, RecipeConfig, TrainConfig
 from omnimask.tokens import Tokens
@@ -16,6 +25,7 @@ API_VERSION = "0.1"
 
 __all__ = [
     "API_VERSION",
+    "CodeIds",
     "DataConfig",
     "Decoder",
     "Encoder",

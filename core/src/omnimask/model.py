@@ -168,3 +168,24 @@ class MaskedModel(nn.Module):
         """One feature vector per sample `[B, D]` from the unmasked encoder (probe, kNN)."""
         tokens = self.tokenizer(batch)
         return self.encoder.pool(self.encoder.forward_features(tokens), tokens)
+
+    @torch.no_grad()
+    def code_ids(self, batch: Batch) -> dict[str, CodeIds]:
+        """The discrete codes a learned tokenizer or quantizer picks for `batch`, by name.
+
+        The hook through which a plugin with its own codebook (a dVAE, a speech quantizer)
+        reports it to the core's health monitors (`omnimask.monitors`), which log the code-usage
+        perplexity and the share of the vocabulary used and warn when few codes carry the data.
+        The default, no learned codes, returns `{}`. Called in eval mode on a fixed batch.
+        """
+        return {}
+
+
+@dataclass
+class CodeIds:
+    """Code ids chosen for the real (non-padding) tokens of a batch, any shape, and the size of
+    the vocabulary they index (one codebook: several codebooks are reported under their own
+    names, or as one product vocabulary)."""
+
+    ids: Tensor
+    vocab_size: int
