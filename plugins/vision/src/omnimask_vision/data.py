@@ -4,9 +4,10 @@ Every sample is decoded inside `__getitem__`, so a DataLoader with workers decod
 Grayscale, palette and RGBA images are converted to RGB; a file that cannot be decoded raises
 `BadSampleError` naming it, which the engine turns into the run's bad-sample policy.
 
-The embedded default set (no download) is cut from the photographs scikit-image ships inside its
-wheel, written as real PNG, JPEG and WebP files; the labelled set for `omnimask eval` is
-scikit-learn's bundled 8x8 digits, upscaled.
+The labelled set for `omnimask eval` is scikit-learn's bundled 8x8 digits, upscaled; the embedded
+default pretraining set (no download) is the train split of those digits without labels, written
+as real PNG and WebP files, so pretraining sees the evaluation's domain (an earlier set of
+photograph crops never did: see the plugin README, "Does pretraining help?").
 """
 
 from __future__ import annotations
@@ -36,9 +37,7 @@ SHARD_PATTERNS = ("*.tar",)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: bump when the generator changes, so an old cache is not reused.
-DEFAULT_DATA_VERSION = "v1"
-DEFAULT_IMAGES = 160
-DEFAULT_IMAGE_SIDE = 128
+DEFAULT_DATA_VERSION = "v2"  # v1: 160 crops of scikit-image photographs
 
 
 @dataclass
@@ -210,13 +209,28 @@ class DigitsDataset(Dataset):
     SPLIT_AT = 1200
 
     def __init__(self, split: str, transform: Callable[[Image.Image], Tensor]) -> None:
+        self.images = self.split_images(split)
+        self.labels = self.split_labels(split)
+        self.transform = transform
+
+    @classmethod
+    def _part(cls, split: str) -> slice:
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        return slice(None, cls.SPLIT_AT) if split == "train" else slice(cls.SPLIT_AT, None)
+
+    @classmethod
+    def split_images(cls, split: str) -> np.ndarray:
+        """uint8 `[n, 8, 8]` grey images of `split`."""
         from sklearn.datasets import load_digits
 
-        digits = load_digits()
-        part = slice(None, self.SPLIT_AT) if split == "train" else slice(self.SPLIT_AT, None)
-        self.images = (digits.images[part] * (255.0 / 16.0)).astype(np.uint8)
-        self.labels = digits.target[part]
-        self.transform = transform
+        return (load_digits().images[cls._part(split)] * (255.0 / 16.0)).astype(np.uint8)
+
+    @classmethod
+    def split_labels(cls, split: str) -> np.ndarray:
+        from sklearn.datasets import load_digits
+
+        return load_digits().target[cls._part(split)]
 
     def __len__(self) -> int:
         return len(self.images)
@@ -226,26 +240,21 @@ class DigitsDataset(Dataset):
         return {"image": self.transform(image), "label": torch.tensor(int(self.labels[index]))}
 
 
-# scikit-image photographs that ship inside its wheel (the others would need a download).
-_BUNDLED_PHOTOS = (
-    "astronaut", "brick", "camera", "cell", "chelsea", "coffee", "coins", "colorwheel",
-    "grass", "gravel", "horse", "hubble_deep_field", "immunohistochemistry", "logo",
-    "microaneurysms", "moon", "page", "retina", "rocket", "text",
-)  # fmt: skip
-
-
 def ensure_default_images() -> Path:
-    """The embedded default image folder, generated on first use.
+    """The embedded default (unlabelled) image folder, generated on first use.
 
-    Random crops (position, size, flip, 90-degree turns) of scikit-image's bundled photographs,
-    saved as PNG, JPEG and WebP, deterministic. Written into a temporary folder that is renamed
-    into place, so concurrent processes never see a half-written set.
+    The train split of the labelled set (`DigitsDataset("train")`, 1200 digits) without its
+    labels, each image the same 8x8 pixels the evaluation reads, saved alternately as PNG and
+    lossless WebP. Pretraining thus sees the evaluation's domain but never its labels or its
+    test images (the usual self-supervised protocol: pretrain on the train images, probe on
+    frozen features). Written into a temporary folder that is renamed into place, so concurrent
+    processes never see a half-written set.
     """
-    target = default_data_dir("vision") / f"images-{DEFAULT_DATA_VERSION}"
+    target = default_data_dir("vision") / f"digits-{DEFAULT_DATA_VERSION}"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".images-", dir=target.parent))
+    scratch = Path(tempfile.mkdtemp(prefix=".digits-", dir=target.parent))
     try:
         _write_default_images(scratch)
         os.rename(scratch, target)
@@ -258,32 +267,10 @@ def ensure_default_images() -> Path:
 
 
 def _write_default_images(folder: Path) -> None:
-    import skimage.data
-
-    rng = np.random.default_rng(0)
-    photos = [_as_rgb(getattr(skimage.data, name)()) for name in _BUNDLED_PHOTOS]
-    formats = (("png", "PNG"), ("jpg", "JPEG"), ("webp", "WEBP"))
-    for index in range(DEFAULT_IMAGES):
-        photo = photos[index % len(photos)]
-        side = int(rng.integers(min(photo.shape[:2]) // 3, min(photo.shape[:2]) + 1))
-        top = int(rng.integers(0, photo.shape[0] - side + 1))
-        left = int(rng.integers(0, photo.shape[1] - side + 1))
-        crop = np.rot90(photo[top : top + side, left : left + side], int(rng.integers(0, 4)))
-        if rng.random() < 0.5:
-            crop = crop[:, ::-1]
-        image = Image.fromarray(np.ascontiguousarray(crop)).resize(
-            (DEFAULT_IMAGE_SIDE, DEFAULT_IMAGE_SIDE), Image.Resampling.BICUBIC
-        )
-        suffix, pil_format = formats[index % len(formats)]
-        image.save(folder / f"{index:04d}.{suffix}", format=pil_format)
-
-
-def _as_rgb(array: np.ndarray) -> np.ndarray:
-    """Any skimage photo (gray, RGB, RGBA, float or uint8) -> uint8 `[H, W, 3]`."""
-    if array.dtype != np.uint8:
-        array = array.astype(np.float64)
-        span = max(float(array.max() - array.min()), 1e-8)
-        array = (255 * (array - array.min()) / span).astype(np.uint8)
-    if array.ndim == 2:
-        array = np.stack([array] * 3, axis=-1)
-    return array[..., :3]
+    images = DigitsDataset.split_images("train")
+    for index, pixels in enumerate(images):
+        image = Image.fromarray(pixels).convert("RGB")
+        if index % 2:
+            image.save(folder / f"{index:04d}.webp", format="WEBP", lossless=True)
+        else:
+            image.save(folder / f"{index:04d}.png", format="PNG")

@@ -84,7 +84,11 @@ class SparkRecipe(ImageRecipe):
     name = "vision/spark"
     summary = "SparK: sparse masked modelling on unmodified timm CNNs (ResNet, ConvNeXt)"
     config_class = SparkConfig
-    presets: ClassVar = {"demo": presets.spark_demo, "paper": presets.spark_paper}
+    presets: ClassVar = {
+        "demo": presets.spark_demo,
+        "paper": presets.spark_paper,
+        "proof": presets.spark_proof,
+    }
     overfit_lr = 3e-3
 
     def patch_size(self, config: Any) -> int:
@@ -112,6 +116,7 @@ class MAERecipe(ImageRecipe):
         "hpm": presets.mae_hpm_paper,
         "demo_color_noise": presets.mae_color_noise_demo,
         "color_noise": presets.mae_color_noise_paper,
+        "proof": presets.mae_proof,
     }
 
     def patch_size(self, config: Any) -> int:
@@ -154,7 +159,11 @@ class SimMIMRecipe(ImageRecipe):
     name = "vision/simmim"
     summary = "SimMIM: ViT with a mask token, linear pixel head, L1 on masked pixels"
     config_class = SimMIMConfig
-    presets: ClassVar = {"demo": presets.simmim_demo, "paper": presets.simmim_paper}
+    presets: ClassVar = {
+        "demo": presets.simmim_demo,
+        "paper": presets.simmim_paper,
+        "proof": presets.simmim_proof,
+    }
 
     def patch_size(self, config: Any) -> int:
         return _vit_patch(create_timm_model(config.model.encoder))
