@@ -29,6 +29,8 @@ RESUMABLE_KEYS = frozenset(
         "train.checkpoint_every",
         "train.keep_last",
         "train.log_every",
+        "train.monitor_every",
+        "train.monitor_samples",
         "data.num_workers",
     }
 )

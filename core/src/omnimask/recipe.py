@@ -44,6 +44,11 @@ class TrainConfig:
     log_every: int = 10  # metrics are averaged over the steps between two log lines
     max_nonfinite: int = 5  # stop after this many non-finite losses in a row
     progress: bool = True
+    # Health monitors (`omnimask.monitors`): RankMe, normalised-embedding std and code usage on a
+    # fixed probe batch of `monitor_samples` samples, at the first log step at least
+    # `monitor_every` steps after the last check (and at the end); 0 disables them.
+    monitor_every: int = 50
+    monitor_samples: int = 64
 
 
 @dataclass

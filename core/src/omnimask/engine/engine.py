@@ -32,6 +32,7 @@ from omnimask.engine import checkpoint as ckpt
 from omnimask.engine.metrics import MetricsWriter
 from omnimask.engine.optim import build_optimizer, build_scheduler
 from omnimask.engine.sampler import BucketedBatchSampler, ResumableBatchSampler
+from omnimask.monitors import CollapseWarnings, probe_health
 from omnimask.recipe import Recipe, RecipeConfig
 from omnimask.seeding import mix_seed
 
@@ -245,6 +246,7 @@ class Engine:
         last_loss = math.nan
         window = _MetricWindow()
         receivers = progress_receivers(model)
+        health = self._health_monitor(dataset, metrics, start_step)
         model.train()
         try:
             for step in range(start_step, train.steps):
@@ -323,6 +325,8 @@ class Engine:
                     tokens = tokens_per_step * window.steps * processes
                     record["tokens_per_s"] = tokens / elapsed if window.steps else 0.0
                     record["skipped_samples"] = skipped_total
+                    if health is not None and health.due(done, train.steps):
+                        record.update(health.check(model, step, done))
                     if metrics is not None:
                         metrics.log(step, record)
                     bar.set_postfix(
@@ -339,6 +343,24 @@ class Engine:
                 metrics.close()
         accelerator.wait_for_everyone()
         return TrainResult(self.run_dir, train.steps, last_loss)
+
+    def _health_monitor(
+        self, dataset: EngineDataset, metrics: MetricsWriter | None, start_step: int
+    ) -> HealthMonitor | None:
+        """The health monitor of the main process (None when `train.monitor_every` is 0)."""
+        if not self.is_main or self.train.monitor_every <= 0:
+            return None
+        from omnimask.visualize import sample_batch
+
+        count = max(2, self.train.monitor_samples)
+        batch = sample_batch(self.recipe, self.config, dataset.dataset, count, self.train.seed)
+        return HealthMonitor(
+            send_to_device(batch, self.accelerator.device),
+            self.train.monitor_every,
+            self.accelerator,
+            metrics,
+            start_step,
+        )
 
     # ---------------------------------------------------------------- helpers
     def _all_processes(self, flag: bool) -> bool:
@@ -396,6 +418,37 @@ class Engine:
                 keep_last=self.train.keep_last,
             )
         accelerator.wait_for_everyone()
+
+
+class HealthMonitor:
+    """Scores a fixed probe batch (`omnimask.monitors`) at log steps at least `every` steps
+    apart, and warns once per kind of collapse, in the log and as a `collapse` event in
+    `metrics.jsonl`. It runs on the main process only and draws no random numbers."""
+
+    def __init__(
+        self,
+        batch: dict[str, Any],
+        every: int,
+        accelerator: Accelerator,
+        metrics: MetricsWriter | None,
+        start_step: int,
+    ) -> None:
+        self.batch, self.every, self.accelerator, self.metrics = batch, every, accelerator, metrics
+        self.last = start_step
+        self.warnings = CollapseWarnings()
+
+    def due(self, done: int, total: int) -> bool:
+        return done - self.last >= self.every or done == total
+
+    def check(self, model: torch.nn.Module, step: int, done: int) -> dict[str, float]:
+        """The figures after `done` steps, logged under `step` like the losses beside them."""
+        self.last = done
+        plain = self.accelerator.unwrap_model(model, keep_torch_compile=False)
+        report = probe_health(plain, self.batch)
+        for line in self.warnings(step, report.collapse):
+            if self.metrics is not None:
+                self.metrics.event("collapse", step=step, message=line)
+        return report.figures
 
 
 class _MetricWindow:
