@@ -45,6 +45,13 @@ def test_identical_embeddings_have_rank_one_and_zero_spread() -> None:
     assert embedding_health(embeddings).collapse
 
 
+def test_non_finite_rows_are_left_out() -> None:
+    embeddings = torch.eye(4, 8)
+    with_nan = torch.cat([embeddings, torch.full((2, 8), float("nan"))])
+    assert embedding_health(with_nan).figures == embedding_health(embeddings).figures
+    assert embedding_health(torch.full((3, 8), float("inf"))).figures == {}
+
+
 def test_normalized_std_of_isotropic_embeddings_is_one_over_sqrt_dim() -> None:
     embeddings = torch.randn(20000, 64, generator=torch.Generator().manual_seed(0))
     assert normalized_embedding_std(embeddings) == pytest.approx(1 / 8, rel=0.02)

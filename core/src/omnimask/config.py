@@ -36,6 +36,15 @@ RESUMABLE_KEYS = frozenset(
 )
 
 
+#: sections that only evaluation reads: they may differ too.
+RESUMABLE_SECTIONS = ("finetune.",)
+
+
+def is_resumable(key: str) -> bool:
+    """Whether a config key may differ between a saved run and the config resuming it."""
+    return key in RESUMABLE_KEYS or key.startswith(RESUMABLE_SECTIONS)
+
+
 class ConfigError(ValueError):
     """A bad override or an unusable config file."""
 

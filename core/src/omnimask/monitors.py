@@ -81,12 +81,17 @@ class HealthReport:
 
 
 def embedding_health(embeddings: Tensor) -> HealthReport:
+    """Collapse figures of `[n, D]` embeddings. Rows with a non-finite value (a bad sample in the
+    probe batch; the engine's loss guard deals with non-finite training) are left out."""
+    embeddings = embeddings[torch.isfinite(embeddings).all(dim=1)]
     n, dim = embeddings.shape
+    if n < 2:
+        return HealthReport({})
     rank, std = rankme(embeddings), normalized_embedding_std(embeddings)
     healthy_std = 1 / math.sqrt(dim)
     report = HealthReport({"health/rankme": rank, "health/embedding_std": std})
     low_rank = rank < 1 + RANK_COLLAPSE_SHARE * min(n, dim)
-    if n > 1 and low_rank and std < STD_COLLAPSE_SHARE * healthy_std:
+    if low_rank and std < STD_COLLAPSE_SHARE * healthy_std:
         report.collapse.append(
             f"the encoder's embeddings look collapsed: RankMe {rank:.2f} of at most {min(n, dim)}, "
             f"std of the L2-normalised embeddings {std:.2e} (well spread: about {healthy_std:.2e})"

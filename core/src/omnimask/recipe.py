@@ -52,6 +52,23 @@ class TrainConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """`omnimask eval --protocol finetune`: how the encoder and a new classification head are
+    fine-tuned end to end (`omnimask.finetune`). Evaluation only: changing it never blocks a
+    resume, and `omnimask eval` takes `finetune.*` overrides."""
+
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 30
+    layer_decay: float = 1.0  # < 1: layer-wise lr decay (MAE ViT-B: 0.65); 1 turns it off
+    label_smoothing: float = 0.1
+    drop_path: float = 0.0  # stochastic depth of the last residual block, linear in depth
+    clip_grad: float = 0.0
+
+
+@dataclass
 class DataConfig:
     """Where the data comes from and what to do with bad samples."""
 
@@ -71,6 +88,7 @@ class RecipeConfig:
     recipe: str = ""
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
 class Recipe(ABC):
@@ -81,6 +99,9 @@ class Recipe(ABC):
     config_class: ClassVar[type[RecipeConfig]]
     #: preset name -> function returning the full config; must include "demo".
     presets: ClassVar[dict[str, Callable[[], RecipeConfig]]]
+    #: what `omnimask eval --data` expects, for the error a user sees when it is missing or
+    #: unusable, e.g. "a folder with one sub-folder of images per class".
+    labelled_layout: ClassVar[str] = ""
     #: plugin export formats besides safetensors (which the core always writes).
     export_formats: ClassVar[Sequence[str]] = ()
 

@@ -26,7 +26,7 @@ from safetensors.torch import load_model
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from omnimask.config import RESUMABLE_KEYS, ConfigError, differences, from_yaml, to_yaml
+from omnimask.config import ConfigError, differences, from_yaml, is_resumable, to_yaml
 from omnimask.data import EngineDataset, engine_collate
 from omnimask.engine import checkpoint as ckpt
 from omnimask.engine.metrics import MetricsWriter
@@ -77,7 +77,8 @@ class Engine:
     """Trains a recipe's `MaskedModel` into a run directory.
 
     A run directory that already holds checkpoints is resumed from its newest readable one;
-    the config must then agree with the saved one except for `RESUMABLE_KEYS`.
+    the config must then agree with the saved one except for the keys that
+    `omnimask.config.is_resumable` allows.
     """
 
     def __init__(self, recipe: Recipe, config: RecipeConfig, run_dir: Path | None = None) -> None:
@@ -106,7 +107,7 @@ class Engine:
         if config_path.exists():
             saved = from_yaml(config_path.read_text(), type(self.config), str(config_path))
             changed = differences(saved, self.config)
-            blocking = [d for d in changed if d[0] not in RESUMABLE_KEYS]
+            blocking = [d for d in changed if not is_resumable(d[0])]
             if blocking:
                 lines = "\n".join(f"  {k}: saved {a!r}, now {b!r}" for k, a, b in blocking)
                 raise ResumeError(
