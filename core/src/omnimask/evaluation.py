@@ -23,6 +23,7 @@ from sklearn.preprocessing import StandardScaler
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from omnimask.data import DataPathError
 from omnimask.model import MaskedModel
 from omnimask.recipe import Recipe, RecipeConfig
 
@@ -124,14 +125,17 @@ def labelled_datasets(
     recipe: Recipe, config: RecipeConfig, data: str | None
 ) -> tuple[Dataset, Dataset]:
     """The recipe's labelled (train, test) sets; one clear line where there are none."""
+    layout = recipe.labelled_layout or "labelled data in the layout its plugin README gives"
     try:
         train_set, test_set = recipe.build_eval_datasets(config, data)
     except NotImplementedError:
         raise EvalDataError(
-            f"recipe {recipe.name!r} has no embedded labelled data; pass --data with "
-            f"{recipe.labelled_layout or 'labelled data in the layout its plugin README gives'}"
+            f"recipe {recipe.name!r} has no embedded labelled data; pass --data with {layout}"
         ) from None
-    layout = recipe.labelled_layout or "labelled data"
+    except DataPathError as error:
+        if data is None or "--data" in str(error):
+            raise
+        raise EvalDataError(f"{error} (--data expects {layout})") from None
     for split, dataset in (("train", train_set), ("test", test_set)):
         if len(dataset) == 0:  # type: ignore[arg-type]
             source = data or "the embedded labelled set"

@@ -113,6 +113,9 @@ def demo() -> VideoMAEConfig:
 
 class VideoMAERecipe(Recipe):
     name = "video/videomae"
+    labelled_layout = (
+        "a folder of <class>/ sub-folders of videos (or train/<class>/ and test/<class>/)"
+    )
     summary = (
         "VideoMAE: 2x16x16 tubelets, 90% tube masking, visible-only ViT, per-tubelet normalised MSE"
     )
