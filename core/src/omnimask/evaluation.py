@@ -154,46 +154,66 @@ def evaluate_run(
     """Score a run's encoder and its random initialisation with `protocols`; writes `eval.json`
     in the run.
 
-    `limit` caps the samples taken from each of the train and test splits. `overrides` are
-    `finetune.*` settings (nothing else: the rest of the config is the run's)."""
+    `protocols` are the core's (`PROTOCOLS`) and the recipe's own (`Recipe.protocols`).
+    `limit` caps the samples taken from each of the train and test splits of the core's
+    protocols. `overrides` set `finetune.*` or the recipe's `eval_sections` (nothing else: the
+    rest of the config is the run's)."""
     from omnimask.config import ConfigError, apply_overrides
     from omnimask.runs import load_run
 
-    unknown = sorted(set(protocols) - set(PROTOCOLS))
-    if unknown:
-        raise ConfigError(f"unknown protocol {unknown[0]!r}; choose from {', '.join(PROTOCOLS)}")
-    not_finetune = [o for o in overrides if not o.startswith("finetune.")]
-    if not_finetune:
-        raise ConfigError(
-            f"eval takes finetune.* overrides only, got {not_finetune[0]!r}: the rest of the "
-            "config is the run's"
-        )
     run = load_run(run_dir)
+    recipe = run.recipe
+    known = (*PROTOCOLS, *recipe.protocols)
+    unknown = [p for p in protocols if p not in known]
+    if unknown:
+        raise ConfigError(
+            f"recipe {recipe.name!r} has no protocol {unknown[0]!r}; choose from {', '.join(known)}"
+        )
+    sections = ("finetune", *recipe.eval_sections)
+    foreign = [o for o in overrides if o.split(".", 1)[0] not in sections]
+    if foreign:
+        allowed = ", ".join(f"{s}.*" for s in sections)
+        raise ConfigError(
+            f"eval takes {allowed} overrides only, got {foreign[0]!r}: the rest of the config is "
+            "the run's"
+        )
     config = apply_overrides(run.config, list(overrides)) if overrides else run.config
-    train_set, test_set = labelled_datasets(run.recipe, config, data)
     seed = config.train.seed
-    train_set, test_set = (
-        random_subset(train_set, limit, seed),
-        random_subset(test_set, limit, seed + 1),
-    )
     torch.manual_seed(seed)
-    baseline = run.recipe.build_model(config)
+    baseline = recipe.build_model(config)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    scored = {}
-    for side, model in (("pretrained", run.model), ("random_init", baseline)):
-        scored[side] = evaluate_model(
-            model.to(device), run.recipe, config, train_set, test_set, protocols, k,
-            name=side.replace("_", " "),
-        )  # fmt: skip
-    result = {
+    models = {"pretrained": run.model.to(device), "random_init": baseline.to(device)}
+    result: dict[str, Any] = {
         "run": str(run.run_dir),
         "step": run.step,
         "protocols": list(protocols),
-        "train_samples": len(train_set),  # type: ignore[arg-type]
-        "test_samples": len(test_set),  # type: ignore[arg-type]
-        **scored,
     }
-    if "finetune" in protocols:
-        result["finetune"] = dataclasses.asdict(config.finetune)
+    scored: dict[str, dict[str, float]] = {side: {} for side in models}
+    core = [p for p in protocols if p in PROTOCOLS]
+    if core:
+        train_set, test_set = labelled_datasets(recipe, config, data)
+        train_set, test_set = (
+            random_subset(train_set, limit, seed),
+            random_subset(test_set, limit, seed + 1),
+        )
+        result["train_samples"] = len(train_set)  # type: ignore[arg-type]
+        result["test_samples"] = len(test_set)  # type: ignore[arg-type]
+        for side, model in models.items():
+            scored[side] |= evaluate_model(
+                model, recipe, config, train_set, test_set, core, k, name=side.replace("_", " ")
+            )
+    for protocol in (p for p in protocols if p not in PROTOCOLS):
+        for side, model in models.items():
+            figures = recipe.evaluate_protocol(
+                protocol, model, config, data, name=side.replace("_", " ")
+            )
+            scored[side] |= figures
+    result |= scored
+    for section in sections:
+        if section == "finetune" and "finetune" not in protocols:
+            continue
+        if section != "finetune" and not recipe.protocols:
+            continue
+        result[section] = dataclasses.asdict(getattr(config, section))
     (run.run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

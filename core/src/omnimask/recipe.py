@@ -102,6 +102,12 @@ class Recipe(ABC):
     #: what `omnimask eval --data` expects, for the error a user sees when it is missing or
     #: unusable, e.g. "a folder with one sub-folder of images per class".
     labelled_layout: ClassVar[str] = ""
+    #: evaluation protocols of the recipe's own (e.g. segmentation), beside the core's linear,
+    #: knn and finetune; `evaluate_protocol` runs them.
+    protocols: ClassVar[Sequence[str]] = ()
+    #: config sections that only the recipe's protocols read: `omnimask eval` takes overrides of
+    #: them, and they may change when a run is resumed (like `finetune`).
+    eval_sections: ClassVar[Sequence[str]] = ()
     #: plugin export formats besides safetensors (which the core always writes).
     export_formats: ClassVar[Sequence[str]] = ()
 
@@ -149,6 +155,20 @@ class Recipe(ABC):
     ) -> tuple[Dataset, Dataset]:
         """Labelled (train, test) sets for `omnimask eval`: items carry an int `label`."""
         raise NotImplementedError(f"recipe {self.name!r} has no labelled evaluation data")
+
+    def evaluate_protocol(
+        self,
+        protocol: str,
+        model: MaskedModel,
+        config: RecipeConfig,
+        data: str | None,
+        name: str = "model",
+    ) -> dict[str, float]:
+        """Score `model` with one of the recipe's own `protocols` on `data` (None: the embedded
+        labelled set); called for the pretrained model and for the same architecture at random
+        init, and must follow `config.train.seed` so that both see the same protocol. Figures
+        are named by the protocol, e.g. `{"dice_mean": ...}`."""
+        raise NotImplementedError(f"recipe {self.name!r} has no protocol {protocol!r}")
 
     def visualize(self, model: MaskedModel, batch: Batch, path: Path) -> Path:
         """Write an original | masked | reconstruction PNG for `batch` to `path`."""

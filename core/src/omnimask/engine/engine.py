@@ -107,7 +107,8 @@ class Engine:
         if config_path.exists():
             saved = from_yaml(config_path.read_text(), type(self.config), str(config_path))
             changed = differences(saved, self.config)
-            blocking = [d for d in changed if not is_resumable(d[0])]
+            sections = self.recipe.eval_sections
+            blocking = [d for d in changed if not is_resumable(d[0], sections)]
             if blocking:
                 lines = "\n".join(f"  {k}: saved {a!r}, now {b!r}" for k, a, b in blocking)
                 raise ResumeError(
