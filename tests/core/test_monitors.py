@@ -45,6 +45,20 @@ def test_identical_embeddings_have_rank_one_and_zero_spread() -> None:
     assert embedding_health(embeddings).collapse
 
 
+def test_a_common_component_is_not_collapse_but_a_vanishing_spread_is() -> None:
+    """Pooled embeddings that share a large offset (as a MambaMIM encoder's do, random or
+    trained) have a small normalised std from the start: only its fall says collapse."""
+    generator = torch.Generator().manual_seed(0)
+    offset = 50.0 * torch.ones(1, 32)
+    start = offset + torch.randn(64, 32, generator=generator)
+    start_std = normalized_embedding_std(start)
+    assert start_std < 0.05 / math.sqrt(32)
+    assert not embedding_health(start, start_std).collapse
+    shrunk = offset + 0.05 * torch.randn(64, 32, generator=generator)
+    report = embedding_health(shrunk, start_std)
+    assert report.collapse and "at the start" in report.collapse[0]
+
+
 def test_non_finite_rows_are_left_out() -> None:
     embeddings = torch.eye(4, 8)
     with_nan = torch.cat([embeddings, torch.full((2, 8), float("nan"))])
@@ -96,6 +110,8 @@ def test_engine_logs_health_figures_and_stays_quiet_on_a_healthy_run(
         metrics = _toy_run(tmp_path / "run")
     logged = [m for m in metrics.values() if "health/rankme" in m]
     assert len(logged) == 10  # every second step
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text()
+    assert lines.count('"event": "health_at_start"') == 1
     assert all(m["health/rankme"] > 2 and m["health/embedding_std"] > 0.05 for m in logged)
     assert not _collapse_events(tmp_path / "run")
     assert "collapsed" not in caplog.text
@@ -122,3 +138,13 @@ def test_monitoring_does_not_change_the_run(tmp_path: Path) -> None:
         plain[s]["loss"] for s in sorted(plain)
     ]
     assert all("health/rankme" not in m for m in plain.values())
+
+
+def test_a_resumed_run_keeps_the_reference_of_its_start(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _toy_run(run)
+    state = torch.load(next((run / "checkpoints").iterdir()) / "state.pt", weights_only=True)
+    assert state["health_start_std"] > 0
+    _toy_run(run, "train.steps=30")  # resumed from step 20
+    lines = (run / "metrics.jsonl").read_text()
+    assert lines.count('"event": "health_at_start"') == 1

@@ -249,6 +249,8 @@ class Engine:
         window = _MetricWindow()
         receivers = progress_receivers(model)
         health = self._health_monitor(dataset, metrics, start_step)
+        if health is not None:
+            health.start(model, loaded.state.get("health_start_std") if loaded else None)
         model.train()
         try:
             for step in range(start_step, train.steps):
@@ -338,7 +340,11 @@ class Engine:
                     )
                     window = _MetricWindow()
                 if done % train.checkpoint_every == 0 or done == train.steps:
-                    self._save(model, ema, optimizer, scheduler, done, nonfinite_run, skipped_total)
+                    start_std = health.start_std if health is not None else None
+                    self._save(
+                        model, ema, optimizer, scheduler, done, nonfinite_run, skipped_total,
+                        start_std,
+                    )  # fmt: skip
         finally:
             bar.close()
             if metrics is not None:
@@ -390,6 +396,7 @@ class Engine:
         step: int,
         nonfinite_run: int,
         skipped_total: int,
+        health_start_std: float | None,
     ) -> None:
         accelerator = self.accelerator
         directory = self.run_dir / "checkpoints"
@@ -408,6 +415,7 @@ class Engine:
                 "nonfinite_run": nonfinite_run,
                 "skipped_samples": skipped_total,
                 "num_processes": accelerator.num_processes,
+                "health_start_std": health_start_std,
             }
             ckpt.finish_checkpoint(
                 temp,
@@ -438,6 +446,19 @@ class HealthMonitor:
         self.batch, self.every, self.accelerator, self.metrics = batch, every, accelerator, metrics
         self.last = start_step
         self.warnings = CollapseWarnings()
+        self.start_std: float | None = None
+
+    def start(self, model: torch.nn.Module, saved_start_std: float | None) -> None:
+        """The embedding std before training, the reference of the collapse warning: measured
+        now on a fresh run, taken from the checkpoint on a resumed one."""
+        if saved_start_std is not None or self.last > 0:
+            self.start_std = saved_start_std
+            return
+        plain = self.accelerator.unwrap_model(model, keep_torch_compile=False)
+        figures = probe_health(plain, self.batch).figures
+        self.start_std = figures.get("health/embedding_std")
+        if self.metrics is not None:
+            self.metrics.event("health_at_start", **figures)
 
     def due(self, done: int, total: int) -> bool:
         return done - self.last >= self.every or done == total
@@ -446,7 +467,7 @@ class HealthMonitor:
         """The figures after `done` steps, logged under `step` like the losses beside them."""
         self.last = done
         plain = self.accelerator.unwrap_model(model, keep_torch_compile=False)
-        report = probe_health(plain, self.batch)
+        report = probe_health(plain, self.batch, self.start_std)
         for line in self.warnings(step, report.collapse):
             if self.metrics is not None:
                 self.metrics.event("collapse", step=step, message=line)
