@@ -122,3 +122,28 @@ def test_audio_losses_reproducible_and_gumbel_annealed() -> None:
     assert abs(quantizer.temperature - 0.5) < 1e-9
     quantizer.set_progress(0.5)
     assert abs(quantizer.temperature - 1.0) < 1e-9
+
+
+def test_audio_code_ids_are_the_quantizer_codes_of_real_frames() -> None:
+    """The core's code-usage monitor sees exactly the codes the MLM module learns to predict:
+    the argmax code of every unpadded frame, and so the quantizer's own code perplexity."""
+    from omnimask.monitors import code_perplexity
+
+    s = subject(RECIPE)
+    model = s.fresh_model().eval()
+    reported = model.code_ids(s.batch)
+    quantizer = model.target.quantizer
+    assert set(reported) == (
+        {"quantizer"}
+        if quantizer.codebooks == 1
+        else {f"quantizer{g}" for g in range(quantizer.codebooks)}
+    )
+    tokens = model.tokenizer(s.batch)
+    quantized = model.target(s.batch, tokens)
+    real = ~tokens.padding
+    for g, codes in enumerate(reported.values()):
+        assert torch.equal(codes.ids, quantized.codes[..., g][real])
+        assert codes.vocab_size == quantizer.codebook_size
+    if quantizer.codebooks == 1:
+        ours = code_perplexity(reported["quantizer"].ids, quantizer.codebook_size)
+        assert abs(ours - float(quantized.code_perplexity)) < 1e-3 * ours

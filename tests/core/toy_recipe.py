@@ -70,10 +70,11 @@ class HalfMasker(nn.Module):
 
 
 class ToyEncoder(Encoder):
-    def __init__(self, width: int, dropout: float) -> None:
+    def __init__(self, width: int, dropout: float, activation: str = "gelu") -> None:
         super().__init__()
         self.mask_token = nn.Parameter(torch.zeros(4))
-        self.body = nn.Sequential(nn.Linear(4, width), nn.GELU(), nn.Dropout(dropout))
+        act = nn.ReLU() if activation == "relu" else nn.GELU()
+        self.body = nn.Sequential(nn.Linear(4, width), act, nn.Dropout(dropout))
 
     def forward(self, tokens: Tokens, mask: Tensor) -> Tensor:
         values = torch.where(mask.unsqueeze(-1), self.mask_token, tokens.values)
@@ -105,6 +106,7 @@ class ToyTarget(Target):
 class ToyModelConfig:
     width: int = 16
     dropout: float = 0.1
+    activation: str = "gelu"  # gelu | relu (a large lr kills every ReLU: a collapsed encoder)
 
 
 @dataclass
@@ -139,7 +141,7 @@ class ToyRecipe(Recipe):
         return MaskedModel(
             ToyTokenizer(),
             HalfMasker(),
-            ToyEncoder(width, config.model.dropout),
+            ToyEncoder(width, config.model.dropout, config.model.activation),
             ToyDecoder(width),
             ToyTarget(),
         )

@@ -197,3 +197,16 @@ def test_labelled_manifest_without_split_holds_out_every_fourth_pair(tmp_path) -
     (tmp_path / "manifest.csv").write_text("s1,s2\np0_s1.tif,p0_s2.tif\n")
     with pytest.raises(BadSampleError, match="has no label"):
         CromaRecipe().build_eval_datasets(demo_config(16), str(tmp_path))
+
+
+def test_embedded_labelled_chips_refuse_a_run_with_another_band_layout() -> None:
+    """The embedded chips have 2 S1 and 12 S2 bands: a run that reads 4 S2 bands is told to
+    bring its own labelled chips rather than being fed the wrong bands."""
+    from omnimask.data import DataPathError
+    from omnimask.plugins import get_recipe
+
+    recipe = get_recipe("remote_sensing/croma")
+    config = recipe.config("demo")
+    config.chips.s2_bands = 4
+    with pytest.raises(DataPathError, match=r"have 2 S1 and 12 S2 bands.*reads 2 and 4.*--data"):
+        recipe.build_eval_datasets(config, None)

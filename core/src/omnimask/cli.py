@@ -20,6 +20,9 @@ from omnimask.config import ConfigError, apply_overrides, to_yaml
 from omnimask.data import BadSampleError, DataPathError
 from omnimask.plugins import PluginError, UnknownRecipeError, discover, get_recipe
 
+#: `omnimask eval --protocol` choices (`omnimask.evaluation.PROTOCOLS`, without importing torch).
+PROTOCOLS = ("linear", "knn", "finetune")
+
 USER_ERRORS: tuple[type[BaseException], ...] = (
     UnknownRecipeError,
     ConfigError,
@@ -33,11 +36,20 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Error types that mean "bad input", imported lazily (they live in heavier modules)."""
     from omnimask.engine import NonFiniteLossError, ResumeError
+    from omnimask.evaluation import EvalDataError
     from omnimask.export import ExportError
     from omnimask.runs import RunError
     from omnimask.visualize import FigureError
 
-    return (*USER_ERRORS, NonFiniteLossError, ResumeError, ExportError, RunError, FigureError)
+    return (
+        *USER_ERRORS,
+        NonFiniteLossError,
+        ResumeError,
+        EvalDataError,
+        ExportError,
+        RunError,
+        FigureError,
+    )
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -94,7 +106,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from omnimask.evaluation import evaluate_run
 
-    result = evaluate_run(Path(args.run), args.data, args.k, args.limit)
+    result = evaluate_run(
+        Path(args.run), args.data, args.k, args.limit, args.protocol, args.overrides
+    )
     print(json.dumps(result, indent=2))
     print(f"written: {Path(args.run) / 'eval.json'}")
     return 0
@@ -134,6 +148,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def protocol_list(text: str) -> list[str]:
+    """Comma-separated protocol names; checked against the run's recipe once it is loaded
+    (recipes add their own, e.g. segmentation)."""
+    chosen = [part.strip() for part in text.split(",") if part.strip()]
+    if not chosen:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: name one or more protocols ({', '.join(PROTOCOLS)}...), separated by commas"
+        )
+    return chosen
+
+
 def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(
         prog="omnimask", description="Masked-modeling self-supervised pretraining."
@@ -160,7 +185,9 @@ def parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--run-dir", type=Path, help="default runs/<recipe>/<timestamp>")
     pretrain.set_defaults(func=cmd_pretrain)
 
-    evaluate = sub.add_parser("eval", help="linear probe and kNN on a run's frozen features")
+    evaluate = sub.add_parser(
+        "eval", help="linear probe, kNN or fine-tuning: the run's encoder vs random init"
+    )
     evaluate.add_argument("run", help="run directory")
     evaluate.add_argument("--data", help="labelled data (default: the plugin's embedded set)")
     evaluate.add_argument("--k", type=int, default=20, help="neighbours for kNN")
@@ -168,6 +195,20 @@ def parser() -> argparse.ArgumentParser:
         "--limit",
         type=positive_int,
         help="score at most this many samples of each split (seeded subset)",
+    )
+    evaluate.add_argument(
+        "--protocol",
+        type=protocol_list,
+        default=["linear", "knn"],
+        help="comma-separated, of linear, knn (frozen features: the default, linear,knn), "
+        "finetune (end to end) and the recipe's own (medical/mambamim: segmentation_probe, "
+        "segmentation_finetune)",
+    )
+    evaluate.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="SECTION.KEY=VALUE",
+        help="evaluation settings: finetune.* and the recipe's own (e.g. segmentation.*)",
     )
     evaluate.set_defaults(func=cmd_eval)
 

@@ -7,6 +7,7 @@ module only turns its exceptions into messages that name the key and what is wro
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -29,9 +30,22 @@ RESUMABLE_KEYS = frozenset(
         "train.checkpoint_every",
         "train.keep_last",
         "train.log_every",
+        "train.monitor_every",
+        "train.monitor_samples",
         "data.num_workers",
     }
 )
+
+
+#: sections that only evaluation reads: they may differ too.
+RESUMABLE_SECTIONS = ("finetune.",)
+
+
+def is_resumable(key: str, eval_sections: Sequence[str] = ()) -> bool:
+    """Whether a config key may differ between a saved run and the config resuming it;
+    `eval_sections` are the recipe's own evaluation-only sections (`Recipe.eval_sections`)."""
+    sections = (*RESUMABLE_SECTIONS, *(f"{name}." for name in eval_sections))
+    return key in RESUMABLE_KEYS or key.startswith(sections)
 
 
 class ConfigError(ValueError):

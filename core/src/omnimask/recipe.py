@@ -44,6 +44,28 @@ class TrainConfig:
     log_every: int = 10  # metrics are averaged over the steps between two log lines
     max_nonfinite: int = 5  # stop after this many non-finite losses in a row
     progress: bool = True
+    # Health monitors (`omnimask.monitors`): RankMe, normalised-embedding std and code usage on a
+    # fixed probe batch of `monitor_samples` samples, at the first log step at least
+    # `monitor_every` steps after the last check (and at the end); 0 disables them.
+    monitor_every: int = 50
+    monitor_samples: int = 64
+
+
+@dataclass
+class FinetuneConfig:
+    """`omnimask eval --protocol finetune`: how the encoder and a new classification head are
+    fine-tuned end to end (`omnimask.finetune`). Evaluation only: changing it never blocks a
+    resume, and `omnimask eval` takes `finetune.*` overrides."""
+
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 30
+    layer_decay: float = 1.0  # < 1: layer-wise lr decay (MAE ViT-B: 0.65); 1 turns it off
+    label_smoothing: float = 0.1
+    drop_path: float = 0.0  # stochastic depth of the last residual block, linear in depth
+    clip_grad: float = 0.0
 
 
 @dataclass
@@ -66,6 +88,7 @@ class RecipeConfig:
     recipe: str = ""
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
 class Recipe(ABC):
@@ -76,6 +99,15 @@ class Recipe(ABC):
     config_class: ClassVar[type[RecipeConfig]]
     #: preset name -> function returning the full config; must include "demo".
     presets: ClassVar[dict[str, Callable[[], RecipeConfig]]]
+    #: what `omnimask eval --data` expects, for the error a user sees when it is missing or
+    #: unusable, e.g. "a folder with one sub-folder of images per class".
+    labelled_layout: ClassVar[str] = ""
+    #: evaluation protocols of the recipe's own (e.g. segmentation), beside the core's linear,
+    #: knn and finetune; `evaluate_protocol` runs them.
+    protocols: ClassVar[Sequence[str]] = ()
+    #: config sections that only the recipe's protocols read: `omnimask eval` takes overrides of
+    #: them, and they may change when a run is resumed (like `finetune`).
+    eval_sections: ClassVar[Sequence[str]] = ()
     #: plugin export formats besides safetensors (which the core always writes).
     export_formats: ClassVar[Sequence[str]] = ()
 
@@ -123,6 +155,20 @@ class Recipe(ABC):
     ) -> tuple[Dataset, Dataset]:
         """Labelled (train, test) sets for `omnimask eval`: items carry an int `label`."""
         raise NotImplementedError(f"recipe {self.name!r} has no labelled evaluation data")
+
+    def evaluate_protocol(
+        self,
+        protocol: str,
+        model: MaskedModel,
+        config: RecipeConfig,
+        data: str | None,
+        name: str = "model",
+    ) -> dict[str, float]:
+        """Score `model` with one of the recipe's own `protocols` on `data` (None: the embedded
+        labelled set); called for the pretrained model and for the same architecture at random
+        init, and must follow `config.train.seed` so that both see the same protocol. Figures
+        are named by the protocol, e.g. `{"dice_mean": ...}`."""
+        raise NotImplementedError(f"recipe {self.name!r} has no protocol {protocol!r}")
 
     def visualize(self, model: MaskedModel, batch: Batch, path: Path) -> Path:
         """Write an original | masked | reconstruction PNG for `batch` to `path`."""

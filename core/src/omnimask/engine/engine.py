@@ -26,12 +26,13 @@ from safetensors.torch import load_model
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from omnimask.config import RESUMABLE_KEYS, ConfigError, differences, from_yaml, to_yaml
+from omnimask.config import ConfigError, differences, from_yaml, is_resumable, to_yaml
 from omnimask.data import EngineDataset, engine_collate
 from omnimask.engine import checkpoint as ckpt
 from omnimask.engine.metrics import MetricsWriter
 from omnimask.engine.optim import build_optimizer, build_scheduler
 from omnimask.engine.sampler import BucketedBatchSampler, ResumableBatchSampler
+from omnimask.monitors import CollapseWarnings, probe_health
 from omnimask.recipe import Recipe, RecipeConfig
 from omnimask.seeding import mix_seed
 
@@ -76,7 +77,8 @@ class Engine:
     """Trains a recipe's `MaskedModel` into a run directory.
 
     A run directory that already holds checkpoints is resumed from its newest readable one;
-    the config must then agree with the saved one except for `RESUMABLE_KEYS`.
+    the config must then agree with the saved one except for the keys that
+    `omnimask.config.is_resumable` allows.
     """
 
     def __init__(self, recipe: Recipe, config: RecipeConfig, run_dir: Path | None = None) -> None:
@@ -105,7 +107,8 @@ class Engine:
         if config_path.exists():
             saved = from_yaml(config_path.read_text(), type(self.config), str(config_path))
             changed = differences(saved, self.config)
-            blocking = [d for d in changed if d[0] not in RESUMABLE_KEYS]
+            sections = self.recipe.eval_sections
+            blocking = [d for d in changed if not is_resumable(d[0], sections)]
             if blocking:
                 lines = "\n".join(f"  {k}: saved {a!r}, now {b!r}" for k, a, b in blocking)
                 raise ResumeError(
@@ -245,6 +248,9 @@ class Engine:
         last_loss = math.nan
         window = _MetricWindow()
         receivers = progress_receivers(model)
+        health = self._health_monitor(dataset, metrics, start_step)
+        if health is not None:
+            health.start(model, loaded.state.get("health_start_std") if loaded else None)
         model.train()
         try:
             for step in range(start_step, train.steps):
@@ -323,6 +329,8 @@ class Engine:
                     tokens = tokens_per_step * window.steps * processes
                     record["tokens_per_s"] = tokens / elapsed if window.steps else 0.0
                     record["skipped_samples"] = skipped_total
+                    if health is not None and health.due(done, train.steps):
+                        record.update(health.check(model, step, done))
                     if metrics is not None:
                         metrics.log(step, record)
                     bar.set_postfix(
@@ -332,13 +340,35 @@ class Engine:
                     )
                     window = _MetricWindow()
                 if done % train.checkpoint_every == 0 or done == train.steps:
-                    self._save(model, ema, optimizer, scheduler, done, nonfinite_run, skipped_total)
+                    start_std = health.start_std if health is not None else None
+                    self._save(
+                        model, ema, optimizer, scheduler, done, nonfinite_run, skipped_total,
+                        start_std,
+                    )  # fmt: skip
         finally:
             bar.close()
             if metrics is not None:
                 metrics.close()
         accelerator.wait_for_everyone()
         return TrainResult(self.run_dir, train.steps, last_loss)
+
+    def _health_monitor(
+        self, dataset: EngineDataset, metrics: MetricsWriter | None, start_step: int
+    ) -> HealthMonitor | None:
+        """The health monitor of the main process (None when `train.monitor_every` is 0)."""
+        if not self.is_main or self.train.monitor_every <= 0:
+            return None
+        from omnimask.visualize import sample_batch
+
+        count = max(2, self.train.monitor_samples)
+        batch = sample_batch(self.recipe, self.config, dataset.dataset, count, self.train.seed)
+        return HealthMonitor(
+            send_to_device(batch, self.accelerator.device),
+            self.train.monitor_every,
+            self.accelerator,
+            metrics,
+            start_step,
+        )
 
     # ---------------------------------------------------------------- helpers
     def _all_processes(self, flag: bool) -> bool:
@@ -366,6 +396,7 @@ class Engine:
         step: int,
         nonfinite_run: int,
         skipped_total: int,
+        health_start_std: float | None,
     ) -> None:
         accelerator = self.accelerator
         directory = self.run_dir / "checkpoints"
@@ -384,6 +415,7 @@ class Engine:
                 "nonfinite_run": nonfinite_run,
                 "skipped_samples": skipped_total,
                 "num_processes": accelerator.num_processes,
+                "health_start_std": health_start_std,
             }
             ckpt.finish_checkpoint(
                 temp,
@@ -396,6 +428,50 @@ class Engine:
                 keep_last=self.train.keep_last,
             )
         accelerator.wait_for_everyone()
+
+
+class HealthMonitor:
+    """Scores a fixed probe batch (`omnimask.monitors`) at log steps at least `every` steps
+    apart, and warns once per kind of collapse, in the log and as a `collapse` event in
+    `metrics.jsonl`. It runs on the main process only and draws no random numbers."""
+
+    def __init__(
+        self,
+        batch: dict[str, Any],
+        every: int,
+        accelerator: Accelerator,
+        metrics: MetricsWriter | None,
+        start_step: int,
+    ) -> None:
+        self.batch, self.every, self.accelerator, self.metrics = batch, every, accelerator, metrics
+        self.last = start_step
+        self.warnings = CollapseWarnings()
+        self.start_std: float | None = None
+
+    def start(self, model: torch.nn.Module, saved_start_std: float | None) -> None:
+        """The embedding std before training, the reference of the collapse warning: measured
+        now on a fresh run, taken from the checkpoint on a resumed one."""
+        if saved_start_std is not None or self.last > 0:
+            self.start_std = saved_start_std
+            return
+        plain = self.accelerator.unwrap_model(model, keep_torch_compile=False)
+        figures = probe_health(plain, self.batch).figures
+        self.start_std = figures.get("health/embedding_std")
+        if self.metrics is not None:
+            self.metrics.event("health_at_start", **figures)
+
+    def due(self, done: int, total: int) -> bool:
+        return done - self.last >= self.every or done == total
+
+    def check(self, model: torch.nn.Module, step: int, done: int) -> dict[str, float]:
+        """The figures after `done` steps, logged under `step` like the losses beside them."""
+        self.last = done
+        plain = self.accelerator.unwrap_model(model, keep_torch_compile=False)
+        report = probe_health(plain, self.batch, self.start_std)
+        for line in self.warnings(step, report.collapse):
+            if self.metrics is not None:
+                self.metrics.event("collapse", step=step, message=line)
+        return report.figures
 
 
 class _MetricWindow:

@@ -111,6 +111,10 @@ def _check(config: TimeSeriesMAEConfig) -> None:
 
 class TimeSeriesMAE(Recipe):
     name = "timeseries/mae"
+    labelled_layout = (
+        "a folder of series files with a labels.csv (header file,label,split; split is train "
+        "or test)"
+    )
     summary = "masked autoencoder on multichannel series patches (PatchTST / Ti-MAE style)"
     config_class = TimeSeriesMAEConfig
     presets = {"demo": demo, "paper": paper}

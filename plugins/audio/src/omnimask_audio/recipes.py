@@ -17,6 +17,10 @@ from omnimask_audio.config import W2VBertConfig, demo, paper
 
 class W2VBertRecipe(Recipe):
     name = "audio/w2v_bert"
+    labelled_layout = (
+        "a folder with train/<class>/ and test/<class>/ sub-folders of audio files (WAV, FLAC, "
+        "OGG, MP3)"
+    )
     summary = "w2v-BERT: contrastive (wav2vec 2.0) + masked code prediction on log-mel fbanks"
     config_class = W2VBertConfig
     presets = {"demo": demo, "paper": paper}

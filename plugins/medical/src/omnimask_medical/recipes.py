@@ -20,6 +20,10 @@ from omnimask_medical.models.mambamim import DensifyingDecoder, NormalizedVoxels
 
 class MambaMIMRecipe(Recipe):
     name = "medical/mambamim"
+    labelled_layout = (
+        "a folder with train/<class>/ and test/<class>/ sub-folders of NIfTI volumes (.nii, "
+        ".nii.gz)"
+    )
     summary = "MambaMIM: hybrid MedNeXt-Mamba encoder, bottom-up 3D masks, TOKI, on CT volumes"
     config_class = MambaMIMConfig
     presets: ClassVar = {"demo": presets.mambamim_demo, "paper": presets.mambamim_paper}

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omnimask.data import check_data_path, default_data_dir
+from omnimask.data import DataPathError, check_data_path, default_data_dir
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -103,13 +103,16 @@ def labelled_splits(
     root = data_root(path)
     files = check_data_path(root, PATTERNS)
     if root.is_file():
-        raise ValueError(f"{root}: evaluation needs a folder of <class>/ subfolders, not one file")
+        raise DataPathError(
+            f"{root}: evaluation needs a folder of <class>/ subfolders, not one file"
+        )
     classes = sorted(
         {f.relative_to(root).parts[0] for f in files if len(f.relative_to(root).parts) > 1}
     )
     if len(classes) < 2:
-        raise ValueError(
-            f"{root}: evaluation needs at least two <class>/ subfolders, found {classes}"
+        raise DataPathError(
+            f"{root}: evaluation needs labelled data, at least two <class>/ subfolders of point "
+            f"files, and found {len(classes)} ({', '.join(classes) or 'files without a class'})"
         )
     index = {name: i for i, name in enumerate(classes)}
     split: dict[str, tuple[list[Path], list[int]]] = {"train": ([], []), "test": ([], [])}
@@ -131,7 +134,7 @@ def labelled_splits(
         split[name][1].append(index[parts[0]])
     for name in SPLITS:
         if not split[name][0]:
-            raise ValueError(f"{root}: the {name} split is empty")
+            raise DataPathError(f"{root}: the {name} split of the labelled data is empty")
     return split["train"], split["test"], classes
 
 

@@ -44,6 +44,11 @@ GREY, BLUE, RED = "#9a9a9a", "#1f5fbf", "#d62728"
 class PointCloudRecipe(Recipe):
     """Data, evaluation sets and the figure, shared by the point-cloud recipes."""
 
+    labelled_layout = (
+        "a folder of <class>/ sub-folders of point files (PLY, PCD, XYZ, NPY, NPZ, OFF, OBJ, STL), "
+        "optionally split into <class>/train/ and <class>/test/"
+    )
+
     def build_dataset(self, config: RecipeConfig) -> Dataset:
         files = pretraining_files(config.data.path)
         return PointCloudDataset(
@@ -53,9 +58,7 @@ class PointCloudRecipe(Recipe):
     def build_eval_datasets(
         self, config: RecipeConfig, path: str | None = None
     ) -> tuple[Dataset, Dataset]:
-        (train_files, train_labels), (test_files, test_labels), _ = labelled_splits(
-            path or config.data.path
-        )
+        (train_files, train_labels), (test_files, test_labels), _ = labelled_splits(path)
         make = lambda files, labels: PointCloudDataset(  # noqa: E731
             files, labels, config.patches.num_points, config.patches.group_size, augment=False
         )

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from omnimask import Recipe
+from omnimask.data import DataPathError
 from omnimask.masking import RandomMasker
 from omnimask.model import Batch
 from torch.utils.data import Dataset, default_collate
@@ -23,11 +24,15 @@ from omnimask_remote_sensing.models.croma import (
     CromaTarget,
     CromaTokenizer,
 )
-from omnimask_remote_sensing.synthetic import default_data
+from omnimask_remote_sensing.synthetic import S1_SIGNATURES_DB, S2_SIGNATURES, default_data
 
 
 class CromaRecipe(Recipe):
     name = "remote_sensing/croma"
+    labelled_layout = (
+        "a folder of co-registered S1/S2 GeoTIFF pairs with a manifest.csv whose rows carry "
+        "'label' (and optionally 'split' = train/test)"
+    )
     summary = "CROMA: contrastive radar-optical masked autoencoder (Sentinel-1 + Sentinel-2)"
     config_class = CromaConfig
     presets = {"demo": demo, "paper": paper}
@@ -79,6 +84,15 @@ class CromaRecipe(Recipe):
     def build_eval_datasets(
         self, config: CromaConfig, path: str | None = None
     ) -> tuple[Dataset, Dataset]:
+        if path is None:
+            embedded = (S1_SIGNATURES_DB.shape[1], S2_SIGNATURES.shape[1])
+            wanted = (config.chips.s1_bands, config.chips.s2_bands)
+            if wanted != embedded:
+                raise DataPathError(
+                    f"the embedded labelled chips have {embedded[0]} S1 and {embedded[1]} S2 "
+                    f"bands, and this run reads {wanted[0]} and {wanted[1]}: pass --data with "
+                    f"{self.labelled_layout}, in the run's band layout"
+                )
         return labelled_splits(path if path is not None else default_data() / "labelled", config)
 
     def visualize(self, model: CromaModel, batch: Batch, path: Path) -> Path:

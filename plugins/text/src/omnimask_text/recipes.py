@@ -163,6 +163,11 @@ def electra_small() -> ElectraRecipeConfig:
 class TextRecipe(Recipe):
     """What `text/mlm` and `text/electra` share: vocabulary, data, evaluation, export."""
 
+    labelled_layout = (
+        "a JSONL file whose records carry the text field, 'label' and optionally 'split' "
+        "(train | test)"
+    )
+
     config_class: ClassVar[type[MLMConfig]] = MLMConfig
     export_formats = ("hf",)
     electra: ClassVar[bool] = False

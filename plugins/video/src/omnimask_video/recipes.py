@@ -83,6 +83,14 @@ def paper() -> VideoMAEConfig:
     train.warmup_steps = 40 * 240_000 // 1024
     train.checkpoint_every = 1000
     config.data.num_workers = 8
+    # VideoMAE's ViT-B Kinetics-400 fine-tuning: lr 1e-3 per 256 clips at batch 512, layer
+    # decay 0.75, label smoothing 0.1, 75 epochs with 5 of warmup. Its drop path 0.1 is left
+    # out (the encoder is Hugging Face's VideoMAEModel, which has none), and so are mixup,
+    # cutmix and RandAugment.
+    tune = config.finetune
+    tune.batch_size, tune.lr, tune.weight_decay = 512, 2e-3, 0.05
+    tune.layer_decay, tune.label_smoothing = 0.75, 0.1
+    tune.steps, tune.warmup_steps = 75 * 240_000 // 512, 5 * 240_000 // 512
     return config
 
 
@@ -99,11 +107,15 @@ def demo() -> VideoMAEConfig:
     train.lr, train.warmup_steps = 1e-3, 10
     train.checkpoint_every = 60
     config.data.num_workers = 1
+    config.finetune.layer_decay = 0.75
     return config
 
 
 class VideoMAERecipe(Recipe):
     name = "video/videomae"
+    labelled_layout = (
+        "a folder of <class>/ sub-folders of videos (or train/<class>/ and test/<class>/)"
+    )
     summary = (
         "VideoMAE: 2x16x16 tubelets, 90% tube masking, visible-only ViT, per-tubelet normalised MSE"
     )

@@ -167,6 +167,7 @@ def mae_demo() -> MAEConfig:
     config.model.decoder_width, config.model.decoder_depth, config.model.decoder_heads = 64, 2, 4
     config.image = ImageConfig(size=64, min_scale=0.2)
     _demo_train(config, steps=60, lr=2e-3)
+    config.finetune.layer_decay, config.finetune.drop_path = 0.75, 0.1
     return config
 
 
@@ -177,6 +178,12 @@ def mae_paper() -> MAEConfig:
     train.batch_size, train.weight_decay = 4096, 0.05
     train.steps = epochs_to_steps(800, 4096)
     train.warmup_steps = epochs_to_steps(40, 4096)
+    # MAE's ViT-B fine-tuning (its Table 9): batch 1024, lr 5e-4 per 256, layer decay 0.65,
+    # drop path 0.1, label smoothing 0.1, 100 epochs with 5 of warmup (mixup/cutmix left out).
+    tune = config.finetune
+    tune.batch_size, tune.lr, tune.weight_decay = 1024, 2e-3, 0.05
+    tune.layer_decay, tune.drop_path, tune.label_smoothing = 0.65, 0.1, 0.1
+    tune.steps, tune.warmup_steps = epochs_to_steps(100, 1024), epochs_to_steps(5, 1024)
     return config
 
 
@@ -217,6 +224,7 @@ def simmim_demo() -> SimMIMConfig:
     config.mask = CellMaskConfig(ratio=0.6, cell=16)
     config.image = ImageConfig(size=64, min_scale=0.67)
     _demo_train(config, steps=60, lr=2e-3)
+    config.finetune.layer_decay, config.finetune.drop_path = 0.75, 0.1
     return config
 
 
@@ -230,6 +238,12 @@ def simmim_paper() -> SimMIMConfig:
     train.steps = epochs_to_steps(800, 2048)
     train.warmup_steps = epochs_to_steps(10, 2048)
     train.clip_grad = 5.0
+    # SimMIM's ViT-B fine-tuning: batch 2048, lr 1.25e-3 per 512, layer decay 0.65, drop path
+    # 0.1, label smoothing 0.1, 100 epochs with 20 of warmup, gradient clipping 5.
+    tune = config.finetune
+    tune.batch_size, tune.lr, tune.weight_decay, tune.clip_grad = 2048, 5e-3, 0.05, 5.0
+    tune.layer_decay, tune.drop_path, tune.label_smoothing = 0.65, 0.1, 0.1
+    tune.steps, tune.warmup_steps = epochs_to_steps(100, 2048), epochs_to_steps(20, 2048)
     return config
 
 

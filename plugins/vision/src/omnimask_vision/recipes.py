@@ -47,6 +47,8 @@ def create_timm_model(config: TimmModelConfig) -> nn.Module:
 class ImageRecipe(Recipe):
     """Data, evaluation, figure and timm export shared by the image recipes."""
 
+    labelled_layout = "a folder with one sub-folder of images per class"
+
     export_formats = ("timm",)
 
     def build_dataset(self, config: Any) -> Dataset:

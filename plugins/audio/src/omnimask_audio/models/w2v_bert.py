@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omnimask import Decoder, Encoder, MaskedModel, MaskedOutput, Target, Tokens
+from omnimask import CodeIds, Decoder, Encoder, MaskedModel, MaskedOutput, Target, Tokens
 from omnimask.seeding import sample_generators
 from torch import Tensor, nn
 from transformers import Wav2Vec2BertConfig, Wav2Vec2BertModel
@@ -346,6 +346,25 @@ class W2VBert(MaskedModel):
         num_tokens = tokens.count_tensor()
         losses = {**self.target.loss(prediction, target, mask, negatives), "num_tokens": num_tokens}
         return MaskedOutput(tokens, mask, prediction, target, losses)
+
+    @torch.no_grad()
+    def code_ids(self, batch: dict) -> dict[str, CodeIds]:
+        """The quantizer's argmax codes of every real frame, one entry per codebook: the MLM
+        module's classes, for the core's code-usage monitor."""
+        tokens = self.tokenizer(batch)
+        codes = self.target(batch, tokens).codes  # [B, N, G]
+        if tokens.padding is not None:
+            codes = codes[~tokens.padding]
+        quantizer = self.target.quantizer
+        names = (
+            ["quantizer"]
+            if quantizer.codebooks == 1
+            else [f"quantizer{g}" for g in range(quantizer.codebooks)]
+        )
+        return {
+            name: CodeIds(codes[..., g].flatten(), quantizer.codebook_size)
+            for g, name in enumerate(names)
+        }
 
 
 def build_w2v_bert(model: W2VBertModelConfig, mask: SpanMaskConfig, num_mel_bins: int) -> W2VBert:
