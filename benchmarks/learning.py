@@ -52,9 +52,10 @@ DEFAULT_RECIPES = ("vision/spark", "vision/mae", "vision/simmim")
 
 def target_met(pretrained: float, random_init: float) -> bool:
     """At least 10 points better, or half the error where random init is above 80%."""
+    slack = 1e-9  # accuracies are ratios of counts: 0.95 vs 0.90 must count as halved
     if random_init > 0.8:
-        return (1 - pretrained) <= 0.5 * (1 - random_init)
-    return pretrained - random_init >= 0.10
+        return (1 - pretrained) <= 0.5 * (1 - random_init) + slack
+    return pretrained - random_init >= 0.10 - slack
 
 
 def evaluate(

@@ -35,7 +35,9 @@ def test_benchmark_prints_one_json_line_per_figure_and_a_summary(tmp_path: Path,
     for figure in figures:
         assert figure["recipe"] == "vision/spark" and figure["steps"] == 2
         assert 0.0 <= figure["pretrained"] <= 1.0 and 0.0 <= figure["random_init"] <= 1.0
-        assert figure["gap"] == pytest.approx(figure["pretrained"] - figure["random_init"], 1e-3)
+        assert figure["gap"] == pytest.approx(
+            figure["pretrained"] - figure["random_init"], abs=2e-4
+        )
         assert figure["minutes"] >= 0
     assert sorted(s["protocol"] for s in summaries) == ["knn", "linear"]
     assert all(s["seeds"] == [0, 1] and isinstance(s["target_met"], bool) for s in summaries)

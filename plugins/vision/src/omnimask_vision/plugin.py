@@ -7,7 +7,7 @@ spec = PluginSpec(
     modality="images (JPEG/PNG/WebP folders, WebDataset tar shards)",
     version="0.1.0",
     core_api=">=0.1,<0.2",
-    requires=("torch", "timm", "torchvision", "PIL", "skimage", "matplotlib"),
+    requires=("torch", "timm", "torchvision", "PIL", "sklearn", "matplotlib"),
     recipes={
         "vision/spark": "omnimask_vision.recipes:SparkRecipe",
         "vision/mae": "omnimask_vision.recipes:MAERecipe",

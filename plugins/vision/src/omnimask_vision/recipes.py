@@ -1,6 +1,6 @@
 """The vision recipes: `vision/spark` (CNNs), `vision/mae` and `vision/simmim` (ViTs).
 
-All three read the same data (image folders, tar shards, the embedded photographs), are scored on
+All three read the same data (image folders, tar shards, the embedded digits), are scored on
 the same labelled set, draw the same figure and export their encoder as a plain timm model.
 """
 
