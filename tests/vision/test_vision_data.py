@@ -135,3 +135,21 @@ def test_embedded_digits_are_labelled_rgb_images() -> None:
     sample = test[0]
     assert sample["image"].shape == (3, SIZE, SIZE)
     assert len({int(train[i]["label"]) for i in range(50)}) == 10
+
+
+def test_embedded_pretraining_set_is_the_unlabelled_digits_train_split(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from omnimask_vision.data import DEFAULT_DATA_VERSION, DigitsDataset, ensure_default_images
+
+    monkeypatch.setenv("OMNIMASK_DATA_DIR", str(tmp_path))
+    folder = ensure_default_images()
+    assert folder.name == f"digits-{DEFAULT_DATA_VERSION}" and DEFAULT_DATA_VERSION != "v1"
+    files = sorted(folder.iterdir())
+    assert len(files) == DigitsDataset.SPLIT_AT  # the train split only: no test image
+    assert {f.suffix for f in files} == {".png", ".webp"}
+    train = DigitsDataset.split_images("train")
+    for index in (0, 1, 1199):  # lossless: the very pixels the probe reads
+        with Image.open(files[index]) as image:
+            assert np.array_equal(np.asarray(image.convert("L")), train[index])
+    assert len(pretraining_dataset(None, ImageConfig(size=SIZE))) == len(files)
