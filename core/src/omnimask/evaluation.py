@@ -207,7 +207,7 @@ def evaluate_run(
             figures = recipe.evaluate_protocol(
                 protocol, model, config, data, name=side.replace("_", " ")
             )
-            scored[side] |= figures
+            scored[side] |= {f"{protocol}/{key}": value for key, value in figures.items()}
     result |= scored
     for section in sections:
         if section == "finetune" and "finetune" not in protocols:
