@@ -7,6 +7,7 @@ import logging
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from omnimask import CodeIds
@@ -21,6 +22,8 @@ from omnimask.monitors import (
     normalized_embedding_std,
     rankme,
 )
+from omnimask.visualize import draw_health
+from PIL import Image
 from toy_recipe import ToyRecipe
 
 
@@ -127,6 +130,13 @@ def test_engine_warns_once_when_a_learning_rate_kills_the_encoder(
     assert len(events) == 1 and "embeddings look collapsed" in events[0]
     warnings = [r for r in caplog.records if "look collapsed" in r.getMessage()]
     assert len(warnings) == 1 and warnings[0].getMessage().startswith("step ")
+
+    figure = draw_health(tmp_path / "run", tmp_path / "health.png")
+    assert figure is not None
+    with Image.open(figure) as image:  # loss, RankMe and std panels side by side
+        assert image.format == "PNG" and image.width > 2.5 * image.height
+        assert len(np.unique(np.asarray(image.convert("L")))) > 10
+    assert draw_health(tmp_path / "no-run", tmp_path / "none.png") is None
 
 
 def test_monitoring_does_not_change_the_run(tmp_path: Path) -> None:
