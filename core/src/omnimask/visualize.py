@@ -57,14 +57,15 @@ def draw_health(run_dir: Path, path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    events = [
-        json.loads(line) for line in metrics_path.read_text().splitlines() if '"event"' in line
-    ]
-    collapses = [e["step"] for e in events if e["event"] == "collapse"]
-    start = next((e for e in events if e["event"] == "health_at_start"), {})
-    records = (
-        {-1: {k: v for k, v in start.items() if k != "event"}, **records} if start else records
-    )
+    lines = metrics_path.read_text().splitlines()
+    collapses = [json.loads(line)["step"] for line in lines if '"event": "collapse"' in line]
+    starts = {  # the figures before training, drawn at step 0
+        k.removesuffix("_at_start"): v
+        for r in records.values()
+        for k, v in r.items()
+        if k.endswith("_at_start")
+    }
+    records = {-1: starts, **records} if starts else records
     figure, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
     for axis, key in zip(axes[0], keys):
         points = [  # the figures before training are drawn at step 0
