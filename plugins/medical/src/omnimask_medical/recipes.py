@@ -35,7 +35,11 @@ class MambaMIMRecipe(Recipe):
     protocols = ("segmentation_probe", "segmentation_finetune")
     eval_sections = ("segmentation",)
     config_class = MambaMIMConfig
-    presets: ClassVar = {"demo": presets.mambamim_demo, "paper": presets.mambamim_paper}
+    presets: ClassVar = {
+        "demo": presets.mambamim_demo,
+        "proof": presets.mambamim_proof,
+        "paper": presets.mambamim_paper,
+    }
 
     def build_model(self, config: MambaMIMConfig) -> MaskedModel:
         model = config.model
