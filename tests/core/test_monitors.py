@@ -3,10 +3,12 @@ once on a deliberately collapsed run (a learning rate that kills every ReLU of t
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from omnimask import CodeIds
@@ -21,6 +23,8 @@ from omnimask.monitors import (
     normalized_embedding_std,
     rankme,
 )
+from omnimask.visualize import draw_health
+from PIL import Image
 from toy_recipe import ToyRecipe
 
 
@@ -110,8 +114,11 @@ def test_engine_logs_health_figures_and_stays_quiet_on_a_healthy_run(
         metrics = _toy_run(tmp_path / "run")
     logged = [m for m in metrics.values() if "health/rankme" in m]
     assert len(logged) == 10  # every second step
-    lines = (tmp_path / "run" / "metrics.jsonl").read_text()
-    assert lines.count('"event": "health_at_start"') == 1
+    first = logged[0]  # the figures before training come with the first check
+    assert first["health/embedding_std_at_start"] > 0.05 and "health/rankme_at_start" in first
+    assert all("health/rankme_at_start" not in m for m in logged[1:])
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert all("step" in json.loads(line) and "event" not in line for line in lines)
     assert all(m["health/rankme"] > 2 and m["health/embedding_std"] > 0.05 for m in logged)
     assert not _collapse_events(tmp_path / "run")
     assert "collapsed" not in caplog.text
@@ -127,6 +134,13 @@ def test_engine_warns_once_when_a_learning_rate_kills_the_encoder(
     assert len(events) == 1 and "embeddings look collapsed" in events[0]
     warnings = [r for r in caplog.records if "look collapsed" in r.getMessage()]
     assert len(warnings) == 1 and warnings[0].getMessage().startswith("step ")
+
+    figure = draw_health(tmp_path / "run", tmp_path / "health.png")
+    assert figure is not None
+    with Image.open(figure) as image:  # loss, RankMe and std panels side by side
+        assert image.format == "PNG" and image.width > 2.5 * image.height
+        assert len(np.unique(np.asarray(image.convert("L")))) > 10
+    assert draw_health(tmp_path / "no-run", tmp_path / "none.png") is None
 
 
 def test_monitoring_does_not_change_the_run(tmp_path: Path) -> None:
@@ -145,6 +159,5 @@ def test_a_resumed_run_keeps_the_reference_of_its_start(tmp_path: Path) -> None:
     _toy_run(run)
     state = torch.load(next((run / "checkpoints").iterdir()) / "state.pt", weights_only=True)
     assert state["health_start_std"] > 0
-    _toy_run(run, "train.steps=30")  # resumed from step 20
-    lines = (run / "metrics.jsonl").read_text()
-    assert lines.count('"event": "health_at_start"') == 1
+    metrics = _toy_run(run, "train.steps=30")  # resumed from step 20
+    assert sum("health/rankme_at_start" in m for m in metrics.values()) == 1

@@ -115,10 +115,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_visualize(args: argparse.Namespace) -> int:
-    from omnimask.visualize import visualize_run
+    from omnimask.visualize import draw_health, visualize_run
 
     path = visualize_run(Path(args.run), args.out, args.num, args.seed)
     print(f"figure: {path}")
+    curves = draw_health(Path(args.run), path.with_name("health.png"))
+    if curves is not None:
+        print(f"training curves and health monitors: {curves}")
     return 0
 
 

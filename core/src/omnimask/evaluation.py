@@ -207,13 +207,11 @@ def evaluate_run(
             figures = recipe.evaluate_protocol(
                 protocol, model, config, data, name=side.replace("_", " ")
             )
-            scored[side] |= figures
+            scored[side] |= {f"{protocol}/{key}": value for key, value in figures.items()}
     result |= scored
-    for section in sections:
-        if section == "finetune" and "finetune" not in protocols:
-            continue
-        if section != "finetune" and not recipe.protocols:
-            continue
-        result[section] = dataclasses.asdict(getattr(config, section))
+    own = any(p in recipe.protocols for p in protocols)
+    for section in sections:  # the settings the protocols ran with
+        if ("finetune" in protocols) if section == "finetune" else own:
+            result[section] = dataclasses.asdict(getattr(config, section))
     (run.run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -166,8 +166,8 @@ class Recipe(ABC):
     ) -> dict[str, float]:
         """Score `model` with one of the recipe's own `protocols` on `data` (None: the embedded
         labelled set); called for the pretrained model and for the same architecture at random
-        init, and must follow `config.train.seed` so that both see the same protocol. Figures
-        are named by the protocol, e.g. `{"dice_mean": ...}`."""
+        init, and must follow `config.train.seed` so that both see the same protocol. The
+        figures (e.g. `{"dice_mean": ...}`) land in `eval.json` as `<protocol>/<figure>`."""
         raise NotImplementedError(f"recipe {self.name!r} has no protocol {protocol!r}")
 
     def visualize(self, model: MaskedModel, batch: Batch, path: Path) -> Path:

@@ -433,7 +433,8 @@ class Engine:
 class HealthMonitor:
     """Scores a fixed probe batch (`omnimask.monitors`) at log steps at least `every` steps
     apart, and warns once per kind of collapse, in the log and as a `collapse` event in
-    `metrics.jsonl`. It runs on the main process only and draws no random numbers."""
+    `metrics.jsonl`. It runs on the main process only and draws no random numbers. The figures
+    before training go with the first check's, as `health/<figure>_at_start`."""
 
     def __init__(
         self,
@@ -447,6 +448,7 @@ class HealthMonitor:
         self.last = start_step
         self.warnings = CollapseWarnings()
         self.start_std: float | None = None
+        self.unlogged_start: dict[str, float] = {}
 
     def start(self, model: torch.nn.Module, saved_start_std: float | None) -> None:
         """The embedding std before training, the reference of the collapse warning: measured
@@ -457,8 +459,9 @@ class HealthMonitor:
         plain = self.accelerator.unwrap_model(model, keep_torch_compile=False)
         figures = probe_health(plain, self.batch).figures
         self.start_std = figures.get("health/embedding_std")
-        if self.metrics is not None:
-            self.metrics.event("health_at_start", **figures)
+        # logged with the first check, as `<figure>_at_start`: no line of its own, so that
+        # every line of a run's metrics.jsonl stays a step record
+        self.unlogged_start = {f"{k}_at_start": v for k, v in figures.items()}
 
     def due(self, done: int, total: int) -> bool:
         return done - self.last >= self.every or done == total
@@ -471,7 +474,8 @@ class HealthMonitor:
         for line in self.warnings(step, report.collapse):
             if self.metrics is not None:
                 self.metrics.event("collapse", step=step, message=line)
-        return report.figures
+        figures, self.unlogged_start = {**self.unlogged_start, **report.figures}, {}
+        return figures
 
 
 class _MetricWindow:

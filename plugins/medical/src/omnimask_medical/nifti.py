@@ -23,6 +23,7 @@ import os
 import tempfile
 import warnings
 import zlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -49,6 +50,14 @@ class CTConfig:
 
 def read_canonical(path: Path, channel: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(float32 volume `[X, Y, Z]` in RAS+ orientation, voxel spacing in mm `[3]`)."""
+    volume, spacing, _ = read_canonical_with_affine(path, channel)
+    return volume, spacing
+
+
+def read_canonical_with_affine(
+    path: Path, channel: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`read_canonical` and the RAS+ affine (voxel -> mm), to check that two files share a grid."""
     try:
         image = nib.load(str(path))
         if len(image.shape) == 4:
@@ -69,7 +78,7 @@ def read_canonical(path: Path, channel: int | None = None) -> tuple[np.ndarray, 
     if not np.isfinite(volume).all():
         bad = int((~np.isfinite(volume)).sum())
         raise BadSampleError(path, f"{bad} NaN or infinite voxels")
-    return volume, spacing
+    return volume, spacing, np.asarray(image.affine, dtype=np.float64)
 
 
 def _one_channel(image: nib.Nifti1Image, path: Path, channel: int | None) -> nib.Nifti1Image:
@@ -85,22 +94,31 @@ def _one_channel(image: nib.Nifti1Image, path: Path, channel: int | None) -> nib
     return image.slicer[..., channel]
 
 
-def resample(volume: np.ndarray, spacing: np.ndarray, target: tuple[float, ...]) -> np.ndarray:
-    """Trilinear resampling from `spacing` to `target` mm per voxel (at least one voxel)."""
+def resample(
+    volume: np.ndarray, spacing: np.ndarray, target: tuple[float, ...], mode: str = "trilinear"
+) -> np.ndarray:
+    """Resampling from `spacing` to `target` mm per voxel (at least one voxel): trilinear for
+    intensities, `nearest-exact` for label maps (voxel centres map as trilinear's do)."""
     shape = tuple(max(1, round(n * s / t)) for n, s, t in zip(volume.shape, spacing, target))
     if shape == volume.shape:
         return volume
-    tensor = torch.from_numpy(np.ascontiguousarray(volume))[None, None]
-    return F.interpolate(tensor, size=shape, mode="trilinear", align_corners=False)[0, 0].numpy()
+    tensor = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None, None]
+    corners = {"align_corners": False} if mode == "trilinear" else {}
+    return F.interpolate(tensor, size=shape, mode=mode, **corners)[0, 0].numpy()
+
+
+def foreground_box(volume: np.ndarray, threshold: float) -> tuple[slice, ...]:
+    """The bounding box of voxels above `threshold` (the whole volume when there are none)."""
+    inside = np.argwhere(volume > threshold)
+    if len(inside) == 0:
+        return tuple(slice(0, n) for n in volume.shape)
+    low, high = inside.min(0), inside.max(0) + 1
+    return tuple(slice(int(a), int(b)) for a, b in zip(low, high))
 
 
 def foreground_crop(volume: np.ndarray, threshold: float) -> np.ndarray:
     """The bounding box of voxels above `threshold` (the whole volume when there are none)."""
-    inside = np.argwhere(volume > threshold)
-    if len(inside) == 0:
-        return volume
-    low, high = inside.min(0), inside.max(0) + 1
-    return volume[tuple(slice(a, b) for a, b in zip(low, high))]
+    return volume[foreground_box(volume, threshold)]
 
 
 def window(volume: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -129,32 +147,76 @@ def preprocess(path: Path, config: CTConfig) -> np.ndarray:
     return window(volume, *config.window)
 
 
-def cache_path(path: Path, config: CTConfig) -> Path:
-    stat = path.stat()
+def preprocess_label_map(image_path: Path, label_path: Path, config: CTConfig) -> np.ndarray:
+    """The label map of `image_path` on the grid `preprocess(image_path)` gives: the same
+    reorientation, resampling (nearest neighbour) and body crop (found on the image), as uint8
+    class indices. A label map on another grid than its image, or not of small non-negative
+    integers, is a `BadSampleError` naming the label file."""
+    image, spacing, affine = read_canonical_with_affine(image_path, config.channel)
+    labels, _, label_affine = read_canonical_with_affine(label_path)
+    if labels.shape != image.shape:
+        raise BadSampleError(
+            label_path,
+            f"is not on the grid of its image {image_path.name}: shape {labels.shape}, "
+            f"the image's {image.shape}",
+        )
+    if not np.allclose(label_affine, affine, atol=1e-3):
+        raise BadSampleError(
+            label_path,
+            f"is not on the grid of its image {image_path.name}: its affine differs "
+            f"(origin {label_affine[:3, 3].round(2).tolist()} mm, the image's "
+            f"{affine[:3, 3].round(2).tolist()})",
+        )
+    if labels.min() < 0 or labels.max() > 255 or not np.array_equal(labels, np.round(labels)):
+        raise BadSampleError(
+            label_path, "is not a label map: expected integer class indices in [0, 255]"
+        )
+    image = resample(image, spacing, tuple(config.spacing))
+    labels = resample(labels, spacing, tuple(config.spacing), mode="nearest-exact")
+    return labels[foreground_box(image, config.foreground_hu)].astype(np.uint8)
+
+
+def cache_path(path: Path, config: CTConfig, tag: str = "", *extra: Path) -> Path:
+    """The cache file of `path` preprocessed under `config` (`tag` and `extra` files, e.g. the
+    label map's image, are part of the key)."""
+    files = [path, *extra]
+    stats = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
     settings = {k: v for k, v in asdict(config).items() if k not in ("cache", "cache_dir")}
-    key = json.dumps([str(path.resolve()), stat.st_size, stat.st_mtime_ns, settings], default=list)
+    key = json.dumps([stats, settings, tag], default=list)
     digest = hashlib.sha1(key.encode()).hexdigest()[:20]
     folder = Path(config.cache_dir) if config.cache_dir else path.parent / ".omnimask-cache"
-    return folder / f"{path.name.split('.')[0]}-{digest}.npy"
+    return folder / f"{path.name.split('.')[0]}-{tag}{digest}.npy"
+
+
+def _through_cache(cached: Path, compute: Callable[[], np.ndarray]) -> np.ndarray:
+    """`compute()`, saved at `cached` the first time and read back memory-mapped after."""
+    if cached.exists():
+        try:
+            return np.load(cached, mmap_mode="r")
+        except (OSError, ValueError):
+            cached.unlink(missing_ok=True)  # a damaged cache entry is rebuilt
+    array = compute()
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=cached.parent, suffix=".npy.tmp")
+    with os.fdopen(handle, "wb") as file:
+        np.save(file, array)
+    os.replace(temporary, cached)  # atomic: concurrent workers never read half a file
+    return array
 
 
 def load_volume(path: Path, config: CTConfig) -> np.ndarray:
     """`preprocess(path)`, through the cache when `config.cache` (memory-mapped, read-only)."""
     if not config.cache:
         return preprocess(path, config)
-    cached = cache_path(path, config)
-    if cached.exists():
-        try:
-            return np.load(cached, mmap_mode="r")
-        except (OSError, ValueError):
-            cached.unlink(missing_ok=True)  # a damaged cache entry is rebuilt
-    volume = preprocess(path, config)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=cached.parent, suffix=".npy.tmp")
-    with os.fdopen(handle, "wb") as file:
-        np.save(file, volume)
-    os.replace(temporary, cached)  # atomic: concurrent workers never read half a file
-    return volume
+    return _through_cache(cache_path(path, config), lambda: preprocess(path, config))
+
+
+def load_label_map(image_path: Path, label_path: Path, config: CTConfig) -> np.ndarray:
+    """`preprocess_label_map`, through the cache when `config.cache`."""
+    compute = lambda: preprocess_label_map(image_path, label_path, config)  # noqa: E731
+    if not config.cache:
+        return compute()
+    return _through_cache(cache_path(label_path, config, "labels-", image_path), compute)
 
 
 def random_crop(
