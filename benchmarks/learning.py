@@ -5,7 +5,8 @@ CLI builds, then `omnimask.engine.pretrain`) on the recipe's embedded data with 
 then score the run with `omnimask.evaluation.evaluate_run`, which fits the same probe on the
 pretrained encoder's frozen features and on the same architecture at its random initialisation
 (the recipe's embedded labelled set; `--protocols linear knn finetune`, the last fine-tuning
-the whole encoder from each side's weights). One JSON line per figure:
+the whole encoder from each side's weights, or a recipe's own protocols, one line per figure).
+One JSON line per figure:
 
     {"recipe", "preset", "seed", "protocol", "pretrained", "random_init", "gap", "steps",
      "minutes", "eval_minutes"}
@@ -46,8 +47,23 @@ PROTOCOL_KEYS = {
     "knn": "knn_accuracy",
     "finetune": "finetune_accuracy",
 }
-#: recipes covered by this benchmark (each has a `proof` preset).
-DEFAULT_RECIPES = ("vision/spark", "vision/mae", "vision/simmim")
+#: recipes whose `proof` presets were tuned with this benchmark (figures in the READMEs); the
+#: default is every installed recipe with a `proof` preset.
+COVERED_RECIPES = ("vision/spark", "vision/mae", "vision/simmim")
+
+
+def proof_recipes() -> list[str]:
+    """Installed recipes that have a `proof` preset."""
+    from omnimask.plugins import PluginError, discover, get_recipe
+
+    names = []
+    for name in discover().recipe_names():
+        try:
+            if "proof" in get_recipe(name).presets:
+                names.append(name)
+        except PluginError:
+            continue
+    return names
 
 
 def target_met(pretrained: float, random_init: float) -> bool:
@@ -77,9 +93,12 @@ def evaluate(
     return evaluate_run(run_dir, **kwargs)
 
 
-def result_key(protocol: str) -> str:
-    """evaluate_run's key of a protocol's accuracy (a recipe's own protocol: `<name>_accuracy`)."""
-    return PROTOCOL_KEYS.get(protocol, f"{protocol}_accuracy")
+def result_keys(protocol: str, scores: dict[str, Any]) -> list[tuple[str, str]]:
+    """(figure name, evaluate_run key) of a protocol: the core's accuracy, or every figure of a
+    recipe's own protocol (`<protocol>/<figure>`, e.g. `segmentation_probe/dice_mean`)."""
+    if protocol in PROTOCOL_KEYS:
+        return [(protocol, PROTOCOL_KEYS[protocol])]
+    return [(key, key) for key in scores if key.startswith(f"{protocol}/")]
 
 
 def checkpoint_view(run_dir: Path, step: int, into: Path) -> Path:
@@ -99,8 +118,8 @@ def figures(
     result: dict[str, Any], base: dict[str, Any], protocols: list[str]
 ) -> list[dict[str, Any]]:
     lines = []
-    for protocol in protocols:
-        key = result_key(protocol)
+    pairs = [pair for p in protocols for pair in result_keys(p, result["pretrained"])]
+    for protocol, key in pairs:
         pretrained, random_init = result["pretrained"][key], result["random_init"][key]
         lines.append(
             {
@@ -184,7 +203,7 @@ def summaries(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--recipe", nargs="+", default=list(DEFAULT_RECIPES))
+    parser.add_argument("--recipe", nargs="+", help="default: every recipe with a proof preset")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--preset", default="proof")
     parser.add_argument(
@@ -203,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     root = args.keep or Path(tempfile.mkdtemp(prefix="omnimask-learning-"))
     try:
-        for recipe_name in args.recipe:
+        for recipe_name in args.recipe or proof_recipes():
             lines = run_recipe(args, recipe_name, root)
             for summary in summaries(lines):
                 print(json.dumps(summary), flush=True)

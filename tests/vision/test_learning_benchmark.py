@@ -61,7 +61,7 @@ def test_target_rule() -> None:
     assert target_met(0.95, 0.90) and not target_met(0.94, 0.90)
 
 
-@pytest.mark.parametrize("name", load_benchmark().DEFAULT_RECIPES)
+@pytest.mark.parametrize("name", load_benchmark().COVERED_RECIPES)
 def test_covered_recipes_have_a_proof_preset_that_builds(name: str) -> None:
     recipe = get_recipe(name)
     config = recipe.config("proof")
