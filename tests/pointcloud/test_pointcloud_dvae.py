@@ -85,11 +85,6 @@ def test_pointcloud_dvae_code_ids_are_the_argmax_codes(fitted: tuple) -> None:
     assert torch.equal(codes.ids, model.predict(batch).prediction.logits.argmax(-1))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue #17 still open at demo size: after a short fit the decoder reconstructs about "
-    "as well from shuffled codes as from the real ones (see plugins/pointcloud/README.md)",
-)
 def test_pointcloud_dvae_real_codes_beat_shuffled_codes(fitted: tuple) -> None:
     model, batch = fitted
     tokens = model.tokenizer(batch)

@@ -142,6 +142,8 @@ def test_pointcloud_dvae_schedules_follow_engine_progress() -> None:
     recipe = get_recipe("pointcloud/point_bert_dvae")
     config = recipe.config("demo")
     config.train.steps = 1000
+    # the paper's temperatures (the demo preset scales them with its logits' gain)
+    config.loss.temperature_start, config.loss.temperature_end = 1.0, 1 / 16
     config.loss.temperature_steps, config.loss.kl_delay_steps, config.loss.kl_ramp_steps = (
         500,
         100,
@@ -168,7 +170,8 @@ def test_pointcloud_dvae_paper_preset_follows_point_bert() -> None:
     arch, loss = config.model, config.loss
     assert (arch.vocab_size, arch.dim, arch.token_dim, arch.decoder_dim) == (8192, 256, 256, 256)
     assert tuple(arch.graph_widths) == (256, 512, 512, 1024) and arch.graph_input == 128
-    assert (arch.graph_neighbours, arch.graph_groups) == (4, 4)
+    assert (arch.graph_neighbours, arch.graph_groups, arch.decoder_graph_groups) == (4, 4, 4)
+    assert arch.logit_scale == 1.0
     assert (config.patches.num_groups, config.patches.group_size) == (64, 32)
     assert (loss.temperature_start, loss.temperature_end, loss.temperature_steps) == (
         1.0, 0.0625, 100_000

@@ -128,7 +128,7 @@ def build_dvae_parts(
     """The dVAE's encoder, quantizer and decoder; the temperature schedule from `config.loss`
     when it has one (the dVAE recipe; the MPM stage only uses the dVAE in eval mode)."""
     graph = (arch.graph_input, tuple(arch.graph_widths), arch.graph_neighbours, arch.graph_groups)
-    encoder = DVAEEncoder(arch.dim, arch.pointnet_width, *graph, arch.vocab_size)
+    encoder = DVAEEncoder(arch.dim, arch.pointnet_width, *graph, arch.vocab_size, arch.logit_scale)
     loss = getattr(config, "loss", None)
     if loss is None:
         quantizer = GumbelQuantizer(arch.vocab_size, arch.token_dim)
@@ -136,6 +136,7 @@ def build_dvae_parts(
         quantizer = GumbelQuantizer(arch.vocab_size, arch.token_dim, loss.temperature_start,
                                     loss.temperature_end, loss.temperature_steps,
                                     config.train.steps)  # fmt: skip
+    graph = (*graph[:3], arch.decoder_graph_groups)
     decoder = DVAEDecoder(arch.token_dim, arch.decoder_dim, *graph, config.patches.group_size,
                           arch.coarse_width, arch.fold_width)  # fmt: skip
     return encoder, quantizer, decoder

@@ -17,7 +17,9 @@ decoder learns to ignore the codes (the collapse of issue #17).
 The DGCNN is EdgeConv over the kNN graph of patch centres (4 neighbours, the patch itself
 included), edge features [x_j - x_i, x_i], GroupNorm(4) and LeakyReLU(0.2), the layer outputs
 concatenated and projected (Point-BERT: input 128, layers 256, 512, 512, 1024). The encoder's
-DGCNN projects straight to the code logits, as Point-BERT's `dgcnn_1` does.
+DGCNN projects straight to the code logits, as Point-BERT's `dgcnn_1` does. Options the demo
+preset uses (`config.dvae_demo`): other normalisations per DGCNN (`groups` 0: per channel, -1:
+none) and the initial gain of the logits' GroupNorm (`logit_scale`).
 """
 
 from __future__ import annotations
@@ -60,7 +62,9 @@ class GroupNormLast(nn.GroupNorm):
 
 def group_norm(groups: int, channels: int) -> nn.Module:
     """GroupNorm of `groups` groups over channels-last features; 0: one group per channel, i.e.
-    each channel standardised over the cloud's patches (and neighbours)."""
+    each channel standardised over the cloud's patches (and neighbours); negative: none."""
+    if groups < 0:
+        return nn.Identity()
     return GroupNormLast(groups or channels, channels)
 
 
@@ -82,12 +86,13 @@ class EdgeConv(nn.Module):
 class PatchDGCNN(nn.Module):
     """DGCNN over the kNN graph of patch centres: an input projection, EdgeConv layers of the
     given widths, their outputs concatenated and projected to `out_dim` (GroupNorm, LeakyReLU).
-    `groups=0` normalises each channel on its own (the demo preset: see `config.dvae_demo`)."""
+    `groups=0` normalises each channel on its own, `groups=-1` not at all (the demo preset: see
+    `config.dvae_demo`); `out_scale` is the output GroupNorm's initial gain."""
 
     def __init__(self, in_dim: int, out_dim: int, input_width: int, widths: tuple[int, ...],
-                 neighbours: int, groups: int) -> None:  # fmt: skip
+                 neighbours: int, groups: int, out_scale: float = 1.0) -> None:  # fmt: skip
         super().__init__()
-        for width in (*widths, out_dim) if groups else ():
+        for width in (*widths, out_dim) if groups > 0 else ():
             if width % groups:
                 raise ValueError(f"DGCNN width {width} is not a multiple of {groups} norm groups")
         self.neighbours = neighbours
@@ -96,6 +101,8 @@ class PatchDGCNN(nn.Module):
         self.edges = nn.ModuleList(EdgeConv(i, o, groups) for i, o in zip(ins, widths))
         self.output = nn.Linear(sum(widths), out_dim, bias=False)
         self.norm = group_norm(groups, out_dim)
+        if isinstance(self.norm, nn.GroupNorm):
+            nn.init.constant_(self.norm.weight, out_scale)
 
     def forward(self, x: Tensor, centres: Tensor) -> Tensor:
         count = min(self.neighbours, centres.shape[1])
@@ -115,12 +122,12 @@ class DVAEEncoder(Encoder):
 
     def __init__(self, dim: int, pointnet_width: int, graph_input: int,
                  graph_widths: tuple[int, ...], graph_neighbours: int, graph_groups: int,
-                 vocab_size: int) -> None:  # fmt: skip
+                 vocab_size: int, logit_scale: float = 1.0) -> None:  # fmt: skip
         super().__init__()
         self.vocab_size = vocab_size
         self.patch_embed = MiniPointNet(dim, pointnet_width)
         self.graph = PatchDGCNN(dim, vocab_size, graph_input, tuple(graph_widths),
-                                graph_neighbours, graph_groups)  # fmt: skip
+                                graph_neighbours, graph_groups, logit_scale)  # fmt: skip
 
     def forward(self, tokens: Tokens, mask: Tensor) -> Tensor:
         return self.forward_features(tokens)
