@@ -12,9 +12,13 @@ the embedded labelled set without augmentation:
    shuffled across the patches of the batch; and the patch-centre baseline (every point at its
    patch centre, i.e. all zeros);
 3. the ratios real / baseline (a working tokenizer: <= 0.8 against both random codes and the
-   centre baseline, with a perplexity of at least half the vocabulary).
+   centre baseline, with a perplexity of at least half the vocabulary);
+4. with `--mpm`: trains `pointcloud/point_bert` (stage 2, demo preset) on those codes
+   (`dvae_run`), then reports its masked-code accuracy on each split (block masks drawn as in
+   training) beside the most-frequent-code rate (the share of the masked patches whose code is
+   the split's most frequent one: what always predicting that code would score).
 
-    python benchmarks/dvae_health.py [--run RUN_DIR] [--threads 1] [--seed 0] [train overrides]
+    python benchmarks/dvae_health.py [--run RUN_DIR] [--mpm] [--threads 1] [--seed 0] [overrides]
 """
 
 from __future__ import annotations
@@ -79,9 +83,29 @@ def health(model, dataset, seed: int = 0, batch_size: int = 32) -> dict[str, flo
     return result
 
 
+@torch.no_grad()
+def masked_code_accuracy(model, dataset, seed: int = 0, batch_size: int = 32) -> dict[str, float]:  # noqa: ANN001
+    """Stage 2's accuracy on the masked patches' codes, and the most-frequent-code rate."""
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    right, codes = 0, []
+    for batch in batches(dataset, batch_size):
+        output = model.predict(batch, generator)
+        target = output.target[output.mask]
+        right += (output.prediction[output.mask].argmax(-1) == target).sum().item()
+        codes.append(target)
+    codes = torch.cat(codes)
+    return {
+        "accuracy": right / len(codes),
+        "most_frequent_rate": torch.bincount(codes).max().item() / len(codes),
+        "masked_patches": len(codes),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", help="a finished pointcloud/point_bert_dvae run directory")
+    parser.add_argument("--mpm", action="store_true", help="then train stage 2 on the codes")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("overrides", nargs="*", help="config overrides for the demo training run")
@@ -115,6 +139,25 @@ def main() -> None:
         for name in ("random", "shuffled", "centre"):
             emit(f"ratio_real_over_{name}", real / figures[f"chamfer_l1_{name}"], target=0.8,
                  **extra)  # fmt: skip
+    if not args.mpm:
+        return
+    mpm_dir = str(Path(run_dir).parent / "mpm")
+    # the dVAE's own architecture overrides, which stage 2 must repeat to match the run
+    same = [f"dvae.{o.removeprefix('model.')}" for o in args.overrides if o.startswith("model.")]
+    same += [o for o in args.overrides if o.startswith("patches.")]
+    start = time.perf_counter()
+    code = cli(["pretrain", "pointcloud/point_bert", "--preset", "demo", "--run-dir", mpm_dir,
+                "train.progress=false", f"dvae_run={run_dir}", *same])  # fmt: skip
+    if code:
+        raise SystemExit(f"stage 2 training failed with exit code {code}")
+    emit("mpm_train_seconds", time.perf_counter() - start, run=mpm_dir)
+    mpm = load_run(mpm_dir)
+    for split, dataset in zip(("train", "test"), mpm.recipe.build_eval_datasets(mpm.config)):
+        figures = masked_code_accuracy(mpm.model, dataset, args.seed)
+        extra = {"split": split, "run": mpm_dir, "step": mpm.step}
+        emit("mpm_masked_code_accuracy", figures["accuracy"], **extra)
+        emit("mpm_most_frequent_code_rate", figures["most_frequent_rate"],
+             masked_patches=figures["masked_patches"], **extra)  # fmt: skip
 
 
 if __name__ == "__main__":
