@@ -137,15 +137,43 @@ def test_pointcloud_demo_dvae_fallback_is_seeded() -> None:
 
 
 def test_pointcloud_dvae_schedules_follow_engine_progress() -> None:
+    """Point-BERT's schedules, in steps: temperature a half cosine 1 -> 1/16 over
+    `temperature_steps`; KL weight 0 for `kl_delay_steps`, then a half cosine to 0.1."""
     recipe = get_recipe("pointcloud/point_bert_dvae")
-    model = recipe.build_model(recipe.config("demo"))
+    config = recipe.config("demo")
+    config.train.steps = 1000
+    # the paper's temperatures (the demo preset scales them with its logits' gain)
+    config.loss.temperature_start, config.loss.temperature_end = 1.0, 1 / 16
+    config.loss.temperature_steps, config.loss.kl_delay_steps, config.loss.kl_ramp_steps = (
+        500,
+        100,
+        400,
+    )
+    model = recipe.build_model(config)
     set_progress(model, 0.0)
     assert model.quantizer.temperature == 1.0 and model.target.kl_weight == 0.0
-    set_progress(model, 0.5)
-    assert model.quantizer.temperature == pytest.approx(
-        0.25
-    ) and model.target.kl_weight == pytest.approx(0.1)
-    set_progress(model, 1.0)
+    set_progress(model, 0.1)  # step 100: end of the KL delay
+    assert model.target.kl_weight == 0.0
+    set_progress(model, 0.25)  # step 250: half-way through both ramps
+    assert model.quantizer.temperature == pytest.approx((1 + 1 / 16) / 2)
+    assert model.target.kl_weight == pytest.approx((1 - np.cos(np.pi * 150 / 400)) / 2 * 0.1)
+    set_progress(model, 0.3)  # step 300: KL half-way
+    assert model.target.kl_weight == pytest.approx(0.05)
+    set_progress(model, 0.6)
     assert model.quantizer.temperature == pytest.approx(1 / 16)
-    set_progress(model, 0.1)
-    assert model.target.kl_weight == pytest.approx(0.05)  # linear ramp over the first 20%
+    assert model.target.kl_weight == pytest.approx(0.1)
+
+
+def test_pointcloud_dvae_paper_preset_follows_point_bert() -> None:
+    """The paper preset is Point-BERT's `cfgs/ShapeNet55_models/dvae.yaml` and `models/dvae.py`."""
+    config = get_recipe("pointcloud/point_bert_dvae").config("paper")
+    arch, loss = config.model, config.loss
+    assert (arch.vocab_size, arch.dim, arch.token_dim, arch.decoder_dim) == (8192, 256, 256, 256)
+    assert tuple(arch.graph_widths) == (256, 512, 512, 1024) and arch.graph_input == 128
+    assert (arch.graph_neighbours, arch.graph_groups, arch.decoder_graph_groups) == (4, 4, 4)
+    assert arch.logit_scale == 1.0
+    assert (config.patches.num_groups, config.patches.group_size) == (64, 32)
+    assert (loss.temperature_start, loss.temperature_end, loss.temperature_steps) == (
+        1.0, 0.0625, 100_000
+    )  # fmt: skip
+    assert (loss.kl_weight, loss.kl_delay_steps, loss.kl_ramp_steps) == (0.1, 10_000, 100_000)

@@ -128,28 +128,29 @@ class PointMAERecipe(PointCloudRecipe):
 def build_dvae_parts(
     arch: DVAEArchitecture, config: RecipeConfig
 ) -> tuple[DVAEEncoder, GumbelQuantizer, DVAEDecoder]:
+    """The dVAE's encoder, quantizer and decoder; the temperature schedule from `config.loss`
+    when it has one (the dVAE recipe; the MPM stage only uses the dVAE in eval mode)."""
+    graph = (arch.graph_input, tuple(arch.graph_widths), arch.graph_neighbours, arch.graph_groups)
+    encoder = DVAEEncoder(arch.dim, arch.pointnet_width, *graph, arch.vocab_size, arch.logit_scale)
     loss = getattr(config, "loss", None)
-    start, end = (
-        (loss.temperature_start, loss.temperature_end) if loss is not None else (1.0, 1 / 16)
-    )
-    encoder = DVAEEncoder(arch.dim, arch.pointnet_width, arch.graph_width, arch.graph_layers,
-                          arch.graph_neighbours, arch.vocab_size)  # fmt: skip
-    quantizer = GumbelQuantizer(arch.vocab_size, arch.token_dim, start, end)
-    decoder = DVAEDecoder(
-        arch.token_dim,
-        arch.dim,
-        arch.graph_width,
-        arch.graph_layers,
-        arch.graph_neighbours,
-        config.patches.group_size,
-        arch.fold_width,
-    )
+    if loss is None:
+        quantizer = GumbelQuantizer(arch.vocab_size, arch.token_dim)
+    else:
+        quantizer = GumbelQuantizer(arch.vocab_size, arch.token_dim, loss.temperature_start,
+                                    loss.temperature_end, loss.temperature_steps,
+                                    config.train.steps)  # fmt: skip
+    graph = (*graph[:3], arch.decoder_graph_groups)
+    decoder = DVAEDecoder(arch.token_dim, arch.decoder_dim, *graph, config.patches.group_size,
+                          arch.coarse_width, arch.fold_width)  # fmt: skip
     return encoder, quantizer, decoder
 
 
 class PointBERTDVAERecipe(PointCloudRecipe):
     name = "pointcloud/point_bert_dvae"
-    summary = "Point-BERT stage 1: dVAE point tokenizer (Gumbel-softmax, Chamfer + ramped KL)"
+    summary = (
+        "Point-BERT stage 1: dVAE point tokenizer (Gumbel-softmax, Chamfer + ramped KL of each "
+        "cloud's mean code distribution to uniform)"
+    )
     config_class = DVAEConfig
     presets = {"demo": presets.dvae_demo, "paper": presets.dvae_paper}
     reconstruction_title = "dVAE reconstruction from codes"
@@ -163,7 +164,13 @@ class PointBERTDVAERecipe(PointCloudRecipe):
             encoder,
             quantizer,
             decoder,
-            DVAELoss(loss.chamfer, loss.kl_weight, loss.kl_ramp),
+            DVAELoss(
+                loss.chamfer,
+                loss.kl_weight,
+                loss.kl_delay_steps,
+                loss.kl_ramp_steps,
+                config.train.steps,
+            ),  # fmt: skip
         )
 
     def reconstructed_selection(self, hidden: np.ndarray) -> np.ndarray:

@@ -1,14 +1,25 @@
 """Point-BERT's tokenizer: a discrete VAE over point patches (stage 1).
 
 patches --mini-PointNet--> features --DGCNN over patch centres--> code logits [B, G, V]
-        --Gumbel-softmax (temperature 1 -> 1/16 over training)--> soft one-hot @ codebook
+        --Gumbel-softmax (temperature cosine-annealed 1 -> 1/16)--> soft one-hot @ codebook
         --DGCNN--> per-patch features --FoldingNet-style decoder--> coarse and fine patch points.
-Loss: Chamfer distance (L1 or L2 variant) of coarse and fine reconstructions to the true patch,
-plus the KL divergence of the code distribution to a uniform prior, its weight ramped up from 0.
+Loss: Chamfer-L1 of the coarse and the fine reconstruction to the true patch, plus the KL
+divergence between the uniform prior and each cloud's code distribution (the softmax averaged
+over the cloud's patches), its weight 0 for a while, then cosine-ramped up to 0.1.
 
-The DGCNN here is EdgeConv over the kNN graph of patch centres, its layer outputs
-concatenated, as in Point-BERT's dVAE (which mixes information between neighbouring patches
-before choosing codes).
+The KL is taken on the per-cloud AVERAGE of the patch distributions, as Point-BERT's code does
+(`models/dvae.py`, `get_loss`: `softmax(logits).mean(dim=1)`, then `F.kl_div(log mean, log
+uniform, reduction="batchmean", log_target=True)`, i.e. KL(uniform || mean)). It rewards a cloud
+for spreading its patches over many codes and leaves each patch free to be confident. Applied
+to every patch's own distribution, the same term pushes every patch's logits flat, and then the
+decoder learns to ignore the codes (the collapse of issue #17).
+
+The DGCNN is EdgeConv over the kNN graph of patch centres (4 neighbours, the patch itself
+included), edge features [x_j - x_i, x_i], GroupNorm(4) and LeakyReLU(0.2), the layer outputs
+concatenated and projected (Point-BERT: input 128, layers 256, 512, 512, 1024). The encoder's
+DGCNN projects straight to the code logits, as Point-BERT's `dgcnn_1` does. Options the demo
+preset uses (`config.dvae_demo`): other normalisations per DGCNN (`groups` 0: per channel, -1:
+none) and the initial gain of the logits' GroupNorm (`logit_scale`).
 """
 
 from __future__ import annotations
@@ -18,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from omnimask import Decoder, Encoder, MaskedModel, MaskedOutput, Target, Tokens
+from omnimask import CodeIds, Decoder, Encoder, MaskedModel, MaskedOutput, Target, Tokens
 from omnimask.seeding import sample_generators
 from torch import Tensor, nn
 
@@ -32,32 +43,66 @@ FOLD = 4
 GUMBEL_SALT = 1
 
 
-class EdgeConv(nn.Module):
-    """x_i <- max_j MLP([x_i, x_j - x_i]) over the patch's graph neighbours j."""
+def cosine_ramp(step: float, start: float, end: float, steps: int, delay: int = 0) -> float:
+    """`start` until `delay`, then half a cosine from `start` to `end` over `steps` steps, then
+    `end` (Point-BERT's `get_temp` and `compute_loss` schedules, `tools/runner.py`)."""
+    if steps <= 0:
+        return end if step >= delay else start
+    t = min(max((step - delay) / steps, 0.0), 1.0)
+    return end + (start - end) * (1 + math.cos(math.pi * t)) / 2
 
-    def __init__(self, in_dim: int, out_dim: int) -> None:
+
+class GroupNormLast(nn.GroupNorm):
+    """GroupNorm of channels-last features `[B, ..., C]`, statistics per sample over each
+    channel group and every other axis (as a GroupNorm of `[B, C, ...]` would)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.movedim(-1, 1)).movedim(1, -1)
+
+
+def group_norm(groups: int, channels: int) -> nn.Module:
+    """GroupNorm of `groups` groups over channels-last features; 0: one group per channel, i.e.
+    each channel standardised over the cloud's patches (and neighbours); negative: none."""
+    if groups < 0:
+        return nn.Identity()
+    return GroupNormLast(groups or channels, channels)
+
+
+class EdgeConv(nn.Module):
+    """x_i <- max_j LeakyReLU(GroupNorm(W [x_j - x_i, x_i])) over the patch's graph neighbours j."""
+
+    def __init__(self, in_dim: int, out_dim: int, groups: int) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(
-            nn.Linear(2 * in_dim, out_dim), nn.LayerNorm(out_dim), nn.LeakyReLU(0.2)
-        )
+        self.linear = nn.Linear(2 * in_dim, out_dim, bias=False)
+        self.norm = group_norm(groups, out_dim)
 
     def forward(self, x: Tensor, neighbours: Tensor) -> Tensor:
         near = gather_points(x, neighbours)  # [B, G, n, C]
         centre = x.unsqueeze(2).expand_as(near)
-        return self.mlp(torch.cat([centre, near - centre], dim=-1)).max(2).values
+        edges = self.linear(torch.cat([near - centre, centre], dim=-1))
+        return F.leaky_relu(self.norm(edges), 0.2).max(2).values
 
 
-class PatchGraphNet(nn.Module):
-    """DGCNN-style: EdgeConv layers over the kNN graph of patch centres, outputs concatenated."""
+class PatchDGCNN(nn.Module):
+    """DGCNN over the kNN graph of patch centres: an input projection, EdgeConv layers of the
+    given widths, their outputs concatenated and projected to `out_dim` (GroupNorm, LeakyReLU).
+    `groups=0` normalises each channel on its own, `groups=-1` not at all (the demo preset: see
+    `config.dvae_demo`); `out_scale` is the output GroupNorm's initial gain."""
 
-    def __init__(self, in_dim: int, width: int, out_dim: int, layers: int, neighbours: int) -> None:
+    def __init__(self, in_dim: int, out_dim: int, input_width: int, widths: tuple[int, ...],
+                 neighbours: int, groups: int, out_scale: float = 1.0) -> None:  # fmt: skip
         super().__init__()
+        for width in (*widths, out_dim) if groups > 0 else ():
+            if width % groups:
+                raise ValueError(f"DGCNN width {width} is not a multiple of {groups} norm groups")
         self.neighbours = neighbours
-        self.input = nn.Linear(in_dim, width)
-        self.edges = nn.ModuleList(EdgeConv(width, width) for _ in range(layers))
-        self.output = nn.Sequential(
-            nn.Linear(width * layers, out_dim), nn.LayerNorm(out_dim), nn.LeakyReLU(0.2)
-        )
+        self.input = nn.Linear(in_dim, input_width)
+        ins = (input_width, *widths[:-1])
+        self.edges = nn.ModuleList(EdgeConv(i, o, groups) for i, o in zip(ins, widths))
+        self.output = nn.Linear(sum(widths), out_dim, bias=False)
+        self.norm = group_norm(groups, out_dim)
+        if isinstance(self.norm, nn.GroupNorm):
+            nn.init.constant_(self.norm.weight, out_scale)
 
     def forward(self, x: Tensor, centres: Tensor) -> Tensor:
         count = min(self.neighbours, centres.shape[1])
@@ -67,21 +112,25 @@ class PatchGraphNet(nn.Module):
         for edge in self.edges:
             x = edge(x, neighbours)
             outputs.append(x)
-        return self.output(torch.cat(outputs, dim=-1))
+        return F.leaky_relu(self.norm(self.output(torch.cat(outputs, dim=-1))), 0.2)
 
 
 class DVAEEncoder(Encoder):
-    """Patches -> code logits `[B, G, V]`. The dVAE hides nothing: the mask is not read."""
+    """Patches -> code logits `[B, G, V]` (mini-PointNet, then a DGCNN whose output is the
+    logits). The dVAE hides nothing: the mask is not read. `forward_features` is the logits too:
+    they are the encoder's only output."""
 
-    def __init__(self, dim: int, pointnet_width: int, graph_width: int, graph_layers: int,
-                 graph_neighbours: int, vocab_size: int) -> None:  # fmt: skip
+    def __init__(self, dim: int, pointnet_width: int, graph_input: int,
+                 graph_widths: tuple[int, ...], graph_neighbours: int, graph_groups: int,
+                 vocab_size: int, logit_scale: float = 1.0) -> None:  # fmt: skip
         super().__init__()
+        self.vocab_size = vocab_size
         self.patch_embed = MiniPointNet(dim, pointnet_width)
-        self.graph = PatchGraphNet(dim, graph_width, dim, graph_layers, graph_neighbours)
-        self.logits = nn.Linear(dim, vocab_size)
+        self.graph = PatchDGCNN(dim, vocab_size, graph_input, tuple(graph_widths),
+                                graph_neighbours, graph_groups, logit_scale)  # fmt: skip
 
     def forward(self, tokens: Tokens, mask: Tensor) -> Tensor:
-        return self.logits(self.forward_features(tokens))
+        return self.forward_features(tokens)
 
     def forward_features(self, tokens: Tokens) -> Tensor:
         return self.graph(self.patch_embed(tokens.extras["neighbourhood"]), tokens.positions)
@@ -92,27 +141,29 @@ class DVAEEncoder(Encoder):
     @torch.no_grad()
     def codes(self, tokens: Tokens) -> Tensor:
         """The discrete token id `[B, G]` of each patch (what the MPM stage predicts)."""
-        return self.logits(self.forward_features(tokens)).argmax(-1)
+        return self.forward_features(tokens).argmax(-1)
 
 
 class GumbelQuantizer(nn.Module):
     """Code logits -> codebook embeddings through a Gumbel-softmax relaxation.
 
-    Training: soft one-hot of (logits + Gumbel noise) / temperature, temperature annealed
-    exponentially from `start` to `end` as the engine reports progress (`set_progress`).
+    Training: soft one-hot of (logits + Gumbel noise) / temperature; the temperature follows
+    a half cosine from `start` to `end` over the first `anneal_steps` of the `total_steps`
+    training steps (the engine reports progress through `set_progress`), then stays at `end`.
     Evaluation: the hard argmax code, i.e. the discrete token itself.
     """
 
-    def __init__(
-        self, vocab_size: int, token_dim: int, start: float = 1.0, end: float = 1 / 16
-    ) -> None:
+    def __init__(self, vocab_size: int, token_dim: int, start: float = 1.0, end: float = 1 / 16,
+                 anneal_steps: int = 100_000, total_steps: int = 1) -> None:  # fmt: skip
         super().__init__()
         self.codebook = nn.Parameter(torch.randn(vocab_size, token_dim))
         self.start, self.end = start, end
+        self.anneal_steps, self.total_steps = anneal_steps, total_steps
         self.temperature = start
 
     def set_progress(self, progress: float) -> None:
-        self.temperature = self.start * (self.end / self.start) ** min(max(progress, 0.0), 1.0)
+        step = progress * self.total_steps
+        self.temperature = cosine_ramp(step, self.start, self.end, self.anneal_steps)
 
     def forward(self, logits: Tensor, noise: Tensor | None) -> Tensor:
         if noise is None:
@@ -121,12 +172,17 @@ class GumbelQuantizer(nn.Module):
             weights = F.softmax((logits + noise) / self.temperature, dim=-1)
         return weights @ self.codebook
 
+    def embed(self, codes: Tensor) -> Tensor:
+        """Code ids `[B, G]` -> their codebook vectors `[B, G, token_dim]`."""
+        return self.codebook[codes]
+
 
 class FoldingDecoder(nn.Module):
-    """One feature per patch -> `group_size // 4` coarse points, each unfolded into a 2 x 2 grid
-    by an MLP of (feature, grid offset, coarse point): FoldingNet's folding, per patch."""
+    """One feature per patch -> `group_size // 4` coarse points (an MLP), each unfolded into a
+    2 x 2 grid by an MLP of (feature, grid offset, coarse point) with BatchNorm: FoldingNet's
+    folding, per patch (Point-BERT: hidden widths 1024, 1024 and 512, 512)."""
 
-    def __init__(self, dim: int, group_size: int, width: int) -> None:
+    def __init__(self, dim: int, group_size: int, coarse_width: int, fold_width: int) -> None:
         super().__init__()
         if group_size % FOLD:
             raise ValueError(
@@ -134,12 +190,14 @@ class FoldingDecoder(nn.Module):
             )
         self.num_coarse = group_size // FOLD
         self.coarse = nn.Sequential(
-            nn.Linear(dim, width), nn.ReLU(inplace=True), nn.Linear(width, 3 * self.num_coarse)
-        )
+            nn.Linear(dim, coarse_width), nn.ReLU(inplace=True),
+            nn.Linear(coarse_width, coarse_width), nn.ReLU(inplace=True),
+            nn.Linear(coarse_width, 3 * self.num_coarse),
+        )  # fmt: skip
         self.fold = nn.Sequential(
-            nn.Linear(dim + 2 + 3, width), nn.ReLU(inplace=True),
-            nn.Linear(width, width), nn.ReLU(inplace=True),
-            nn.Linear(width, 3),
+            nn.Linear(dim + 2 + 3, fold_width), nn.BatchNorm1d(fold_width), nn.ReLU(inplace=True),
+            nn.Linear(fold_width, fold_width), nn.BatchNorm1d(fold_width), nn.ReLU(inplace=True),
+            nn.Linear(fold_width, 3),
         )  # fmt: skip
         side = torch.linspace(-0.05, 0.05, 2)
         self.register_buffer("grid", torch.cartesian_prod(side, side), persistent=False)  # [4, 2]
@@ -149,20 +207,24 @@ class FoldingDecoder(nn.Module):
         batch, groups, dim = features.shape
         coarse = self.coarse(features).reshape(batch, groups, self.num_coarse, 3)
         seeds = coarse.repeat_interleave(FOLD, dim=2)  # [B, G, k, 3]
-        grid = self.grid.repeat(self.num_coarse, 1).expand(batch, groups, -1, -1)
+        grid = self.grid.to(features.dtype).repeat(self.num_coarse, 1)
+        grid = grid.expand(batch, groups, -1, -1)
         feature = features.unsqueeze(2).expand(-1, -1, seeds.shape[2], -1)
-        fine = seeds + self.fold(torch.cat([feature, grid, seeds], dim=-1))
+        folded = torch.cat([feature, grid, seeds], dim=-1)
+        fine = seeds + self.fold(folded.reshape(-1, folded.shape[-1])).reshape(seeds.shape)
         return coarse, fine
 
 
 class DVAEDecoder(Decoder):
     """Codebook embeddings -> DGCNN over patch centres -> folded patch points."""
 
-    def __init__(self, token_dim: int, dim: int, graph_width: int, graph_layers: int,
-                 graph_neighbours: int, group_size: int, fold_width: int) -> None:  # fmt: skip
+    def __init__(self, token_dim: int, dim: int, graph_input: int, graph_widths: tuple[int, ...],
+                 graph_neighbours: int, graph_groups: int, group_size: int, coarse_width: int,
+                 fold_width: int) -> None:  # fmt: skip
         super().__init__()
-        self.graph = PatchGraphNet(token_dim, graph_width, dim, graph_layers, graph_neighbours)
-        self.folding = FoldingDecoder(dim, group_size, fold_width)
+        self.graph = PatchDGCNN(token_dim, dim, graph_input, tuple(graph_widths),
+                                graph_neighbours, graph_groups)  # fmt: skip
+        self.folding = FoldingDecoder(dim, group_size, coarse_width, fold_width)
 
     def forward(self, latent: Tensor, tokens: Tokens, mask: Tensor) -> tuple[Tensor, Tensor]:
         return self.folding(self.graph(latent, tokens.positions))
@@ -177,16 +239,30 @@ class DVAEPrediction:
     logits: Tensor
 
 
-class DVAELoss(Target):
-    """Chamfer reconstruction of every patch + a ramped KL to the uniform code prior.
+def mean_code_kl(logits: Tensor) -> Tensor:
+    """KL(uniform || q̄), q̄ the softmax of `logits` `[B, G, V]` averaged over the G patches of
+    each cloud, averaged over the clouds (Point-BERT's KL term). Computed in log space."""
+    log_q = F.log_softmax(logits.float(), dim=-1)
+    log_mean = torch.logsumexp(log_q, dim=1) - math.log(log_q.shape[1])  # [B, V]
+    vocab = log_q.shape[-1]
+    return (-math.log(vocab) - log_mean.mean(-1)).mean()
 
-    The KL weight grows linearly from 0 to `kl_weight` over the first `kl_ramp` fraction of
-    training (Point-BERT ramps it 0 -> 0.1), so codes are first learnt for reconstruction.
+
+class DVAELoss(Target):
+    """Chamfer reconstruction of every patch (coarse + fine) + a scheduled KL to the uniform
+    prior on each cloud's mean code distribution (`mean_code_kl`).
+
+    The KL weight is 0 for the first `kl_delay_steps`, then follows a half cosine up to
+    `kl_weight` over `kl_ramp_steps` (Point-BERT: 0 for 10k steps, then 0 -> 0.1 over 100k), so
+    codes are first learnt for reconstruction alone.
     """
 
-    def __init__(self, variant: str, kl_weight: float, kl_ramp: float) -> None:
+    def __init__(self, variant: str, kl_weight: float, kl_delay_steps: int, kl_ramp_steps: int,
+                 total_steps: int = 1) -> None:  # fmt: skip
         super().__init__()
-        self.variant, self.kl_max, self.kl_ramp = variant, kl_weight, kl_ramp
+        self.variant, self.kl_max = variant, kl_weight
+        self.kl_delay_steps, self.kl_ramp_steps = kl_delay_steps, kl_ramp_steps
+        self.total_steps = total_steps
         self.progress = 0.0
 
     def set_progress(self, progress: float) -> None:
@@ -194,11 +270,8 @@ class DVAELoss(Target):
 
     @property
     def kl_weight(self) -> float:
-        return (
-            self.kl_max * min(1.0, self.progress / self.kl_ramp)
-            if self.kl_ramp > 0
-            else self.kl_max
-        )
+        step = self.progress * self.total_steps
+        return cosine_ramp(step, 0.0, self.kl_max, self.kl_ramp_steps, self.kl_delay_steps)
 
     def forward(self, batch: dict, tokens: Tokens) -> Tensor:
         return tokens.extras["neighbourhood"]
@@ -208,8 +281,7 @@ class DVAELoss(Target):
         truth = target.reshape(-1, k, 3)
         coarse = chamfer_distance(prediction.coarse.reshape(len(truth), -1, 3), truth, self.variant)
         fine = chamfer_distance(prediction.fine.reshape(len(truth), -1, 3), truth, self.variant)
-        log_q = F.log_softmax(prediction.logits.float(), dim=-1)
-        kl = (log_q.exp() * (log_q + math.log(log_q.shape[-1]))).sum(-1).mean()
+        kl = mean_code_kl(prediction.logits)
         weight = torch.tensor(self.kl_weight)
         return {
             "loss": coarse + fine + weight * kl,
@@ -261,3 +333,16 @@ class DVAEModel(MaskedModel):
         num_tokens = tokens.count_tensor()
         losses = {**self.target.loss(prediction, target, mask), "num_tokens": num_tokens}
         return MaskedOutput(tokens, mask, prediction, target, losses)
+
+    @torch.no_grad()
+    def decode(self, codes: Tensor, tokens: Tokens) -> Tensor:
+        """Code ids `[B, G]` -> fine patch points `[B, G, k, 3]` relative to the centres."""
+        no_mask = codes.new_zeros(codes.shape, dtype=torch.bool)
+        _, fine = self.decoder(self.quantizer.embed(codes), tokens, no_mask)
+        return fine
+
+    @torch.no_grad()
+    def code_ids(self, batch: dict) -> dict[str, CodeIds]:
+        """`{"dvae": the argmax code of every patch [B, G]}` over the `vocab_size` codes."""
+        codes = self.encoder.codes(self.tokenizer(batch))
+        return {"dvae": CodeIds(codes, self.encoder.vocab_size)}
