@@ -37,14 +37,15 @@ RESUMABLE_KEYS = frozenset(
 )
 
 
-#: sections that only evaluation reads: they may differ too.
-RESUMABLE_SECTIONS = ("finetune.",)
+#: config sections that only evaluation reads (a recipe adds its own, `Recipe.eval_sections`):
+#: they may differ on resume, and `omnimask eval` takes overrides of them.
+EVAL_SECTIONS = ("finetune",)
 
 
 def is_resumable(key: str, eval_sections: Sequence[str] = ()) -> bool:
     """Whether a config key may differ between a saved run and the config resuming it;
     `eval_sections` are the recipe's own evaluation-only sections (`Recipe.eval_sections`)."""
-    sections = (*RESUMABLE_SECTIONS, *(f"{name}." for name in eval_sections))
+    sections = tuple(f"{name}." for name in (*EVAL_SECTIONS, *eval_sections))
     return key in RESUMABLE_KEYS or key.startswith(sections)
 
 

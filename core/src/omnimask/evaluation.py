@@ -158,7 +158,7 @@ def evaluate_run(
     `limit` caps the samples taken from each of the train and test splits of the core's
     protocols. `overrides` set `finetune.*` or the recipe's `eval_sections` (nothing else: the
     rest of the config is the run's)."""
-    from omnimask.config import ConfigError, apply_overrides
+    from omnimask.config import EVAL_SECTIONS, ConfigError, apply_overrides
     from omnimask.runs import load_run
 
     run = load_run(run_dir)
@@ -169,7 +169,7 @@ def evaluate_run(
         raise ConfigError(
             f"recipe {recipe.name!r} has no protocol {unknown[0]!r}; choose from {', '.join(known)}"
         )
-    sections = ("finetune", *recipe.eval_sections)
+    sections = (*EVAL_SECTIONS, *recipe.eval_sections)
     foreign = [o for o in overrides if o.split(".", 1)[0] not in sections]
     if foreign:
         allowed = ", ".join(f"{s}.*" for s in sections)

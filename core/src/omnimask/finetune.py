@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import send_to_device
 from timm.layers import DropPath, trunc_normal_
 from timm.optim import create_optimizer_v2
 from torch import Tensor, nn
@@ -149,10 +150,6 @@ def _batches(dataset: Dataset, recipe: Recipe, batch_size: int, seed: int) -> It
         yield from loader
 
 
-def _to(batch: Batch, device: torch.device) -> Batch:
-    return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
-
-
 @torch.no_grad()
 def classifier_accuracy(
     classifier: EncoderClassifier, recipe: Recipe, dataset: Dataset, batch_size: int = 64
@@ -162,7 +159,7 @@ def classifier_accuracy(
     correct = total = 0
     for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=recipe.collate):
         labels = torch.as_tensor(batch["label"]).to(device)
-        predicted = classifier(_to(batch, device)).argmax(-1)
+        predicted = classifier(send_to_device(batch, device)).argmax(-1)
         correct += int((predicted == labels).sum())
         total += len(labels)
     return correct / max(1, total)
@@ -187,7 +184,7 @@ def finetune_accuracy(
     probe = next(_batches(train_set, recipe, 2, seed))
     model.eval()
     with torch.no_grad():
-        dim = model.embed(_to(probe, device)).shape[-1]
+        dim = model.embed(send_to_device(probe, device)).shape[-1]
     torch.manual_seed(seed)
     classifier = EncoderClassifier(model, dim, num_classes).to(device)
     if config.drop_path > 0 and set_drop_path(classifier.encoder, config.drop_path) == 0:
@@ -202,7 +199,7 @@ def finetune_accuracy(
     classifier.train()
     bar = tqdm(range(config.steps), desc=f"{name}: fine-tune", unit="step", leave=False)
     for _ in bar:
-        batch = _to(next(batches), device)
+        batch = send_to_device(next(batches), device)
         logits = classifier(batch)
         loss = F.cross_entropy(
             logits, batch["label"].long(), label_smoothing=config.label_smoothing
