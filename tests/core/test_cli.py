@@ -108,6 +108,21 @@ def test_bench_prints_json_lines(capsys) -> None:
         ),
         (["pretrain", "toy/mim", "bad=[2]"], "toy/2.npy: corrupt"),
         (["eval", "/no/such/run"], "is not a run directory"),
+        *[
+            (["pretrain", "toy/mim", override], f"{override} is out of range: it must be {wanted}")
+            for override, wanted in [
+                ("train.checkpoint_every=0", "at least 1"),
+                ("train.log_every=0", "at least 1"),
+                ("train.grad_accum=0", "at least 1"),
+                ("train.batch_size=0", "at least 1"),
+                ("train.steps=-5", "at least 1"),
+                ("train.lr=-1.0", "greater than 0"),
+                ("train.ema_decay=1.0", "in [0, 1)"),
+                ("train.optimizer='sgd'", "one of adamw, lamb, lion"),
+                ("data.on_bad_sample='ignore'", "one of raise, skip"),
+                ("finetune.layer_decay=0.0", "in (0, 1]"),
+            ]
+        ],
     ],
 )
 def test_bad_input_gets_one_clear_message(arguments, message, capsys, tmp_path) -> None:
@@ -117,6 +132,9 @@ def test_bad_input_gets_one_clear_message(arguments, message, capsys, tmp_path) 
     assert code == 2
     err = capsys.readouterr().err
     assert err.startswith("omnimask: error: ") and message in err
+    assert len(err.strip().splitlines()) == 1
+    if "out of range" in message:
+        assert not (tmp_path / "r").exists()  # refused before a run directory is made
 
 
 def test_empty_data_folder_is_named(tmp_path, capsys) -> None:
@@ -199,3 +217,12 @@ def test_eval_limit_scores_a_seeded_subset_of_each_split(run_dir, capsys) -> Non
     with pytest.raises(SystemExit):
         main(["eval", str(run_dir), "--limit", "0"])
     assert "must be a positive integer" in capsys.readouterr().err
+
+
+def test_resume_of_a_run_whose_checkpoints_are_all_unreadable_is_one_line(run_dir, capsys) -> None:
+    for state in (run_dir / "checkpoints").glob("step_*/state.pt"):
+        state.write_bytes(b"")
+    code = main(["pretrain", "toy/mim", "--run-dir", str(run_dir), *FAST])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("omnimask: error: no checkpoint in ") and "step_00000006" in err[-1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,11 +17,17 @@ import torch
 from omnimask.config import apply_overrides
 from omnimask.data import BadSampleError
 from omnimask.engine import Engine, NonFiniteLossError, ResumeError
-from omnimask.engine.checkpoint import list_checkpoints
+from omnimask.engine.checkpoint import (
+    CheckpointError,
+    Expected,
+    WorldSizeError,
+    list_checkpoints,
+    load_latest,
+)
 from omnimask.engine.metrics import read_metrics
 from omnimask.engine.optim import warmup_cosine
 from omnimask.engine.sampler import ResumableBatchSampler
-from safetensors.torch import load
+from safetensors.torch import load, save_file
 from toy_recipe import ToyRecipe
 
 RUN_TOY = Path(__file__).parent / "run_toy.py"
@@ -85,6 +92,91 @@ def test_truncated_newest_checkpoint_falls_back_with_a_warning(tmp_path, caplog)
     assert "falling back" in caplog.text
     assert resumed == expected
     assert final_weights(run) == final_weights(reference)
+
+
+@pytest.fixture(scope="module")
+def ema_reference(tmp_path_factory) -> tuple[Path, list[float]]:  # noqa: ANN001
+    run = tmp_path_factory.mktemp("ema") / "reference"
+    return run, losses(train(run, "train.ema_decay=0.9"))
+
+
+def drop_rng(path: Path) -> None:
+    (path / "rng_rank0.pt").unlink()
+
+
+def drop_ema(path: Path) -> None:
+    (path / "ema.safetensors").unlink()
+
+
+def drop_optimizer(path: Path) -> None:
+    state = torch.load(path / "state.pt", weights_only=True)
+    del state["optimizer"]
+    torch.save(state, path / "state.pt")
+
+
+def other_model(path: Path) -> None:
+    state = {"body.0.weight": torch.zeros(32, 4), "body.0.bias": torch.zeros(32)}
+    save_file(state, str(path / "model.safetensors"))
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (drop_rng, "rng_rank"),
+        (drop_ema, "no ema.safetensors"),
+        (drop_optimizer, "state.pt has no 'optimizer'"),
+        (other_model, "model.safetensors holds another model"),
+    ],
+)
+def test_incomplete_newest_checkpoint_is_set_aside_and_the_resume_stays_exact(
+    ema_reference,
+    tmp_path,
+    caplog,
+    damage,
+    reason,  # noqa: ANN001
+) -> None:
+    reference, expected = ema_reference
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    damage(run / "checkpoints" / "step_00000012")
+    with caplog.at_level(logging.WARNING):
+        resumed = losses(train(run, "train.ema_decay=0.9"))
+    assert "step_00000012 is unreadable" in caplog.text and reason in caplog.text
+    assert resumed == expected  # resumed from step 8 and replayed 9-12 exactly
+    assert final_weights(run) == final_weights(reference)
+    kept = run / "checkpoints" / "unreadable" / "step_00000012"
+    assert kept.is_dir()  # the damaged checkpoint is kept for inspection, out of the way
+
+
+def test_all_checkpoints_unreadable_stops_and_changes_nothing(tmp_path) -> None:
+    run = tmp_path / "run"
+    train(run)
+    for _, path in list_checkpoints(run / "checkpoints"):
+        (path / "state.pt").write_bytes(b"not a checkpoint")
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(CheckpointError) as raised:
+        train(run)
+    message = str(raised.value)
+    assert "no checkpoint in" in message and "step_00000012" in message and "\n" not in message
+    assert before == {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+
+
+def test_checkpoint_of_another_process_count_is_refused(tmp_path) -> None:
+    run = tmp_path / "run"
+    train(run)
+    model = ToyRecipe().build_model(ToyRecipe().config("demo"))
+    expected = Expected.of(model, ema=False, num_processes=2)
+    with pytest.raises(WorldSizeError, match="written by 1 process.* and 2 are resuming it"):
+        load_latest(run / "checkpoints", 0, expected)
+
+
+def test_pruning_after_a_fallback_keeps_the_readable_checkpoints(tmp_path) -> None:
+    run = tmp_path / "run"
+    train(run, "train.checkpoint_every=2", "train.keep_last=2")  # keeps 12 and 10
+    (run / "checkpoints" / "step_00000012" / "state.pt").unlink()
+    train(run, "train.checkpoint_every=2", "train.keep_last=2", "train.steps=14")
+    assert [s for s, _ in list_checkpoints(run / "checkpoints")] == [14, 12]
+    assert (run / "checkpoints" / "unreadable" / "step_00000012").is_dir()
 
 
 def test_nonfinite_loss_skips_the_step_and_names_the_samples(tmp_path, caplog) -> None:

@@ -36,6 +36,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Error types that mean "bad input", imported lazily (they live in heavier modules)."""
     from omnimask.engine import NonFiniteLossError, ResumeError
+    from omnimask.engine.checkpoint import CheckpointError
     from omnimask.evaluation import EvalDataError
     from omnimask.export import ExportError
     from omnimask.runs import RunError
@@ -45,6 +46,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         *USER_ERRORS,
         NonFiniteLossError,
         ResumeError,
+        CheckpointError,
         EvalDataError,
         ExportError,
         RunError,

@@ -7,14 +7,14 @@ module only turns its exceptions into messages that name the key and what is wro
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from omnimask.recipe import RecipeConfig
+from omnimask.recipe import OPTIMIZERS, RecipeConfig
 
 if TYPE_CHECKING:
     from omnimask.recipe import Recipe
@@ -51,6 +51,70 @@ def is_resumable(key: str, eval_sections: Sequence[str] = ()) -> bool:
 
 class ConfigError(ValueError):
     """A bad override or an unusable config file."""
+
+
+def _at_least(low: float) -> tuple[Callable[[Any], bool], str]:
+    return (lambda value: value >= low), f"at least {low:g}"
+
+
+def _in_range(low: float, high: float, closed: bool = False) -> tuple[Callable[[Any], bool], str]:
+    if closed:
+        return (lambda value: low <= value <= high), f"in [{low:g}, {high:g}]"
+    return (lambda value: low <= value < high), f"in [{low:g}, {high:g})"
+
+
+def _one_of(*choices: str) -> tuple[Callable[[Any], bool], str]:
+    return (lambda value: value in choices), f"one of {', '.join(choices)}"
+
+
+_POSITIVE = ((lambda value: value > 0), "greater than 0")
+#: dotted key -> (test, what the value must be) for the core's sections: the types are OmegaConf's
+#: to check, the ranges ours, so that a zero or negative count fails when the config is built
+#: instead of as a ZeroDivisionError (or an empty run) steps later.
+CORE_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "train.steps": _at_least(1),
+    "train.batch_size": _at_least(1),
+    "train.grad_accum": _at_least(1),
+    "train.optimizer": _one_of(*OPTIMIZERS),
+    "train.lr": _POSITIVE,
+    "train.lr_scale_batch": _at_least(0),
+    "train.betas.0": _in_range(0, 1),
+    "train.betas.1": _in_range(0, 1),
+    "train.weight_decay": _at_least(0),
+    "train.warmup_steps": _at_least(0),
+    "train.min_lr_ratio": _in_range(0, 1, closed=True),
+    "train.clip_grad": _at_least(0),
+    "train.ema_decay": _in_range(0, 1),
+    "train.mixed_precision": _one_of("bf16", "no"),
+    "train.checkpoint_every": _at_least(1),
+    "train.keep_last": _at_least(1),
+    "train.log_every": _at_least(1),
+    "train.max_nonfinite": _at_least(1),
+    "train.monitor_every": _at_least(0),
+    "train.monitor_samples": _at_least(2),
+    "data.on_bad_sample": _one_of("raise", "skip"),
+    "data.num_workers": _at_least(0),
+    "data.bucket_batches": _at_least(0),
+    "finetune.steps": _at_least(1),
+    "finetune.batch_size": _at_least(1),
+    "finetune.lr": _POSITIVE,
+    "finetune.weight_decay": _at_least(0),
+    "finetune.warmup_steps": _at_least(0),
+    "finetune.layer_decay": ((lambda value: 0 < value <= 1), "in (0, 1]"),
+    "finetune.label_smoothing": _in_range(0, 1),
+    "finetune.drop_path": _in_range(0, 1),
+    "finetune.clip_grad": _at_least(0),
+}
+
+
+def check_ranges(config: RecipeConfig) -> None:
+    """Raise `ConfigError` naming the first core setting out of its range or choices."""
+    flat = flatten(config)
+    for index, beta in enumerate(flat.pop("train.betas", ())):
+        flat[f"train.betas.{index}"] = beta
+    for key, (test, wanted) in CORE_CHECKS.items():
+        if key in flat and not test(flat[key]):
+            raise ConfigError(f"{key}={flat[key]!r} is out of range: it must be {wanted}")
 
 
 def flatten(config: RecipeConfig | DictConfig) -> dict[str, Any]:
@@ -92,7 +156,9 @@ def apply_overrides(config: C, overrides: list[str]) -> C:
         except OmegaConfBaseException as error:
             reason = str(error).splitlines()[0]
             raise ConfigError(f"bad value for {key!r}: {reason}") from None
-    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    config = OmegaConf.to_object(merged)
+    check_ranges(config)  # type: ignore[arg-type]
+    return config  # type: ignore[return-value]
 
 
 def to_yaml(config: RecipeConfig) -> str:

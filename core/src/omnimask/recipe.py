@@ -19,6 +19,9 @@ from torch.utils.data import Dataset, default_collate
 
 from omnimask.model import Batch, MaskedModel
 
+#: `TrainConfig.optimizer` choices (timm implementations).
+OPTIMIZERS = ("adamw", "lamb", "lion")
+
 
 @dataclass
 class TrainConfig:

@@ -5,7 +5,10 @@ A checkpoint is a directory `checkpoints/step_00000100/` holding `model.safetens
 `weights_only=True`), `rng_rank<r>.pt` (every RNG of every process) and `config.yaml`. It is
 written under a temporary name, every file fsynced, then renamed: a run killed mid-write leaves
 either the previous checkpoint or the new one, never half of one. If the newest checkpoint is
-unreadable anyway (a truncated copy, a full disk), loading warns and falls back to the previous.
+unreadable anyway (a truncated copy, a full disk) or incomplete (a file missing, weights of another
+shape), loading warns, falls back to the previous one and moves the bad ones into
+`checkpoints/unreadable/` (kept for inspection, out of the way of pruning). When checkpoints exist
+and none can be resumed from, loading stops with `CheckpointError` instead of starting over.
 
 We write this instead of `Accelerator.save_state` because we need the atomic rename, the
 fallback, safetensors for weights, and `weights_only` loading for everything else.
@@ -18,7 +21,7 @@ import os
 import random
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,42 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d{8})$")
 TEMP_PREFIX = ".tmp-"
+UNREADABLE_DIR = "unreadable"
+#: what `state.pt` must hold to continue the optimisation where it stopped.
+STATE_KEYS = ("step", "optimizer", "scheduler")
+
+
+class CheckpointError(RuntimeError):
+    """Checkpoints exist and none of them can be resumed from."""
+
+
+class WorldSizeError(ValueError):
+    """A checkpoint written by another number of processes than the one resuming it."""
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What a checkpoint of this run must hold to be resumed exactly: weights of these shapes
+    (and EMA weights when the run keeps an EMA), written by this many processes.
+
+    `tied` maps each weight to the others that share its memory (tied embeddings): safetensors'
+    `save_model` writes one of them, and any one will do."""
+
+    shapes: dict[str, tuple[int, ...]]
+    ema: bool
+    num_processes: int = 1
+    tied: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, model: torch.nn.Module, ema: bool, num_processes: int) -> Expected:
+        state = model.state_dict()
+        by_memory: dict[tuple[int, int, tuple[int, ...]], list[str]] = {}
+        for key, value in state.items():
+            where = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape))
+            by_memory.setdefault(where, []).append(key)
+        tied = {key: tuple(keys) for keys in by_memory.values() if len(keys) > 1 for key in keys}
+        shapes = {key: tuple(value.shape) for key, value in state.items()}
+        return cls(shapes, ema, num_processes, tied)
 
 
 def checkpoint_name(step: int) -> str:
@@ -140,29 +179,121 @@ class LoadedCheckpoint:
     ema: dict[str, torch.Tensor] | None
     state: dict[str, Any]
     rng: dict[str, Any] | None
+    #: newer checkpoints that were skipped as unusable
+    unusable: list[Path] = field(default_factory=list)
 
 
-def read_checkpoint(path: Path, rank: int = 0) -> LoadedCheckpoint:
-    """Read and validate every file of one checkpoint (raises if any is unreadable)."""
+def weights_mismatch(weights: dict[str, torch.Tensor], expected: Expected) -> str:
+    """'' when `weights` have the keys (one of each tied group) and shapes `expected` has, else
+    the first difference."""
+    shapes = expected.shapes
+    for key, shape in shapes.items():
+        if key not in weights:
+            if any(other in weights for other in expected.tied.get(key, ())):
+                continue
+            return f"no weights for {key}"
+        if tuple(weights[key].shape) != shape:
+            return f"{key} has shape {tuple(weights[key].shape)}, the model {shape}"
+    extra = sorted(set(weights) - set(shapes))
+    return f"weights for {extra[0]}, which the model does not have" if extra else ""
+
+
+def read_checkpoint(
+    path: Path, rank: int = 0, expected: Expected | None = None
+) -> LoadedCheckpoint:
+    """Read and validate every file of one checkpoint. Raises if any is unreadable or, given
+    `expected`, if the checkpoint could not continue this run exactly (weights of another model,
+    no EMA weights for a run with an EMA, optimiser or scheduler state or this process's RNG
+    missing); `WorldSizeError` if another number of processes wrote it."""
     model = load_file(str(path / "model.safetensors"))
     ema_path = path / "ema.safetensors"
     ema = load_file(str(ema_path)) if ema_path.exists() else None
     state = torch.load(path / "state.pt", weights_only=True)
     rng_path = path / f"rng_rank{rank}.pt"
     rng = torch.load(rng_path, weights_only=True) if rng_path.exists() else None
+    if expected is not None:
+        check_complete(path, model, ema, state, rng, expected)
     return LoadedCheckpoint(path, model, ema, state, rng)
 
 
-def load_latest(directory: Path, rank: int = 0) -> LoadedCheckpoint | None:
-    """The newest readable checkpoint, warning about (and skipping) unreadable newer ones."""
+def check_complete(
+    path: Path,
+    model: dict[str, torch.Tensor],
+    ema: dict[str, torch.Tensor] | None,
+    state: dict[str, Any],
+    rng: dict[str, Any] | None,
+    expected: Expected,
+) -> None:
+    """Raise `ValueError` naming what `path` lacks to continue the run exactly."""
+    saved_processes = int(state.get("num_processes", 1))
+    if saved_processes != expected.num_processes:
+        raise WorldSizeError(
+            f"{path} was written by {saved_processes} process(es) and {expected.num_processes} "
+            f"are resuming it: the data order and random streams would not continue exactly; "
+            f"resume with {saved_processes} process(es), or start a new run directory"
+        )
+    missing = [key for key in STATE_KEYS if key not in state]
+    if missing:
+        raise ValueError(f"state.pt has no {missing[0]!r}")
+    if rng is None:
+        raise ValueError(
+            f"no {path.name}/rng_rank*.pt for this process: resuming would not be exact"
+        )
+    problem = weights_mismatch(model, expected)
+    if problem:
+        raise ValueError(f"model.safetensors holds another model ({problem})")
+    if expected.ema:
+        if ema is None:
+            raise ValueError("no ema.safetensors, and the run keeps an EMA")
+        problem = weights_mismatch(ema, expected)
+        if problem:
+            raise ValueError(f"ema.safetensors holds another model ({problem})")
+
+
+def load_latest(
+    directory: Path, rank: int = 0, expected: Expected | None = None
+) -> LoadedCheckpoint | None:
+    """The newest checkpoint that can be resumed from, warning about (and skipping) newer ones
+    that cannot; None when there is no checkpoint. Raises `CheckpointError` when there are
+    checkpoints and none can be used: starting over would silently discard the run."""
+    unusable: list[Path] = []
+    reasons: list[str] = []
     for _, path in list_checkpoints(directory):
         try:
-            return read_checkpoint(path, rank)
-        except Exception as error:  # any decoding failure means: not usable
+            loaded = read_checkpoint(path, rank, expected)
+        except WorldSizeError:
+            raise
+        except Exception as error:  # any decoding failure or gap means: not usable
+            # the first line only: torch's unpickling errors run to a dozen lines
+            reason = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
             logger.warning(
-                "checkpoint %s is unreadable (%s: %s); falling back to the previous one",
-                path,
-                type(error).__name__,
-                error,
+                "checkpoint %s is unreadable (%s); falling back to the previous one", path, reason
             )
+            unusable.append(path)
+            reasons.append(reason)
+            continue
+        loaded.unusable = unusable
+        return loaded
+    if unusable:
+        raise CheckpointError(
+            f"no checkpoint in {directory} is readable ({len(unusable)} found; the newest, "
+            f"{unusable[0].name}: {reasons[0]}); nothing was changed: repair or move them "
+            "away to start the run afresh"
+        )
     return None
+
+
+def set_aside(paths: list[Path]) -> list[Path]:
+    """Move unusable checkpoints into `checkpoints/unreadable/` (main process, after a fallback):
+    kept for inspection, but no longer counted by pruning or found by loading."""
+    moved = []
+    for path in paths:
+        target = path.parent / UNREADABLE_DIR / path.name
+        suffix = 1
+        while target.exists():
+            target = path.parent / UNREADABLE_DIR / f"{path.name}-{suffix}"
+            suffix += 1
+        target.parent.mkdir(exist_ok=True)
+        path.rename(target)
+        moved.append(target)
+    return moved

@@ -26,7 +26,14 @@ from safetensors.torch import load_model
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from omnimask.config import ConfigError, differences, from_yaml, is_resumable, to_yaml
+from omnimask.config import (
+    ConfigError,
+    check_ranges,
+    differences,
+    from_yaml,
+    is_resumable,
+    to_yaml,
+)
 from omnimask.data import EngineDataset, engine_collate
 from omnimask.engine import checkpoint as ckpt
 from omnimask.engine.metrics import MetricsWriter
@@ -82,6 +89,7 @@ class Engine:
     """
 
     def __init__(self, recipe: Recipe, config: RecipeConfig, run_dir: Path | None = None) -> None:
+        check_ranges(config)  # configs built in Python skip the CLI's `apply_overrides`
         self.recipe = recipe
         self.config = config
         self.train = config.train
@@ -211,16 +219,25 @@ class Engine:
             ema = ModelEmaV3(model, decay=train.ema_decay)
 
         start_step = 0
-        loaded = ckpt.load_latest(self.run_dir / "checkpoints", accelerator.process_index)
+        expected = ckpt.Expected.of(model, ema is not None, accelerator.num_processes)
+        try:
+            loaded = ckpt.load_latest(
+                self.run_dir / "checkpoints", accelerator.process_index, expected
+            )
+        except ckpt.WorldSizeError as error:
+            raise ResumeError(str(error)) from error
+        accelerator.wait_for_everyone()  # every process has read before any file moves
+        if loaded is not None and loaded.unusable and self.is_main:
+            moved = ckpt.set_aside(loaded.unusable)
+            logger.warning("moved unusable checkpoints to %s", ", ".join(map(str, moved)))
         if loaded is not None:
             load_model(model, str(loaded.path / "model.safetensors"))
             optimizer.load_state_dict(loaded.state["optimizer"])
             scheduler.load_state_dict(loaded.state["scheduler"])
-            if ema is not None and loaded.ema is not None:
+            if ema is not None:  # `expected` made sure the checkpoint has EMA weights
                 load_model(ema.module, str(loaded.path / "ema.safetensors"))
             start_step = int(loaded.state["step"])
-            if loaded.rng is not None:
-                ckpt.restore_rng_state(loaded.rng)
+            ckpt.restore_rng_state(loaded.rng)  # type: ignore[arg-type]  # checked by `expected`
             if self.is_main:
                 logger.info("resuming %s from %s (step %d)", self.run_dir, loaded.path, start_step)
 

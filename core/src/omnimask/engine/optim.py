@@ -8,9 +8,7 @@ import torch
 from timm.optim import create_optimizer_v2
 from torch.optim.lr_scheduler import LambdaLR
 
-from omnimask.recipe import TrainConfig
-
-OPTIMIZERS = ("adamw", "lamb", "lion")
+from omnimask.recipe import OPTIMIZERS, TrainConfig
 
 
 def effective_lr(config: TrainConfig, num_processes: int) -> float:
