@@ -48,3 +48,26 @@ def test_bad_config_file_names_the_source(config) -> None:
         from_yaml(
             to_yaml(config).replace("steps: 12", "steps: lots"), type(config), "run/config.yaml"
         )
+
+
+def test_interpolations_in_overrides_are_refused_not_resolved(config, monkeypatch) -> None:
+    monkeypatch.setenv("OMNIMASK_TEST_SECRET", "/from/the/environment")
+    with pytest.raises(ConfigError, match=r"interpolations .* are not resolved"):
+        apply_overrides(config, ["data.path=${oc.env:OMNIMASK_TEST_SECRET}"])
+
+
+def test_yaml_tags_are_one_line_errors(config) -> None:
+    with pytest.raises(ConfigError, match=r"bad value for 'data.path'.*no YAML tags") as raised:
+        apply_overrides(config, ["data.path=!!python/object/apply:os.system ['true']"])
+    assert "\n" not in str(raised.value)
+    text = to_yaml(config).replace("seed: 0", "seed: !!python/object/apply:os.getpid []")
+    with pytest.raises(ConfigError, match=r"run/config.yaml: .*no YAML tags") as raised:
+        from_yaml(text, type(config), "run/config.yaml")
+    assert "\n" not in str(raised.value)
+
+
+def test_saved_config_with_an_interpolation_names_the_line(config) -> None:
+    text = to_yaml(config).replace("seed: 0", "seed: ${oc.env:HOME}")
+    line = text.splitlines().index("  seed: ${oc.env:HOME}") + 1
+    with pytest.raises(ConfigError, match=rf"run/config.yaml:{line}: holds an interpolation"):
+        from_yaml(text, type(config), "run/config.yaml")

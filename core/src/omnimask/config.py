@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
@@ -135,6 +136,19 @@ def flatten(config: RecipeConfig | DictConfig) -> dict[str, Any]:
     return flat
 
 
+#: how OmegaConf interpolations (`${oc.env:HOME}`) start: refused in overrides and saved configs,
+#: so no value of a run comes from the environment or a resolver.
+INTERPOLATION = "${"
+
+
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """The first line of a YAML error, with where it is when PyYAML knows."""
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    mark = getattr(error, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return f"{problem}{where}; plain values only (no YAML tags)"
+
+
 def apply_overrides(config: C, overrides: list[str]) -> C:
     """Apply `key=value` overrides (dotted keys, YAML values) with type checking."""
     merged = OmegaConf.structured(config)
@@ -145,8 +159,15 @@ def apply_overrides(config: C, overrides: list[str]) -> C:
             raise ConfigError(
                 f"override {item!r} is not of the form key=value (e.g. train.lr=1e-3)"
             )
+        if INTERPOLATION in value:
+            raise ConfigError(
+                f"override {item!r}: interpolations ({INTERPOLATION}...}}) are not resolved in "
+                "command-line values; write the value itself"
+            )
         try:
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+        except yaml.YAMLError as error:  # a YAML tag such as !!python/object
+            raise ConfigError(f"bad value for {key!r}: {yaml_problem(error)}") from None
         except ConfigKeyError:
             close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
@@ -167,9 +188,17 @@ def to_yaml(config: RecipeConfig) -> str:
 
 def from_yaml(text: str, config_class: type[C], source: str = "config") -> C:
     """Parse a saved config into `config_class`; unknown or ill-typed keys are errors."""
+    if INTERPOLATION in text:
+        line = next(i for i, row in enumerate(text.splitlines(), 1) if INTERPOLATION in row)
+        raise ConfigError(
+            f"{source}:{line}: holds an interpolation ({INTERPOLATION}...}}); saved configs hold "
+            "plain values"
+        )
     try:
         loaded = OmegaConf.create(text)
         merged = OmegaConf.merge(OmegaConf.structured(config_class), loaded)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{source}: {yaml_problem(error)}") from None
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", None)
         where = f" at {key!r}" if key else ""
