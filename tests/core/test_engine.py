@@ -26,6 +26,7 @@ from omnimask.engine.checkpoint import (
 )
 from omnimask.engine.metrics import read_metrics
 from omnimask.engine.optim import warmup_cosine
+from omnimask.engine.runlock import RunLockedError
 from omnimask.engine.sampler import ResumableBatchSampler
 from safetensors.torch import load, save_file
 from toy_recipe import ToyRecipe
@@ -177,6 +178,34 @@ def test_pruning_after_a_fallback_keeps_the_readable_checkpoints(tmp_path) -> No
     train(run, "train.checkpoint_every=2", "train.keep_last=2", "train.steps=14")
     assert [s for s, _ in list_checkpoints(run / "checkpoints")] == [14, 12]
     assert (run / "checkpoints" / "unreadable" / "step_00000012").is_dir()
+
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from omnimask.engine.runlock import run_lock
+with run_lock(Path(sys.argv[1])):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_second_run_into_a_run_directory_is_refused_until_the_first_is_gone(tmp_path) -> None:
+    run = tmp_path / "run"
+    train(run, "train.steps=4")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(run)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        before = (run / "metrics.jsonl").read_bytes()
+        with pytest.raises(RunLockedError, match=rf"is in use by pid {holder.pid} on "):
+            train(run, "train.steps=8")
+        assert (run / "metrics.jsonl").read_bytes() == before  # nothing written
+    finally:
+        holder.send_signal(signal.SIGKILL)  # killed: the kernel drops its lock
+        holder.wait()
+    assert max(train(run, "train.steps=8")) == 7  # the stale lock does not block the resume
 
 
 def test_nonfinite_loss_skips_the_step_and_names_the_samples(tmp_path, caplog) -> None:

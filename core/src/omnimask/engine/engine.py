@@ -14,7 +14,7 @@ import re
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from omnimask.data import EngineDataset, engine_collate
 from omnimask.engine import checkpoint as ckpt
 from omnimask.engine.metrics import MetricsWriter
 from omnimask.engine.optim import build_optimizer, build_scheduler
+from omnimask.engine.runlock import RunLockedError, run_lock
 from omnimask.engine.sampler import BucketedBatchSampler, ResumableBatchSampler
 from omnimask.monitors import CollapseWarnings, probe_health
 from omnimask.recipe import Recipe, RecipeConfig
@@ -209,7 +210,35 @@ class Engine:
         lengths = self._sample_lengths(dataset)
         torch.manual_seed(mix_seed(train.seed, accelerator.process_index))
         model = self._build_model()  # so is a config the recipe cannot build a model from
-        self._prepare_run_dir()
+        with self._run_dir_lock():
+            self._prepare_run_dir()
+            return self._train(dataset, lengths, model)
+
+    @contextmanager
+    def _run_dir_lock(self) -> Iterator[None]:
+        """The run directory's lock (`runlock`), held by the main process, which alone writes
+        there; a refusal is broadcast, so every process stops with it instead of waiting for
+        the main process at the next barrier."""
+        held = ExitStack()
+        refusal = [""]
+        if self.is_main:
+            try:
+                held.enter_context(run_lock(self.run_dir))
+            except RunLockedError as error:
+                refusal = [str(error)]
+        if self.accelerator.num_processes > 1:
+            refusal = broadcast_object_list(refusal)
+        if refusal[0]:
+            raise RunLockedError(refusal[0])
+        with held:
+            yield
+
+    def _train(
+        self, dataset: EngineDataset, lengths: Sequence[int] | None, model: torch.nn.Module
+    ) -> TrainResult:
+        """Resume from the newest usable checkpoint, then train to `train.steps`."""
+        train = self.train
+        accelerator = self.accelerator
         optimizer = build_optimizer(model, train, accelerator.num_processes)
         scheduler = build_scheduler(optimizer, train)
         ema = None
