@@ -224,9 +224,11 @@ def test_too_many_nonfinite_losses_stop_the_run(tmp_path) -> None:
         train(tmp_path / "run", f"nan={every}", "train.max_nonfinite=3")
 
 
-def test_bad_sample_raise_names_the_file(tmp_path) -> None:
-    with pytest.raises(BadSampleError, match="toy/3.npy: corrupt"):
-        train(tmp_path / "run", "bad=[3]")
+@pytest.mark.parametrize("workers", [0, 2])
+def test_bad_sample_raise_names_the_file(tmp_path, workers) -> None:  # noqa: ANN001
+    with pytest.raises(BadSampleError) as raised:
+        train(tmp_path / "run", "bad=[3]", f"data.num_workers={workers}")
+    assert str(raised.value) == "toy/3.npy: corrupt"  # the same line, with or without workers
 
 
 def test_bad_sample_skip_counts_and_continues(tmp_path, caplog) -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from omnimask.seeding import mix_seed, seeded_rng
 
@@ -24,6 +24,10 @@ class BadSampleError(Exception):
         super().__init__(f"{source}: {reason}")
         self.source = str(source)
         self.reason = reason
+
+    def __reduce__(self) -> tuple[type[BadSampleError], tuple[str, str]]:
+        """Pickled with its two fields, so it crosses from a DataLoader worker intact."""
+        return type(self), (self.source, self.reason)
 
 
 class DataPathError(ValueError):
@@ -58,6 +62,8 @@ class LoadedSample:
     sample_id: int
     sample: dict[str, Any] | None
     error: str | None = None
+    #: under `raise`, in a DataLoader worker: the error, for the main process to raise
+    failure: BadSampleError | None = None
 
 
 class EngineDataset(Dataset):
@@ -91,17 +97,29 @@ class EngineDataset(Dataset):
                 return LoadedSample(index, self.dataset[index])
             except BadSampleError as error:
                 if self.on_bad_sample == "raise":
-                    raise
+                    if get_worker_info() is None:
+                        raise
+                    # Raised in a worker, torch would re-raise it in the main process as a
+                    # RuntimeError wrapping the worker's traceback; returned, it is raised
+                    # there as itself (`engine_collate`), the same line as without workers.
+                    return LoadedSample(index, None, str(error), error)
                 return LoadedSample(index, None, str(error))
 
 
 def engine_collate(
     collate: Callable[[list[dict[str, Any]]], dict[str, Any]],
 ) -> Callable[[list[LoadedSample]], tuple[dict[str, Any] | None, list[str]]]:
-    """Collate `LoadedSample`s with the recipe's collate; returns (batch or None, skip reasons)."""
+    """Collate `LoadedSample`s with the recipe's collate; returns (batch or None, skip reasons).
+    A sample that failed under `raise` in a DataLoader worker comes back as the batch itself, a
+    `BadSampleError`, for the engine to raise."""
     import torch
 
-    def collate_loaded(items: list[LoadedSample]) -> tuple[dict[str, Any] | None, list[str]]:
+    def collate_loaded(
+        items: list[LoadedSample],
+    ) -> tuple[dict[str, Any] | BadSampleError | None, list[str]]:
+        failed = next((item.failure for item in items if item.failure is not None), None)
+        if failed is not None:
+            return failed, []
         good = [item for item in items if item.sample is not None]
         skipped = [item.error or "" for item in items if item.sample is None]
         if not good:

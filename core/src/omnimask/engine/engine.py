@@ -34,7 +34,7 @@ from omnimask.config import (
     is_resumable,
     to_yaml,
 )
-from omnimask.data import EngineDataset, engine_collate
+from omnimask.data import BadSampleError, EngineDataset, engine_collate
 from omnimask.engine import checkpoint as ckpt
 from omnimask.engine.metrics import MetricsWriter
 from omnimask.engine.optim import build_optimizer, build_scheduler
@@ -279,7 +279,7 @@ class Engine:
         loader = self._loader(
             dataset, start_step * train.grad_accum, train.steps * train.grad_accum, lengths
         )
-        batches: Iterator[tuple[dict[str, Any] | None, list[str]]] = iter(loader)
+        batches: Iterator[tuple[dict[str, Any] | BadSampleError | None, list[str]]] = iter(loader)
 
         metrics = MetricsWriter(self.run_dir, start_step) if self.is_main else None
         bar = tqdm(
@@ -307,6 +307,8 @@ class Engine:
                 generator = step_generator(train.seed, step)
                 for micro in range(train.grad_accum):
                     batch, skipped = next(batches)
+                    if isinstance(batch, BadSampleError):  # from a worker, under `raise`
+                        raise batch
                     skipped_total += len(skipped)
                     for reason in skipped:
                         logger.warning("skipped bad sample: %s", reason)
