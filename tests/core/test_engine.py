@@ -3,6 +3,7 @@ multi-process equivalence. Runs the toy recipe (tests/core/toy_recipe.py)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -70,6 +71,11 @@ def test_run_killed_with_sigkill_resumes_bit_exact(tmp_path: Path) -> None:
 
     assert losses(read_metrics(metrics)) == losses(read_metrics(reference / "metrics.jsonl"))
     assert final_weights(killed) == final_weights(reference)
+    # the killed run's lines past its checkpoint were dropped on resume: every step once
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    logged = [r["step"] for r in records if "loss" in r]
+    assert logged == sorted(set(logged)) == list(range(12))
+    assert {"event": "resume", "step": 4} in records
     _, newest = list_checkpoints(killed / "checkpoints")[0]
     _, newest_reference = list_checkpoints(reference / "checkpoints")[0]
     assert (newest / "ema.safetensors").read_bytes() == (

@@ -4,16 +4,47 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 
+def drop_records_from(path: Path, step: int) -> int:
+    """Rewrite `path` without the records (and events) of steps >= `step`, and without a line
+    cut short by a kill; returns how many lines went. A run resumed from its checkpoint at
+    `step` computes those steps again, identically, so their first copies, written by the run
+    that was killed past the checkpoint, would only appear twice. Written to a temporary file
+    and renamed: a kill during the rewrite leaves the old file."""
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            dropped += 1
+            continue
+        if isinstance(record, dict) and record.get("step", -1) >= step:
+            dropped += 1
+        else:
+            kept.append(line + "\n")
+    if dropped:
+        temp = path.with_name(f".{path.name}.tmp")
+        with temp.open("w") as file:
+            file.writelines(kept)
+            file.flush()
+            os.fsync(file.fileno())
+        temp.replace(path)
+    return dropped
+
+
 class MetricsWriter:
-    """Appends one JSON object per line; readers take the last record of each step, so a run
-    resumed from an older checkpoint never rewrites what was already written."""
+    """Appends one JSON object per line. On resume from step `resume_step`, the records of that
+    step and later, left by the run that was killed, are dropped first (`drop_records_from`),
+    so every step appears once."""
 
     def __init__(self, run_dir: Path, resume_step: int, tensorboard: bool = True) -> None:
         self.path = run_dir / "metrics.jsonl"
+        if resume_step and self.path.exists():
+            drop_records_from(self.path, resume_step)
         self.file = self.path.open("a", buffering=1)
         self.tensorboard = None
         if tensorboard:
