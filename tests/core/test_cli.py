@@ -52,6 +52,7 @@ def test_recipes_lists_presets_and_shows_a_config(capsys) -> None:
 
 def test_pretrain_eval_visualize_export(run_dir: Path, capsys) -> None:
     assert sorted(p.name for p in run_dir.iterdir()) == [
+        ".lock",  # the run-directory lock, released (empty) at the end of the run
         "checkpoints",
         "config.yaml",
         "figures",

@@ -18,18 +18,13 @@ import torch
 from omnimask.config import apply_overrides
 from omnimask.data import BadSampleError
 from omnimask.engine import Engine, NonFiniteLossError, ResumeError
-from omnimask.engine.checkpoint import (
-    CheckpointError,
-    Expected,
-    WorldSizeError,
-    list_checkpoints,
-    load_latest,
-)
+from omnimask.engine.checkpoint import CheckpointError, Expected, list_checkpoints, load_latest
+from omnimask.engine.engine import _CheckpointTrust
 from omnimask.engine.metrics import read_metrics
 from omnimask.engine.optim import warmup_cosine
 from omnimask.engine.runlock import RunLockedError
 from omnimask.engine.sampler import ResumableBatchSampler
-from safetensors.torch import load, save_file
+from safetensors.torch import load, save_model
 from toy_recipe import ToyRecipe
 
 RUN_TOY = Path(__file__).parent / "run_toy.py"
@@ -122,8 +117,9 @@ def drop_optimizer(path: Path) -> None:
 
 
 def other_model(path: Path) -> None:
-    state = {"body.0.weight": torch.zeros(32, 4), "body.0.bias": torch.zeros(32)}
-    save_file(state, str(path / "model.safetensors"))
+    recipe = ToyRecipe()
+    wider = recipe.build_model(apply_overrides(recipe.config("demo"), ["model.width=32"]))
+    save_model(wider, str(path / "model.safetensors"))
 
 
 @pytest.mark.parametrize(
@@ -132,7 +128,7 @@ def other_model(path: Path) -> None:
         (drop_rng, "rng_rank"),
         (drop_ema, "no ema.safetensors"),
         (drop_optimizer, "state.pt has no 'optimizer'"),
-        (other_model, "model.safetensors holds another model"),
+        (other_model, "model.safetensors does not fit the model (size mismatch for encoder.body.0"),
     ],
 )
 def test_incomplete_newest_checkpoint_is_set_aside_and_the_resume_stays_exact(
@@ -172,9 +168,8 @@ def test_checkpoint_of_another_process_count_is_refused(tmp_path) -> None:
     run = tmp_path / "run"
     train(run)
     model = ToyRecipe().build_model(ToyRecipe().config("demo"))
-    expected = Expected.of(model, ema=False, num_processes=2)
-    with pytest.raises(WorldSizeError, match="written by 1 process.* and 2 are resuming it"):
-        load_latest(run / "checkpoints", 0, expected)
+    with pytest.raises(ResumeError, match="written by 1 process.* and 2 are resuming it"):
+        load_latest(run / "checkpoints", 0, Expected(model, num_processes=2))
 
 
 def test_pruning_after_a_fallback_keeps_the_readable_checkpoints(tmp_path) -> None:
@@ -226,8 +221,47 @@ def test_nonfinite_loss_skips_the_step_and_names_the_samples(tmp_path, caplog) -
 
 def test_too_many_nonfinite_losses_stop_the_run(tmp_path) -> None:
     every = "[" + ",".join(str(i) for i in range(64)) + "]"
-    with pytest.raises(NonFiniteLossError, match="3 non-finite losses in a row"):
+    with pytest.raises(NonFiniteLossError, match="3 non-finite losses in a row") as raised:
         train(tmp_path / "run", f"nan={every}", "train.max_nonfinite=3")
+    assert "No checkpoint's weights have given a finite loss yet" in str(raised.value)
+
+
+def test_no_checkpoint_is_written_at_a_nonfinite_step(tmp_path, caplog) -> None:  # noqa: ANN001
+    run = tmp_path / "run"
+    every = ["train.checkpoint_every=1", "train.keep_last=100"]
+    with caplog.at_level(logging.WARNING):
+        metrics = train(run, "nan=[5]", *every)
+    bad = [s for s, record in metrics.items() if record["loss"] == "nan"]
+    written = {s for s, _ in list_checkpoints(run / "checkpoints")}
+    assert bad and written == set(range(1, 13)) - {s + 1 for s in bad}
+    assert f"no checkpoint at step {bad[0] + 1}: the loss or the weights are not finite" in (
+        caplog.text
+    )
+
+
+def test_the_stop_message_says_which_checkpoint_to_trust(tmp_path) -> None:  # noqa: ANN001
+    """At lr 1e12 the first update explodes the weights while its loss, computed before the
+    update, is finite: the checkpoint written after it holds diverged weights, and every later
+    loss is not finite. The message says so instead of pointing at it as the last good state."""
+    blowup = ["train.lr=1e12", "train.warmup_steps=0", "train.checkpoint_every=1"]
+    with pytest.raises(NonFiniteLossError) as raised:
+        train(tmp_path / "run", "train.max_nonfinite=2", *blowup)
+    message = str(raised.value)
+    assert "The newest checkpoint, step_00000001, was followed only by non-finite losses" in message
+    assert "no checkpoint's weights have given a finite loss yet" in message
+    assert "\n" not in message
+
+
+def test_a_checkpoint_is_trusted_once_the_next_loss_is_finite() -> None:
+    trust = _CheckpointTrust(resumed_from="step_00000004")
+    trust.written("step_00000008")
+    assert trust.advice().endswith("gave a finite loss: step_00000004")
+    trust.step_was_finite()
+    assert trust.advice() == (
+        "The newest checkpoint whose weights gave a finite loss: step_00000008"
+    )
+    trust.written("step_00000012")
+    assert "step_00000012, was followed only by non-finite losses" in trust.advice()
 
 
 @pytest.mark.parametrize("workers", [0, 2])

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_model
+from safetensors.torch import load_model, save_model
 
 logger = logging.getLogger(__name__)
 
@@ -42,33 +42,21 @@ class CheckpointError(RuntimeError):
     """Checkpoints exist and none of them can be resumed from."""
 
 
-class WorldSizeError(ValueError):
-    """A checkpoint written by another number of processes than the one resuming it."""
+class ResumeError(ValueError):
+    """The run directory holds a run that this config cannot continue. Raised by the engine, and
+    by a model's own `_load_from_state_dict` when it recognises weights it must not take (the
+    text plugin's vocabulary guard): such a refusal is the answer, not a damaged checkpoint."""
 
 
 @dataclass(frozen=True)
 class Expected:
-    """What a checkpoint of this run must hold to be resumed exactly: weights of these shapes
-    (and EMA weights when the run keeps an EMA), written by this many processes.
+    """What a checkpoint must fit to continue this run exactly: the modules its weights are
+    loaded into (the model, and the EMA copy when the run keeps one) and the number of processes
+    that wrote it."""
 
-    `tied` maps each weight to the others that share its memory (tied embeddings): safetensors'
-    `save_model` writes one of them, and any one will do."""
-
-    shapes: dict[str, tuple[int, ...]]
-    ema: bool
+    model: torch.nn.Module
+    ema: torch.nn.Module | None = None
     num_processes: int = 1
-    tied: dict[str, tuple[str, ...]] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, model: torch.nn.Module, ema: bool, num_processes: int) -> Expected:
-        state = model.state_dict()
-        by_memory: dict[tuple[int, int, tuple[int, ...]], list[str]] = {}
-        for key, value in state.items():
-            where = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape))
-            by_memory.setdefault(where, []).append(key)
-        tied = {key: tuple(keys) for keys in by_memory.values() if len(keys) > 1 for key in keys}
-        shapes = {key: tuple(value.shape) for key, value in state.items()}
-        return cls(shapes, ema, num_processes, tied)
 
 
 def checkpoint_name(step: int) -> str:
@@ -174,60 +162,39 @@ def finish_checkpoint(
 
 @dataclass
 class LoadedCheckpoint:
+    """A checkpoint's state and this process's RNG state (its weights are in the modules it was
+    validated against)."""
+
     path: Path
-    model: dict[str, torch.Tensor]
-    ema: dict[str, torch.Tensor] | None
     state: dict[str, Any]
     rng: dict[str, Any] | None
     #: newer checkpoints that were skipped as unusable
     unusable: list[Path] = field(default_factory=list)
 
 
-def weights_mismatch(weights: dict[str, torch.Tensor], expected: Expected) -> str:
-    """'' when `weights` have the keys (one of each tied group) and shapes `expected` has, else
-    the first difference."""
-    shapes = expected.shapes
-    for key, shape in shapes.items():
-        if key not in weights:
-            if any(other in weights for other in expected.tied.get(key, ())):
-                continue
-            return f"no weights for {key}"
-        if tuple(weights[key].shape) != shape:
-            return f"{key} has shape {tuple(weights[key].shape)}, the model {shape}"
-    extra = sorted(set(weights) - set(shapes))
-    return f"weights for {extra[0]}, which the model does not have" if extra else ""
-
-
-def read_checkpoint(
-    path: Path, rank: int = 0, expected: Expected | None = None
-) -> LoadedCheckpoint:
-    """Read and validate every file of one checkpoint. Raises if any is unreadable or, given
-    `expected`, if the checkpoint could not continue this run exactly (weights of another model,
-    no EMA weights for a run with an EMA, optimiser or scheduler state or this process's RNG
-    missing); `WorldSizeError` if another number of processes wrote it."""
-    model = load_file(str(path / "model.safetensors"))
-    ema_path = path / "ema.safetensors"
-    ema = load_file(str(ema_path)) if ema_path.exists() else None
+def read_checkpoint(path: Path, rank: int, expected: Expected) -> LoadedCheckpoint:
+    """Read and validate every file of one checkpoint and load its weights into `expected`'s
+    modules. Raises if a file is unreadable or the checkpoint could not continue this run
+    exactly (optimiser or scheduler state or this process's RNG missing, no EMA weights for a
+    run with an EMA, weights that do not fit the model); `ResumeError` if another number of
+    processes wrote it or the model refuses its weights."""
     state = torch.load(path / "state.pt", weights_only=True)
     rng_path = path / f"rng_rank{rank}.pt"
     rng = torch.load(rng_path, weights_only=True) if rng_path.exists() else None
-    if expected is not None:
-        check_complete(path, model, ema, state, rng, expected)
-    return LoadedCheckpoint(path, model, ema, state, rng)
+    check_complete(path, state, rng, expected)
+    load_weights(expected.model, path / "model.safetensors")
+    if expected.ema is not None:
+        load_weights(expected.ema, path / "ema.safetensors")
+    return LoadedCheckpoint(path, state, rng)
 
 
 def check_complete(
-    path: Path,
-    model: dict[str, torch.Tensor],
-    ema: dict[str, torch.Tensor] | None,
-    state: dict[str, Any],
-    rng: dict[str, Any] | None,
-    expected: Expected,
+    path: Path, state: dict[str, Any], rng: dict[str, Any] | None, expected: Expected
 ) -> None:
-    """Raise `ValueError` naming what `path` lacks to continue the run exactly."""
+    """Raise naming what `path` lacks to continue the run exactly."""
     saved_processes = int(state.get("num_processes", 1))
     if saved_processes != expected.num_processes:
-        raise WorldSizeError(
+        raise ResumeError(
             f"{path} was written by {saved_processes} process(es) and {expected.num_processes} "
             f"are resuming it: the data order and random streams would not continue exactly; "
             f"resume with {saved_processes} process(es), or start a new run directory"
@@ -236,32 +203,35 @@ def check_complete(
     if missing:
         raise ValueError(f"state.pt has no {missing[0]!r}")
     if rng is None:
-        raise ValueError(
-            f"no {path.name}/rng_rank*.pt for this process: resuming would not be exact"
-        )
-    problem = weights_mismatch(model, expected)
-    if problem:
-        raise ValueError(f"model.safetensors holds another model ({problem})")
-    if expected.ema:
-        if ema is None:
-            raise ValueError("no ema.safetensors, and the run keeps an EMA")
-        problem = weights_mismatch(ema, expected)
-        if problem:
-            raise ValueError(f"ema.safetensors holds another model ({problem})")
+        raise ValueError(f"no rng_rank*.pt for this process in {path.name}: not an exact resume")
+    if expected.ema is not None and not (path / "ema.safetensors").exists():
+        raise ValueError("no ema.safetensors, and the run keeps an EMA")
 
 
-def load_latest(
-    directory: Path, rank: int = 0, expected: Expected | None = None
-) -> LoadedCheckpoint | None:
-    """The newest checkpoint that can be resumed from, warning about (and skipping) newer ones
-    that cannot; None when there is no checkpoint. Raises `CheckpointError` when there are
-    checkpoints and none can be used: starting over would silently discard the run."""
+def load_weights(module: torch.nn.Module, path: Path) -> None:
+    """Load `path` into `module` through safetensors (strict: every key, every shape; tied
+    weights saved once are restored to both). A mismatch becomes one line naming the first
+    problem; a `ResumeError` from the module's own loading hooks passes through."""
+    try:
+        load_model(module, str(path))
+    except RuntimeError as error:
+        # torch lists every mismatch, one per line, under a header line: keep the first
+        lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+        first = lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0]
+        raise ValueError(f"{path.name} does not fit the model ({first})") from None
+
+
+def load_latest(directory: Path, rank: int, expected: Expected) -> LoadedCheckpoint | None:
+    """The newest checkpoint that can be resumed from (its weights loaded into `expected`'s
+    modules), warning about (and skipping) newer ones that cannot; None when there is no
+    checkpoint. Raises `CheckpointError` when there are checkpoints and none can be used:
+    starting over would silently discard the run."""
     unusable: list[Path] = []
     reasons: list[str] = []
     for _, path in list_checkpoints(directory):
         try:
             loaded = read_checkpoint(path, rank, expected)
-        except WorldSizeError:
+        except ResumeError:
             raise
         except Exception as error:  # any decoding failure or gap means: not usable
             # the first line only: torch's unpickling errors run to a dozen lines

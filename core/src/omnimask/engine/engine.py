@@ -22,7 +22,6 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, send_to_device
-from safetensors.torch import load_model
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -36,6 +35,7 @@ from omnimask.config import (
 )
 from omnimask.data import BadSampleError, EngineDataset, engine_collate
 from omnimask.engine import checkpoint as ckpt
+from omnimask.engine.checkpoint import ResumeError
 from omnimask.engine.metrics import MetricsWriter
 from omnimask.engine.optim import build_optimizer, build_scheduler
 from omnimask.engine.runlock import RunLockedError, run_lock
@@ -51,8 +51,38 @@ class NonFiniteLossError(RuntimeError):
     """Too many non-finite losses in a row."""
 
 
-class ResumeError(ValueError):
-    """The run directory holds a run that this config cannot continue."""
+class _CheckpointTrust:
+    """Which checkpoint a diverged run should resume from. A checkpoint holds the weights after
+    its step's update, which can already have exploded while that step's loss (computed before
+    the update) was finite; its weights are trusted once the next step's loss is finite."""
+
+    def __init__(self, resumed_from: str | None) -> None:
+        self.trusted = resumed_from
+        self.unconfirmed: str | None = None
+
+    def written(self, name: str) -> None:
+        self.unconfirmed = name
+
+    def step_was_finite(self) -> None:
+        if self.unconfirmed is not None:
+            self.trusted, self.unconfirmed = self.unconfirmed, None
+
+    def advice(self) -> str:
+        """Where to resume from, for the stop message."""
+        parts = []
+        if self.unconfirmed is not None:
+            parts.append(
+                f"The newest checkpoint, {self.unconfirmed}, was followed only by non-finite "
+                "losses: its weights may have diverged already"
+            )
+        if self.trusted is not None:
+            parts.append(
+                f"the newest checkpoint whose weights gave a finite loss: {self.trusted}"
+            )
+        else:
+            parts.append("no checkpoint's weights have given a finite loss yet")
+        text = "; ".join(parts)
+        return text[0].upper() + text[1:]
 
 
 @dataclass
@@ -248,23 +278,18 @@ class Engine:
             ema = ModelEmaV3(model, decay=train.ema_decay)
 
         start_step = 0
-        expected = ckpt.Expected.of(model, ema is not None, accelerator.num_processes)
-        try:
-            loaded = ckpt.load_latest(
-                self.run_dir / "checkpoints", accelerator.process_index, expected
-            )
-        except ckpt.WorldSizeError as error:
-            raise ResumeError(str(error)) from error
+        expected = ckpt.Expected(
+            model, ema.module if ema is not None else None, accelerator.num_processes
+        )
+        # Loads the weights of the newest usable checkpoint into the model (and the EMA).
+        loaded = ckpt.load_latest(self.run_dir / "checkpoints", accelerator.process_index, expected)
         accelerator.wait_for_everyone()  # every process has read before any file moves
         if loaded is not None and loaded.unusable and self.is_main:
             moved = ckpt.set_aside(loaded.unusable)
             logger.warning("moved unusable checkpoints to %s", ", ".join(map(str, moved)))
         if loaded is not None:
-            load_model(model, str(loaded.path / "model.safetensors"))
             optimizer.load_state_dict(loaded.state["optimizer"])
             scheduler.load_state_dict(loaded.state["scheduler"])
-            if ema is not None:  # `expected` made sure the checkpoint has EMA weights
-                load_model(ema.module, str(loaded.path / "ema.safetensors"))
             start_step = int(loaded.state["step"])
             ckpt.restore_rng_state(loaded.rng)  # type: ignore[arg-type]  # checked by `expected`
             if self.is_main:
@@ -290,6 +315,7 @@ class Engine:
             dynamic_ncols=True,
         )
         nonfinite_run = int(loaded.state.get("nonfinite_run", 0)) if loaded else 0
+        checkpoints = _CheckpointTrust(loaded.path.name if loaded else None)
         skipped_total = int(loaded.state.get("skipped_samples", 0)) if loaded else 0
         last_loss = math.nan
         window = _MetricWindow()
@@ -342,12 +368,13 @@ class Engine:
                     if nonfinite_run >= train.max_nonfinite:
                         raise NonFiniteLossError(
                             f"stopping: {nonfinite_run} non-finite losses in a row, the last at "
-                            f"step {step} (samples {sample_ids}). The last good state is in "
-                            f"{self.run_dir / 'checkpoints'}. Lower train.lr, set "
-                            "train.clip_grad, or check the data for NaN/inf values."
+                            f"step {step} (samples {sample_ids}). {checkpoints.advice()}. "
+                            "Lower train.lr, set train.clip_grad, or check the data for NaN/inf "
+                            "values."
                         )
                 else:
                     nonfinite_run = 0
+                    checkpoints.step_was_finite()
                     if train.clip_grad > 0:
                         accelerator.clip_grad_norm_(model.parameters(), train.clip_grad)
                     optimizer.step()
@@ -388,11 +415,19 @@ class Engine:
                     )
                     window = _MetricWindow()
                 if done % train.checkpoint_every == 0 or done == train.steps:
+                    # Never a checkpoint of a diverging run: a resume would start from it.
+                    if nonfinite_run or not self._weights_finite(model):
+                        logger.warning(
+                            "no checkpoint at step %d: the loss or the weights are not finite",
+                            done,
+                        )
+                        continue
                     start_std = health.start_std if health is not None else None
                     self._save(
                         model, ema, optimizer, scheduler, done, nonfinite_run, skipped_total,
                         start_std,
                     )  # fmt: skip
+                    checkpoints.written(ckpt.checkpoint_name(done))
         finally:
             bar.close()
             if metrics is not None:
@@ -434,6 +469,11 @@ class Engine:
         stacked = torch.tensor([values[k] for k in keys], device=self.accelerator.device)
         reduced = self.accelerator.reduce(stacked, reduction="mean").tolist()
         return dict(zip(keys, reduced))
+
+    def _weights_finite(self, model: torch.nn.Module) -> bool:
+        """Whether every weight is finite on every process (one sync, at checkpoint steps)."""
+        checks = [torch.isfinite(p).all() for p in model.parameters()]
+        return self._all_processes(bool(torch.stack(checks).all()) if checks else True)
 
     def _save(
         self,
