@@ -3,6 +3,7 @@ multi-process equivalence. Runs the toy recipe (tests/core/toy_recipe.py)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -17,10 +18,16 @@ import pytest
 import torch
 from omnimask.config import apply_overrides
 from omnimask.data import BadSampleError
-from omnimask.engine import Engine, NonFiniteLossError, ResumeError
-from omnimask.engine.checkpoint import CheckpointError, Expected, list_checkpoints, load_latest
+from omnimask.engine import Engine, NonFiniteLossError, ResumeError, checkpoint
+from omnimask.engine.checkpoint import (
+    CheckpointError,
+    Expected,
+    RunWriteError,
+    list_checkpoints,
+    load_latest,
+)
 from omnimask.engine.engine import _CheckpointTrust
-from omnimask.engine.metrics import read_metrics
+from omnimask.engine.metrics import MetricsWriter, read_metrics
 from omnimask.engine.optim import warmup_cosine
 from omnimask.engine.runlock import RunLockedError
 from omnimask.engine.sampler import ResumableBatchSampler
@@ -207,6 +214,34 @@ def test_a_second_run_into_a_run_directory_is_refused_until_the_first_is_gone(tm
         holder.send_signal(signal.SIGKILL)  # killed: the kernel drops its lock
         holder.wait()
     assert max(train(run, "train.steps=8")) == 7  # the stale lock does not block the resume
+
+
+def full_disk(*args, **kwargs) -> None:  # noqa: ANN002, ANN003
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_last_checkpoint(
+    tmp_path,
+    monkeypatch,  # noqa: ANN001
+) -> None:
+    run = tmp_path / "run"
+    train(run, "train.steps=4")
+    kept = {p: p.read_bytes() for p in (run / "checkpoints").rglob("*") if p.is_file()}
+    monkeypatch.setattr(checkpoint, "save_model", full_disk)
+    with pytest.raises(RunWriteError) as raised:
+        train(run, "train.steps=8")
+    message = str(raised.value)
+    assert message.startswith(f"cannot write {run / 'checkpoints' / '.tmp-step_00000008'}")
+    assert "No space left on device" in message and "MiB free there" in message
+    assert "\n" not in message
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000004"]
+    assert {p: p.read_bytes() for p in (run / "checkpoints").rglob("*") if p.is_file()} == kept
+
+
+def test_a_metrics_file_that_cannot_be_written_is_one_line(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setattr(MetricsWriter, "log", full_disk)
+    with pytest.raises(RunWriteError, match=r"cannot write .*metrics.jsonl: No space left"):
+        train(tmp_path / "run")
 
 
 def test_nonfinite_loss_skips_the_step_and_names_the_samples(tmp_path, caplog) -> None:

@@ -36,7 +36,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Error types that mean "bad input", imported lazily (they live in heavier modules)."""
     from omnimask.engine import NonFiniteLossError, ResumeError
-    from omnimask.engine.checkpoint import CheckpointError
+    from omnimask.engine.checkpoint import CheckpointError, RunWriteError
     from omnimask.engine.runlock import RunLockedError
     from omnimask.evaluation import EvalDataError
     from omnimask.export import ExportError
@@ -48,6 +48,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         NonFiniteLossError,
         ResumeError,
         CheckpointError,
+        RunWriteError,
         RunLockedError,
         EvalDataError,
         ExportError,

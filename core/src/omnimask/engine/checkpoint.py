@@ -16,6 +16,7 @@ fallback, safetensors for weights, and `weights_only` loading for everything els
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
@@ -40,6 +41,24 @@ STATE_KEYS = ("step", "optimizer", "scheduler")
 
 class CheckpointError(RuntimeError):
     """Checkpoints exist and none of them can be resumed from."""
+
+
+class RunWriteError(RuntimeError):
+    """A file of the run (checkpoint, metrics) could not be written: full disk, no permission."""
+
+
+def write_problem(error: OSError | None, path: Path) -> str:
+    """One line for a failed write of `path`: the file, the system's reason and, when the disk
+    is full, the space left; `error` is None on a process that saw another one fail."""
+    if error is None:
+        return f"cannot write {path}: another process failed to write its part (see its error)"
+    where = error.filename or path
+    text = f"cannot write {where}: {error.strerror or error}"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        free = shutil.disk_usage(existing).free
+        text += f" ({free / 2**20:.0f} MiB free there)"
+    return text
 
 
 class ResumeError(ValueError):

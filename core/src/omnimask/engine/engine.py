@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 import math
 import re
+import shutil
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,9 +77,7 @@ class _CheckpointTrust:
                 "losses: its weights may have diverged already"
             )
         if self.trusted is not None:
-            parts.append(
-                f"the newest checkpoint whose weights gave a finite loss: {self.trusted}"
-            )
+            parts.append(f"the newest checkpoint whose weights gave a finite loss: {self.trusted}")
         else:
             parts.append("no checkpoint's weights have given a finite loss yet")
         text = "; ".join(parts)
@@ -406,8 +405,10 @@ class Engine:
                     record["skipped_samples"] = skipped_total
                     if health is not None and health.due(done, train.steps):
                         record.update(health.check(model, step, done))
-                    if metrics is not None:
-                        metrics.log(step, record)
+                    error = _attempt(metrics.log, step, record) if metrics else None
+                    if not self._all_processes(error is None):  # a full disk stops every process
+                        path = self.run_dir / "metrics.jsonl"
+                        raise ckpt.RunWriteError(ckpt.write_problem(error, path))
                     bar.set_postfix(
                         loss=f"{last_loss:.4f}",
                         samples_s=f"{record['samples_per_s']:.1f}",
@@ -486,15 +487,16 @@ class Engine:
         skipped_total: int,
         health_start_std: float | None,
     ) -> None:
+        """Write checkpoint `step` (atomically: `omnimask.engine.checkpoint`). A failed write
+        (full disk, no permission) on any process stops every process: the unfinished
+        `.tmp-step_*` is removed, the previous checkpoints stay as they were, and
+        `RunWriteError` names the file. Each part's success is all-reduced in place of a plain
+        barrier, so no process waits for one that gave up."""
         accelerator = self.accelerator
         directory = self.run_dir / "checkpoints"
         temp = directory / f"{ckpt.TEMP_PREFIX}{ckpt.checkpoint_name(step)}"
-        if self.is_main:
-            ckpt.begin_checkpoint(directory, step)
-        accelerator.wait_for_everyone()
-        ckpt.write_rng(temp, accelerator.process_index)
-        accelerator.wait_for_everyone()
-        if self.is_main:
+
+        def finish() -> None:
             state = {
                 "step": step,
                 "data_position": step * self.train.grad_accum,
@@ -515,7 +517,27 @@ class Engine:
                 config_yaml=to_yaml(self.config),
                 keep_last=self.train.keep_last,
             )
-        accelerator.wait_for_everyone()
+
+        parts = [
+            (self.is_main, lambda: ckpt.begin_checkpoint(directory, step)),
+            (True, lambda: ckpt.write_rng(temp, accelerator.process_index)),
+            (self.is_main, finish),
+        ]
+        for runs_here, part in parts:
+            error = _attempt(part) if runs_here else None
+            if not self._all_processes(error is None):
+                if self.is_main:
+                    shutil.rmtree(temp, ignore_errors=True)
+                raise ckpt.RunWriteError(ckpt.write_problem(error, temp))
+
+
+def _attempt(action: Callable[..., object], *args: Any) -> OSError | None:
+    """Run `action(*args)`; the `OSError` it raised (a write that failed), or None."""
+    try:
+        action(*args)
+    except OSError as error:
+        return error
+    return None
 
 
 class HealthMonitor:
