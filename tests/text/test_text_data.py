@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import copy
 import json
+import random
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 from omnimask.data import BadSampleError, DataPathError
-from omnimask_text.corpus import read_corpus, read_file
+from omnimask_text.corpus import (
+    IN_ORDER,
+    PASSAGE_WORDS,
+    SHUFFLED,
+    ensure_embedded_data,
+    read_corpus,
+    read_file,
+    read_labelled,
+    word_order_record,
+)
 from omnimask_text.dataset import build_rows, collate_rows, pack, tokenize_documents
 from omnimask_text.vocab import CLS, SEP
 
@@ -179,3 +189,49 @@ def test_trained_vocabulary_is_cached_and_pinned_in_the_config(mlm_recipe, tmp_p
     assert vocabulary_digest(resolve_tokenizer(reloaded)) == vocabulary_digest(
         resolve_tokenizer(config)
     )
+
+
+def test_word_order_passages_keep_their_words_and_only_the_label_changes_order() -> None:
+    doc = " ".join(f"w{i}" for i in range(PASSAGE_WORDS * 3))
+    rng = random.Random(0)
+    records = [word_order_record(doc, index, rng) for index in range(40)]
+    assert {r["label"] for r in records} == {IN_ORDER, SHUFFLED}
+    assert [r["split"] for r in records[:4]] == ["train", "train", "train", "test"]
+    for record in records:
+        words = str(record["text"]).split()
+        first = int(words[0][1:]) if record["label"] == IN_ORDER else min(int(w[1:]) for w in words)
+        window = [f"w{i}" for i in range(first, first + PASSAGE_WORDS)]
+        assert sorted(words) == sorted(window)  # the same words: a bag of tokens cannot tell
+        assert (words == window) == (record["label"] == IN_ORDER)
+
+
+def test_embedded_labelled_passages_are_balanced_and_left_out_of_the_corpus() -> None:
+    root = ensure_embedded_data()
+    train, test = read_labelled(root / "labelled.jsonl", "text")
+    assert len(train) > 3 * len(test) - 4 and len(test) > 100
+    for split in (train, test):
+        share = sum(label for _, label in split) / len(split)
+        assert 0.4 < share < 0.6
+    # passages are words joined by single spaces: compare with the corpus's words the same way
+    corpus = " ".join(" ".join(d.text.split()) for d in read_corpus(root / "corpus", "text"))
+    in_order = [text for text, label in train + test if label == IN_ORDER]
+    assert not any(text in corpus for text in in_order)
+
+
+def test_word_order_labels_are_invisible_to_a_bag_of_words() -> None:
+    """A probe on word counts stays near chance (both classes hold the same words); one on
+    word-pair counts, which knows the order, does not: the label is word usage in context."""
+    from sklearn.feature_extraction.text import CountVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    train, test = read_labelled(ensure_embedded_data() / "labelled.jsonl", "text")
+
+    def probe(ngrams: tuple[int, int]) -> float:
+        counts = CountVectorizer(ngram_range=ngrams, token_pattern=r"\S+")
+        train_x = counts.fit_transform([text for text, _ in train])
+        model = LogisticRegression(max_iter=3000).fit(train_x, [label for _, label in train])
+        test_x = counts.transform([text for text, _ in test])
+        return model.score(test_x, [label for _, label in test])
+
+    assert probe((1, 1)) < 0.6
+    assert probe((2, 2)) > 0.8

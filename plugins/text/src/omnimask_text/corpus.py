@@ -10,7 +10,7 @@ file or dataset without the column (listing the columns there are), a missing sp
 The embedded corpus needs no download: it is the documentation that ships with Python itself,
 the docstrings of standard-library modules, read with `ast` from the `.py` sources under
 sysconfig's stdlib path (parsing, not importing, so no module runs). The labelled set for
-`omnimask eval` labels docstrings by the stdlib package they come from.
+`omnimask eval` asks whether a passage's words are in their written order (`word_order_record`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import ast
 import json
 import logging
 import os
+import random
 import shutil
 import sys
 import sysconfig
@@ -41,10 +42,21 @@ CORPUS_SOURCES = (
     "datetime", "decimal", "fractions", "statistics", "random", "string", "textwrap", "difflib",
     "pickle", "socket", "ssl", "threading", "queue", "sched", "calendar", "csv", "configparser",
 )  # fmt: skip
-#: packages that label the evaluation set (each has hundreds of docstrings).
-LABELLED_PACKAGES = ("asyncio", "email", "unittest", "importlib", "multiprocessing", "xml")
-#: docstrings per package in the labelled set (train + test), to keep `omnimask eval` quick.
-PER_LABEL = 120
+#: stdlib modules the pretraining corpus leaves out, whose docstrings make the labelled set.
+LABELLED_SOURCES = (
+    "turtle", "doctest", "ipaddress", "wsgiref", "smtplib", "os", "traceback", "codecs", "xmlrpc",
+    "mimetypes", "pdb", "ftplib", "timeit", "tempfile", "ctypes", "optparse", "locale", "graphlib",
+    "dbm", "ast", "weakref", "uuid", "re", "pkgutil", "pickletools", "enum", "code", "base64",
+    "tokenize", "socketserver", "runpy", "compileall", "cmd", "bdb", "wave", "sqlite3", "gettext",
+    "pydoc", "trace", "pstats", "profile", "heapq", "bisect", "contextlib", "copy", "operator",
+    "abc", "io", "glob", "fnmatch", "filecmp", "gzip", "bz2", "lzma", "hashlib", "hmac",
+    "secrets", "selectors", "signal", "platform", "sysconfig", "warnings", "shlex", "netrc",
+    "plistlib", "zoneinfo", "html", "mailbox", "imaplib", "poplib", "quopri",
+)  # fmt: skip
+#: words per labelled passage (about 60 WordPiece tokens: one row of the demo's 128).
+PASSAGE_WORDS = 40
+#: labels of the embedded set.
+IN_ORDER, SHUFFLED = 0, 1
 MIN_DOC_CHARS = 40
 
 
@@ -201,13 +213,37 @@ def stdlib_docstrings(module: str) -> Iterator[str]:
 
 
 def embedded_dir() -> Path:
-    """The embedded data folder, per Python version (the stdlib docs differ between versions)."""
-    return default_data_dir("text") / f"stdlib-docs-py{sys.version_info[0]}{sys.version_info[1]}"
+    """The embedded data folder, per Python version (the stdlib docs differ between versions)
+    and version of the labelled set (v2: word order)."""
+    version = f"py{sys.version_info[0]}{sys.version_info[1]}"
+    return default_data_dir("text") / f"stdlib-docs-{version}-v2"
+
+
+def word_order_record(doc: str, index: int, rng: random.Random) -> dict[str, object]:
+    """Labelled passage `index`: `PASSAGE_WORDS` consecutive words from a random place in `doc`
+    (at least that long), left in order (label 0) or with the words shuffled (label 1); every
+    fourth passage is test.
+
+    Why this task: both classes hold the same words with the same frequencies, so any function
+    of the bag of tokens (mean-pooled random embeddings, a random encoder whose attention is
+    near uniform) scores about chance. Telling them apart takes what masked language modelling
+    learns: which word goes where given its neighbours. It is SentEval's word-order probing idea
+    (Conneau et al. 2018) on whole passages. The passage starts at a random word, so the
+    docstrings' capitalised first words do not mark the in-order class."""
+    words = doc.split()
+    start = rng.randrange(len(words) - PASSAGE_WORDS + 1)
+    passage = words[start : start + PASSAGE_WORDS]
+    label = rng.choice((IN_ORDER, SHUFFLED))
+    if label == SHUFFLED:
+        rng.shuffle(passage)
+    split = "test" if index % 4 == 3 else "train"
+    return {"text": " ".join(passage), "label": label, "split": split}
 
 
 def ensure_embedded_data() -> Path:
     """Write the embedded corpus on first use: `corpus/docs.jsonl` (field "text") and
-    `labelled.jsonl` ("text", "label", "split"). Written into a temporary folder and renamed,
+    `labelled.jsonl` ("text", "label", "split": `word_order_record`, from docstrings of
+    `LABELLED_SOURCES` that are not in the corpus). Written into a temporary folder and renamed,
     so concurrent processes never see half a corpus."""
     target = embedded_dir()
     if (target / "labelled.jsonl").exists():
@@ -222,13 +258,12 @@ def ensure_embedded_data() -> Path:
                 if doc not in seen:
                     seen.add(doc)
                     corpus.write(json.dumps({"text": doc, "module": module}) + "\n")
+    held_out = dict.fromkeys(d for m in LABELLED_SOURCES for d in stdlib_docstrings(m))
+    docs = [d for d in held_out if d not in seen and len(d.split()) >= PASSAGE_WORDS]
+    rng = random.Random(0)
     with open(temp / "labelled.jsonl", "w", encoding="utf-8") as labelled:
-        for label, package in enumerate(LABELLED_PACKAGES):
-            docs = list(dict.fromkeys(stdlib_docstrings(package)))[:PER_LABEL]
-            for index, doc in enumerate(docs):
-                split = "test" if index % 4 == 3 else "train"
-                record = {"text": doc, "label": label, "package": package, "split": split}
-                labelled.write(json.dumps(record) + "\n")
+        for index, doc in enumerate(docs):
+            labelled.write(json.dumps(word_order_record(doc, index, rng)) + "\n")
     try:
         temp.rename(target)
     except OSError:  # another process finished first: theirs is identical
