@@ -123,3 +123,40 @@ def test_audio_collate_pads_to_the_longest_clip_of_the_batch() -> None:
         length = len(sample["features"])
         assert torch.equal(batch["features"][row, :length], sample["features"])
         assert batch["features"][row, length:].abs().sum() == 0
+
+
+def test_embedded_labels_are_vowel_orders_invisible_to_the_average_spectrum() -> None:
+    """The six classes hold the same vowels; only their order differs. A probe on each clip's
+    average log-mel spectrum stays near chance (1/6), one on the difference between the first
+    and second half of the clip (which knows the order) does not: the label is temporal."""
+    from omnimask.plugins import get_recipe
+    from omnimask_audio.synth import ORDERS
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    recipe = get_recipe("audio/w2v_bert")
+    train, test = recipe.build_eval_datasets(recipe.config("demo"))
+
+    def features(dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # noqa: ANN001
+        means, halves, labels = [], [], []
+        for index in range(len(dataset)):
+            sample = dataset[index]
+            frames = sample["features"].numpy()
+            middle = len(frames) // 2
+            means.append(frames.mean(0))
+            halves.append(frames[:middle].mean(0) - frames[middle:].mean(0))
+            labels.append(int(sample["label"]))
+        return np.array(means), np.array(halves), np.array(labels)
+
+    train_mean, train_halves, train_labels = features(train)
+    test_mean, test_halves, test_labels = features(test)
+    assert sorted(set(train_labels)) == list(range(len(ORDERS)))
+    assert np.bincount(test_labels).min() == np.bincount(test_labels).max()  # balanced
+
+    def probe(train_x: np.ndarray, test_x: np.ndarray) -> float:
+        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+        return model.fit(train_x, train_labels).score(test_x, test_labels)
+
+    assert probe(train_mean, test_mean) < 0.35
+    assert probe(train_halves, test_halves) > 0.7

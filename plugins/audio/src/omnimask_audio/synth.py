@@ -4,12 +4,20 @@ Speech is a glottal source shaped by the vocal tract. Here the source is a Rosen
 train whose pitch follows a contour (declination plus a slow wobble and jitter), and the tract is a
 cascade of three formant resonators (Klatt's second-order sections) switched between vowels, one
 syllable after another, with pauses of breath noise between them. Each clip has one "voice" (a
-pitch range and a vocal-tract length); the voice is the label for `omnimask eval`. Files are written
-as real WAV and FLAC, so the corpus goes through the same reader as users' data.
+pitch range and a vocal-tract length). Files are written as real WAV and FLAC, so the corpus goes
+through the same reader as users' data.
+
+The labelled set for `omnimask eval` asks for the order of three vowels (`ORDERED_VOWELS`): every
+labelled clip says /a/, /i/ and /u/ once each, in one of their six orders, in a random voice. Each
+class has the same sounds in the same proportions, so a clip's average spectrum (what a random
+encoder's mean-pooled features mostly keep) says little about its class, and the voice, which
+shifts every formant by up to 30%, is a nuisance to ignore. Telling the orders apart takes
+features that know a frame's neighbours, which masked prediction over context has to learn.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import tempfile
@@ -21,7 +29,7 @@ import soundfile
 from omnimask.data import default_data_dir
 
 SAMPLE_RATE = 16000
-CORPUS_VERSION = "speech-v1"
+CORPUS_VERSION = "speech-v2"
 #: (name, median pitch in Hz, formant scale): a shorter vocal tract raises every formant.
 VOICES = (("bass", 95.0, 1.0), ("tenor", 135.0, 1.06), ("alto", 205.0, 1.16), ("child", 280.0, 1.3))
 #: Peterson & Barney's average formants (F1, F2, F3) of adult male vowels, in Hz.
@@ -33,8 +41,14 @@ VOWELS = {
     "u": (300.0, 870.0, 2240.0),
 }
 BANDWIDTHS = (60.0, 90.0, 150.0)
-#: split name -> (clips per voice, seed)
-SPLITS = {"pretrain": (24, 0), "eval_train": (16, 1), "eval_test": (8, 2)}
+#: the vowels whose order labels the evaluation clips: the corners of the vowel triangle, told
+#: apart in every voice.
+ORDERED_VOWELS = ("a", "i", "u")
+ORDERS = tuple(itertools.permutations(ORDERED_VOWELS))
+#: clips per voice of the pretraining split (random vowel sequences), and its seed
+PRETRAIN = (100, 0)
+#: labelled split name -> (clips per vowel order, seed)
+LABELLED_SPLITS = {"eval_train": (24, 1), "eval_test": (12, 2)}
 
 
 @dataclass(frozen=True)
@@ -90,11 +104,15 @@ def formant_filter(signal: np.ndarray, formants: tuple[float, ...], taps: int = 
     return np.fft.irfft(spectrum, size)[: len(signal)]
 
 
-def synthesize(voice: int, rng: np.random.Generator) -> Utterance:
-    """One clip of 3-6 syllables (vowels with pauses) in voice `voice`, about 0.7-2.6 s long."""
+def synthesize(
+    voice: int, rng: np.random.Generator, vowels: tuple[str, ...] | None = None
+) -> Utterance:
+    """One clip of `vowels` (by default 3-6 random ones) as syllables with pauses, in voice
+    `voice`, about 0.7-2.6 s long."""
     _, median_pitch, scale = VOICES[voice]
-    syllables = int(rng.integers(3, 7))
-    vowels = tuple(str(v) for v in rng.choice(list(VOWELS), size=syllables))
+    if vowels is None:
+        vowels = tuple(str(v) for v in rng.choice(list(VOWELS), size=int(rng.integers(3, 7))))
+    syllables = len(vowels)
     durations = rng.uniform(0.18, 0.35, size=syllables)
     pauses = rng.uniform(0.03, 0.12, size=syllables + 1)
     total = int((durations.sum() + pauses.sum()) * SAMPLE_RATE)
@@ -120,16 +138,30 @@ def synthesize(voice: int, rng: np.random.Generator) -> Utterance:
     return Utterance(voice, vowels, wave.astype(np.float32))
 
 
-def write_split(folder: Path, clips_per_voice: int, seed: int) -> None:
-    """`folder/<voice>/clip_XXXX.{wav,flac}`; even clips as 16-bit WAV, odd ones as FLAC."""
+def write_clip(folder: Path, index: int, utterance: Utterance) -> None:
+    """`folder/clip_XXXX.{wav,flac}`: even clips as 16-bit WAV, odd ones as FLAC."""
+    suffix = "wav" if index % 2 == 0 else "flac"
+    path = folder / f"clip_{index:04d}.{suffix}"
+    soundfile.write(str(path), utterance.waveform, SAMPLE_RATE, subtype="PCM_16")
+
+
+def write_pretrain_split(folder: Path, clips_per_voice: int, seed: int) -> None:
+    """`folder/<voice>/clip_XXXX.*`: random vowel sequences in each voice."""
     rng = np.random.default_rng(seed)
     for voice, (name, _, _) in enumerate(VOICES):
         (folder / name).mkdir(parents=True)
         for index in range(clips_per_voice):
-            utterance = synthesize(voice, rng)
-            suffix, subtype = ("wav", "PCM_16") if index % 2 == 0 else ("flac", "PCM_16")
-            path = folder / name / f"clip_{index:04d}.{suffix}"
-            soundfile.write(str(path), utterance.waveform, SAMPLE_RATE, subtype=subtype)
+            write_clip(folder / name, index, synthesize(voice, rng))
+
+
+def write_labelled_split(folder: Path, clips_per_order: int, seed: int) -> None:
+    """`folder/<a-i-u>/clip_XXXX.*`: each order of `ORDERED_VOWELS`, in random voices."""
+    rng = np.random.default_rng(seed)
+    for order in ORDERS:
+        (folder / "-".join(order)).mkdir(parents=True)
+        for index in range(clips_per_order):
+            voice = int(rng.integers(len(VOICES)))
+            write_clip(folder / "-".join(order), index, synthesize(voice, rng, order))
 
 
 def default_corpus() -> Path:
@@ -142,8 +174,9 @@ def default_corpus() -> Path:
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{CORPUS_VERSION}-", dir=root.parent))
     try:
-        for split, (clips, seed) in SPLITS.items():
-            write_split(staging / split, clips, seed)
+        write_pretrain_split(staging / "pretrain", *PRETRAIN)
+        for split, (clips, seed) in LABELLED_SPLITS.items():
+            write_labelled_split(staging / split, clips, seed)
         os.rename(staging, root)
     except OSError:
         if not root.exists():
