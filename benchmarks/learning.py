@@ -168,6 +168,8 @@ def run_recipe(args: argparse.Namespace, recipe_name: str, root: Path) -> list[d
             }
             if curve:
                 base["curve_of_steps"] = config.train.steps
+            if args.set:
+                base["overrides"] = list(args.set)
             for line in figures(result, base, args.protocols):
                 print(json.dumps(line), flush=True)
                 lines.append(line)
