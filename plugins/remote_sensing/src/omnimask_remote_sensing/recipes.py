@@ -24,7 +24,7 @@ from omnimask_remote_sensing.models.croma import (
     CromaTarget,
     CromaTokenizer,
 )
-from omnimask_remote_sensing.synthetic import S1_SIGNATURES_DB, S2_SIGNATURES, default_data
+from omnimask_remote_sensing.synthetic import S1_DIM_DB, S2_SIGNATURES, default_data
 
 
 class CromaRecipe(Recipe):
@@ -85,7 +85,7 @@ class CromaRecipe(Recipe):
         self, config: CromaConfig, path: str | None = None
     ) -> tuple[Dataset, Dataset]:
         if path is None:
-            embedded = (S1_SIGNATURES_DB.shape[1], S2_SIGNATURES.shape[1])
+            embedded = (len(S1_DIM_DB), S2_SIGNATURES.shape[1])
             wanted = (config.chips.s1_bands, config.chips.s2_bands)
             if wanted != embedded:
                 raise DataPathError(
