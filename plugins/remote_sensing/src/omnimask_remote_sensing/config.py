@@ -88,7 +88,7 @@ def demo() -> CromaConfig:
 def proof() -> CromaConfig:
     """The `benchmarks/learning.py` preset: the demo's CROMA (width 64, optical depth 2) with
     4 px patches (8 x 8 tokens per 32 px chip), CROMA's losses and shared 75% mask, 3000 steps
-    of batch 16 at lr 1e-3 on the embedded scenes (unlabelled tiles), about 7 minutes on one CPU
+    of batch 16 at lr 1e-3 on the embedded scenes (unlabelled tiles), 4-7 minutes on one CPU
     thread. Embeddings are the joint encoder's pooled output.
 
     The embedded chips' label (which cover the radar sees bright) lies only in how radar and
