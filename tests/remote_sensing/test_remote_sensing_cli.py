@@ -40,7 +40,7 @@ def test_the_run_directory_alone_rebuilds_the_normalisation(run_dir) -> None:
 def test_eval_scores_the_labelled_chips(run_dir) -> None:
     assert main(["eval", str(run_dir)]) == 0
     result = json.loads((run_dir / "eval.json").read_text())
-    assert result["train_samples"] == 40 and result["test_samples"] == 20
+    assert result["train_samples"] == 240 and result["test_samples"] == 160
     assert 0.0 <= result["pretrained"]["linear_probe_accuracy"] <= 1.0
     assert result["pretrained"]["feature_dim"] == 3 * 64  # optical, radar and joint pooled
 

@@ -12,7 +12,17 @@ from omnimask_remote_sensing.config import CromaConfig
 from omnimask_remote_sensing.datasets import ChipDataset
 from omnimask_remote_sensing.geotiff import find_pairs, write_geotiff
 from omnimask_remote_sensing.recipes import CromaRecipe
-from omnimask_remote_sensing.synthetic import default_data
+from omnimask_remote_sensing.synthetic import (
+    COVERS,
+    EVAL_CHIPS_PER_CLASS,
+    EVAL_TRAIN_PER_CLASS,
+    S1_BRIGHT_DB,
+    TILE,
+    default_data,
+    land_cover,
+    render,
+    tile,
+)
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 from rasterio.windows import Window
@@ -75,7 +85,7 @@ def test_chips_are_windowed_reads_that_keep_crs_and_transform(scenes, tmp_path) 
     with rasterio.open(pair.s2) as source:
         whole = source.read().astype(np.float32)
         transform = source.transform
-    item = dataset[5]  # row 1, column 1 of a 4x4 grid of 32 px chips
+    item = dataset[21]  # row 1, column 1 of a 20x20 grid of 32 px chips
     window = Window(32, 32, 32, 32)
     mean = np.asarray(config.stats.s2_mean, dtype=np.float32)[:, None, None]
     std = np.asarray(config.stats.s2_std, dtype=np.float32)[:, None, None]
@@ -107,8 +117,8 @@ def test_band_statistics_of_one_pass_equal_numpy_over_valid_pixels(scenes) -> No
     np.testing.assert_allclose(config.stats.s1_std, s1.std(1), rtol=1e-8)
     np.testing.assert_allclose(config.stats.s2_mean, s2.mean(1), rtol=1e-10)
     np.testing.assert_allclose(config.stats.s2_std, s2.std(1), rtol=1e-8)
-    # the nodata strip of the last scene: 4 chips left out and counted
-    assert dataset.report.nodata_chips == 4 and len(dataset) == 60
+    # the nodata strip of the last scene: one column of 20 chips left out and counted
+    assert dataset.report.nodata_chips == 20 and len(dataset) == 4 * 400 - 20
     # the statistics travel with the config and are reused, not recomputed
     again = from_yaml(to_yaml(config), CromaConfig)
     assert again.stats == config.stats
@@ -210,3 +220,55 @@ def test_embedded_labelled_chips_refuse_a_run_with_another_band_layout() -> None
     config.chips.s2_bands = 4
     with pytest.raises(DataPathError, match=r"have 2 S1 and 12 S2 bands.*reads 2 and 4.*--data"):
         recipe.build_eval_datasets(config, None)
+
+
+@pytest.fixture(scope="module")
+def labelled():
+    return find_pairs(default_data() / "labelled")
+
+
+def test_embedded_labels_are_balanced_and_splits_disjoint(labelled) -> None:
+    for split, count in (
+        ("train", EVAL_TRAIN_PER_CLASS),
+        ("test", EVAL_CHIPS_PER_CLASS - EVAL_TRAIN_PER_CLASS),
+    ):
+        labels = [p.label for p in labelled if p.split == split]
+        assert np.bincount(labels).tolist() == [count] * len(COVERS)
+    train = {p.s2 for p in labelled if p.split == "train"}
+    test = {p.s2 for p in labelled if p.split == "test"}
+    assert len(train) + len(test) == len(labelled) and not train & test
+
+
+def test_tiles_are_deterministic_and_covers_share_the_area() -> None:
+    first, again = tile(np.random.default_rng(7), 2), tile(np.random.default_rng(7), 2)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    for seed in range(20):
+        area = np.bincount(land_cover(np.random.default_rng(seed), TILE).ravel(), minlength=4)
+        assert area.min() >= 0.15 * TILE**2  # every cover present, about a quarter each
+
+
+def test_only_the_labelled_cover_is_bright_to_the_radar() -> None:
+    """Per cover, the radar's mean over a tile is 8 dB higher on the bright cover than on the
+    others, whose means agree: the radar alone shows a bright region, not which cover it is."""
+    rng = np.random.default_rng(0)
+    covers = land_cover(rng, TILE)
+    s1, _ = render(covers, 1, rng)
+    means = [s1[0][covers == c].mean() for c in range(len(COVERS))]
+    dim = [m for c, m in enumerate(means) if c != 1]
+    assert max(dim) - min(dim) < 1.0
+    assert abs(means[1] - np.mean(dim) - S1_BRIGHT_DB) < 1.0
+
+
+def test_band_means_of_the_labelled_chips_do_not_tell_the_class(labelled) -> None:
+    """Class means of the chips' per-band means differ by far less than the chips vary within a
+    class, in both sensors: the label is not a band statistic a random encoder could read."""
+    per_chip, labels = [], []
+    for pair in labelled:
+        with rasterio.open(pair.s1) as s1, rasterio.open(pair.s2) as s2:
+            bands = np.concatenate([s1.read(), s2.read().astype(np.float64)])
+        per_chip.append(np.concatenate([bands.mean((1, 2)), bands.std((1, 2))]))
+        labels.append(pair.label)
+    values, labels = np.asarray(per_chip), np.asarray(labels)
+    class_means = np.stack([values[labels == c].mean(0) for c in range(len(COVERS))])
+    within = np.stack([values[labels == c].std(0) for c in range(len(COVERS))]).mean(0)
+    assert np.all(np.ptp(class_means, axis=0) < 0.5 * within)

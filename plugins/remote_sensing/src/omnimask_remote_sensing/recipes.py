@@ -12,7 +12,7 @@ from omnimask.masking import RandomMasker
 from omnimask.model import Batch
 from torch.utils.data import Dataset, default_collate
 
-from omnimask_remote_sensing.config import CromaConfig, demo, paper
+from omnimask_remote_sensing.config import CromaConfig, demo, paper, proof
 from omnimask_remote_sensing.datasets import ChipDataset, labelled_splits
 from omnimask_remote_sensing.export import export_torchgeo, torchgeo_embedder
 from omnimask_remote_sensing.geotiff import find_pairs
@@ -24,7 +24,7 @@ from omnimask_remote_sensing.models.croma import (
     CromaTarget,
     CromaTokenizer,
 )
-from omnimask_remote_sensing.synthetic import S1_SIGNATURES_DB, S2_SIGNATURES, default_data
+from omnimask_remote_sensing.synthetic import S1_DIM_DB, S2_SIGNATURES, default_data
 
 
 class CromaRecipe(Recipe):
@@ -35,7 +35,7 @@ class CromaRecipe(Recipe):
     )
     summary = "CROMA: contrastive radar-optical masked autoencoder (Sentinel-1 + Sentinel-2)"
     config_class = CromaConfig
-    presets = {"demo": demo, "paper": paper}
+    presets = {"demo": demo, "proof": proof, "paper": paper}
     export_formats = ("torchgeo",)
 
     def build_model(self, config: CromaConfig) -> CromaModel:
@@ -85,7 +85,7 @@ class CromaRecipe(Recipe):
         self, config: CromaConfig, path: str | None = None
     ) -> tuple[Dataset, Dataset]:
         if path is None:
-            embedded = (S1_SIGNATURES_DB.shape[1], S2_SIGNATURES.shape[1])
+            embedded = (len(S1_DIM_DB), S2_SIGNATURES.shape[1])
             wanted = (config.chips.s1_bands, config.chips.s2_bands)
             if wanted != embedded:
                 raise DataPathError(
