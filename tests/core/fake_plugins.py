@@ -23,3 +23,11 @@ toy = PluginSpec(
     requires=("torch",),
     recipes={"toy/mim": "toy_recipe:ToyRecipe"},
 )
+
+half_broken = PluginSpec(
+    name="half",
+    modality="test",
+    version="1.0",
+    core_api=">=0.1,<0.2",
+    recipes={"half/mim": "broken_plugin:Recipe"},  # the module's import fails
+)

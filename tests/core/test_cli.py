@@ -40,6 +40,31 @@ def test_plugins_lists_the_good_and_explains_the_broken(capsys) -> None:
     out = capsys.readouterr().out
     assert "toy" in out and "toy/mim" in out
     assert "broken" in out and "FAILED" in out and "libfoo.so" in out
+    assert "--check" in out  # says that recipe modules were not imported
+
+
+def test_plugins_check_imports_every_recipe_and_names_the_failure(monkeypatch, capsys) -> None:  # noqa: ANN001
+    half = EntryPoint(
+        name="half", value="fake_plugins:half_broken", group=plugins.ENTRY_POINT_GROUP
+    )
+    monkeypatch.setattr(plugins, "_entry_points", lambda: [TOY, half])
+    discover.cache_clear()
+    assert main(["plugins"]) == 0  # the cheap listing imports no recipe
+    assert "half             1.0        found" in capsys.readouterr().out
+    assert main(["plugins", "--check"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("toy ") and " ok " in line for line in lines)
+    assert any(line.startswith("half ") and " FAILED " in line for line in lines)
+    failure = next(line for line in lines if "half/mim" in line)
+    assert "failed to import (broken_plugin:Recipe)" in failure and "libfoo.so" in failure
+
+
+def test_strict_mode_keeps_the_original_traceback(monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setenv("OMNIMASK_STRICT_PLUGINS", "1")
+    discover.cache_clear()
+    with pytest.raises(plugins.PluginError, match="libfoo.so") as raised:
+        discover()
+    assert isinstance(raised.value.__cause__, ImportError)
 
 
 def test_recipes_lists_presets_and_shows_a_config(capsys) -> None:

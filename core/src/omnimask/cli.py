@@ -57,17 +57,37 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     )
 
 
+def recipe_problem(name: str) -> str | None:
+    """Why recipe `name` cannot be imported and built, or None (imports its module)."""
+    try:
+        get_recipe(name)
+    except PluginError as error:
+        return str(error)
+    return None
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
+    """The plugins' specs (cheap: no recipe module is imported) or, with `--check`, every recipe
+    imported, each failure with its reason; rc 1 when `--check` finds one."""
     discovery = discover()
     if not discovery.plugins and not discovery.problems:
         print("no omnimask plugins installed")
+    failed = bool(discovery.problems)
     for spec in sorted(discovery.plugins.values(), key=lambda s: s.name):
-        print(f"{spec.name:<16} {spec.version:<10} ok       {spec.modality}")
+        problems = {name: recipe_problem(name) for name in spec.recipes} if args.check else {}
+        status = "found" if not args.check else "FAILED" if any(problems.values()) else "ok"
+        failed |= status == "FAILED"
+        print(f"{spec.name:<16} {spec.version:<10} {status:<8} {spec.modality}")
         for recipe in sorted(spec.recipes):
-            print(f"    {recipe}")
+            problem = problems.get(recipe)
+            print(f"    {recipe}" + (f"  FAILED: {problem}" if problem else ""))
     for problem in discovery.problems:
         print(f"{problem.entry_point:<27} FAILED   {problem.reason}")
-    return 0
+    if not args.check and discovery.plugins:
+        print(
+            "(recipe modules are imported when used; `omnimask plugins --check` imports them now)"
+        )
+    return 1 if args.check and failed else 0
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
@@ -173,9 +193,11 @@ def parser() -> argparse.ArgumentParser:
     )
     sub = main.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("plugins", help="list plugins, and why any failed to load").set_defaults(
-        func=cmd_plugins
+    plugins = sub.add_parser("plugins", help="list plugins, and why any failed to load")
+    plugins.add_argument(
+        "--check", action="store_true", help="import every recipe module and report failures"
     )
+    plugins.set_defaults(func=cmd_plugins)
 
     recipes = sub.add_parser("recipes", help="list recipes, or --show one's config")
     recipes.add_argument("--show", metavar="RECIPE", help="print this recipe's config as YAML")

@@ -115,6 +115,8 @@ def discover() -> Discovery:
             spec = entry_point.load()
         except Exception as error:  # a plugin's import may fail in any way; report it
             reason = f"import failed: {type(error).__name__}: {error}"
+            if _strict():  # chained: the plugin developer sees the original traceback
+                raise PluginError(f"plugin {label}: {reason}") from error
         else:
             reason = check_spec(spec, API_VERSION)
             if reason is None and spec.name in plugins:
