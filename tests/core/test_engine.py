@@ -310,8 +310,22 @@ def test_bad_sample_skip_counts_and_continues(tmp_path, caplog) -> None:
     with caplog.at_level(logging.WARNING):
         metrics = train(tmp_path / "run", "bad=[3]", "data.on_bad_sample=skip")
     assert len(metrics) == 12
-    assert metrics[11]["skipped_samples"] >= 1
-    assert "skipped bad sample: toy/3.npy: corrupt" in caplog.text
+    assert metrics[11]["skipped_samples"] == 2  # 12 steps of 8 = 1.5 epochs of 64: met twice
+    assert caplog.text.count("skipped bad sample: toy/3.npy: corrupt") == 1  # warned once
+
+
+def test_a_batch_of_bad_samples_is_refilled_and_the_run_resumes_exactly(tmp_path) -> None:
+    """Unshuffled, the batches of steps 0 and 8 (8 steps of 8 make an epoch of 64) are samples
+    0-7: all bad. They are refilled with good samples drawn from (seed, step), so the run goes
+    on, and a resume from step 4 replays step 8's refill exactly."""
+    args = ["bad=[0,1,2,3,4,5,6,7]", "data.on_bad_sample=skip", "data.shuffle=false"]
+    whole = train(tmp_path / "whole", *args)
+    assert len(whole) == 12 and whole[0]["skipped_samples"] >= 8  # and any refill met
+    resumed = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "whole", resumed)
+    for step in (8, 12):  # as if killed after the step-4 checkpoint
+        shutil.rmtree(resumed / "checkpoints" / f"step_{step:08d}")
+    assert losses(train(resumed, *args)) == losses(whole)
 
 
 def test_resume_with_an_incompatible_config_is_refused_and_loses_nothing(tmp_path) -> None:

@@ -75,7 +75,8 @@ class EngineDataset(Dataset):
       augmentation of a sample is the same whichever worker or process loads it and whenever
       (which is what makes a resumed run bit-exact);
     - applies the bad-sample policy: `raise` propagates `BadSampleError` (naming the file),
-      `skip` drops the sample and reports it so the engine can count and log it.
+      `skip` drops the sample and reports it so the engine can count and log it, and remembers
+      it: a bad file is read once per process (per DataLoader worker), not once per epoch.
     """
 
     def __init__(self, dataset: Dataset, seed: int, on_bad_sample: str = "raise") -> None:
@@ -86,12 +87,15 @@ class EngineDataset(Dataset):
         self.dataset = dataset
         self.seed = seed
         self.on_bad_sample = on_bad_sample
+        self.known_bad: dict[int, str] = {}  # index -> why, under `skip`
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, key: tuple[int, int]) -> LoadedSample:
         index, epoch = key
+        if index in self.known_bad:
+            return LoadedSample(index, None, self.known_bad[index])
         with seeded_rng(mix_seed(self.seed, epoch, index)):
             try:
                 return LoadedSample(index, self.dataset[index])
@@ -103,6 +107,7 @@ class EngineDataset(Dataset):
                     # RuntimeError wrapping the worker's traceback; returned, it is raised
                     # there as itself (`engine_collate`), the same line as without workers.
                     return LoadedSample(index, None, str(error), error)
+                self.known_bad[index] = str(error)
                 return LoadedSample(index, None, str(error))
 
 

@@ -52,6 +52,12 @@ class NonFiniteLossError(RuntimeError):
     """Too many non-finite losses in a row."""
 
 
+#: how many batches' worth of samples `Engine._refill` tries before giving up.
+REFILL_TRIES = 4
+#: the augmentation-seed "epoch" of refill samples, apart from the sampler's epochs.
+REFILL_EPOCH = -1
+
+
 class _CheckpointTrust:
     """Which checkpoint a diverged run should resume from. A checkpoint holds the weights after
     its step's update, which can already have exploded while that step's loss (computed before
@@ -316,6 +322,7 @@ class Engine:
         nonfinite_run = int(loaded.state.get("nonfinite_run", 0)) if loaded else 0
         checkpoints = _CheckpointTrust(loaded.path.name if loaded else None)
         skipped_total = int(loaded.state.get("skipped_samples", 0)) if loaded else 0
+        warned: set[str] = set()
         last_loss = math.nan
         window = _MetricWindow()
         receivers = progress_receivers(model)
@@ -334,14 +341,14 @@ class Engine:
                     batch, skipped = next(batches)
                     if isinstance(batch, BadSampleError):  # from a worker, under `raise`
                         raise batch
+                    if batch is None:  # every sample bad: refill, the stream stays as it is
+                        batch, more = self._refill(dataset, step, micro)
+                        skipped += more
                     skipped_total += len(skipped)
                     for reason in skipped:
-                        logger.warning("skipped bad sample: %s", reason)
-                    if batch is None:
-                        raise RuntimeError(
-                            f"every sample of the batch at step {step} was bad; "
-                            "see the warnings above"
-                        )
+                        if reason not in warned:  # once per bad sample, not once per epoch
+                            warned.add(reason)
+                            logger.warning("skipped bad sample: %s", reason)
                     sample_ids += batch["sample_id"].tolist()
                     batch = send_to_device(batch, accelerator.device, non_blocking=True)
                     last_micro = micro == train.grad_accum - 1
@@ -470,6 +477,34 @@ class Engine:
         stacked = torch.tensor([values[k] for k in keys], device=self.accelerator.device)
         reduced = self.accelerator.reduce(stacked, reduction="mean").tolist()
         return dict(zip(keys, reduced))
+
+    def _refill(
+        self, dataset: EngineDataset, step: int, micro: int
+    ) -> tuple[dict[str, Any], list[str]]:
+        """A batch for a micro-batch whose samples were all bad (under `skip`): good samples
+        drawn in an order seeded by (seed, step, micro-batch, process), loaded here, so the run
+        stays a function of its seed and resumes exactly. Raises `BadSampleError` if
+        `REFILL_TRIES` batches' worth of samples holds no good one."""
+        size = self.train.batch_size
+        seed = mix_seed(self.train.seed, step, micro, self.accelerator.process_index)
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+        loaded, reasons = [], []
+        for index in order[: REFILL_TRIES * size].tolist():
+            item = dataset[(index, REFILL_EPOCH)]
+            if item.sample is None:
+                reasons.append(item.error or "")
+                continue
+            loaded.append(item)
+            if len(loaded) == size:
+                break
+        if not loaded:
+            raise BadSampleError(
+                f"the data at step {step}",
+                f"every sample of the batch and {len(reasons)} others tried to replace them "
+                "were bad (see the warnings)",
+            )
+        batch, _ = engine_collate(self.recipe.collate)(loaded)
+        return batch, reasons  # type: ignore[return-value]
 
     def _weights_finite(self, model: torch.nn.Module) -> bool:
         """Whether every weight is finite on every process (one sync, at checkpoint steps)."""
