@@ -72,6 +72,7 @@ def test_audio_cli_hf_export_loads_with_automodel(run_dir: Path) -> None:
     folder = run_dir / "exports" / "hf"
     conformer = AutoModel.from_pretrained(folder).eval()
     assert type(conformer).__name__ == "Wav2Vec2BertModel"
+    assert conformer.config.mask_time_prob == 0.0  # no SpecAugment a fine-tuner did not ask for
     run = load_run(run_dir)
     batch = sample_batch(run.recipe, run.config, run.recipe.build_dataset(run.config), 4)
     with torch.no_grad():

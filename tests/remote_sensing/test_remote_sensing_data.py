@@ -159,6 +159,7 @@ def test_unreadable_tiff_is_named_and_skip_policy_counts_it(tmp_path) -> None:
     assert error.value.source.endswith("b_s2.tif")
     dataset = ChipDataset(find_pairs(tmp_path), demo_config(), on_bad_sample="skip")
     assert len(dataset.report.skipped_pairs) == 1 and len(dataset) == 4
+    assert dataset.skipped_at_load == dataset.report.skipped_pairs  # what metrics.jsonl counts
 
 
 def test_all_nodata_chips_are_skipped_and_counted(tmp_path) -> None:

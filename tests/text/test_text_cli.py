@@ -65,6 +65,8 @@ def test_hf_export_gives_identical_logits(mlm_run, tmp_path) -> None:  # noqa: A
     run = load_run(mlm_run)
     hf_model = AutoModelForMaskedLM.from_pretrained(out).eval()
     tokenizer = AutoTokenizer.from_pretrained(out)
+    too_long = tokenizer(["word " * 2000], truncation=True)["input_ids"][0]
+    assert tokenizer.model_max_length == len(too_long) == 512  # the model's positions
     texts = ["Return the value of the named attribute.", "Open a file and return a stream."]
     encoded = tokenizer(texts, padding=True, return_tensors="pt")
     batch = {"input_ids": encoded["input_ids"], "sequence_ids": encoded["attention_mask"]}
@@ -137,3 +139,15 @@ def test_resume_with_another_vocabulary_fails_clearly(tmp_path, capsys) -> None:
     message = capsys.readouterr().err
     assert "checkpoint was trained with another vocabulary" in message
     assert str(vocab) in message
+
+
+def test_skipped_corpus_lines_are_counted_in_the_metrics(tmp_path) -> None:  # noqa: ANN001
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    good = [json.dumps({"text": f"document {i} talks about parsing files. " * 4}) for i in range(8)]
+    (corpus / "docs.jsonl").write_text("\n".join([*good, "{broken", '{"title": "no text"}']))
+    run_dir = tmp_path / "run"
+    args = ["pretrain", "text/mlm", "--data", str(corpus), "--run-dir", str(run_dir), *SHORT]
+    assert main([*args, "data.on_bad_sample=skip", "corpus.seq_len=32", "vocab.size=80"]) == 0
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped_samples"] for r in records if "loss" in r] == [2, 2, 2]

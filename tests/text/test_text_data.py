@@ -235,3 +235,14 @@ def test_word_order_labels_are_invisible_to_a_bag_of_words() -> None:
 
     assert probe((1, 1)) < 0.6
     assert probe((2, 2)) > 0.8
+
+
+def test_skip_leaves_out_a_bad_jsonl_line_not_its_whole_file(tmp_path) -> None:  # noqa: ANN001
+    lines = ['{"text": "first document"}', "{not json", '{"text": "second document"}']
+    (tmp_path / "docs.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(BadSampleError, match=r"docs.jsonl:2: not JSON"):
+        read_corpus(tmp_path, "text")
+    skipped: list[str] = []
+    documents = read_corpus(tmp_path, "text", on_bad="skip", skipped=skipped)
+    assert [d.text for d in documents] == ["first document", "second document"]
+    assert len(skipped) == 1 and "docs.jsonl:2: not JSON" in skipped[0]

@@ -10,7 +10,9 @@ import av
 import numpy as np
 import pytest
 import torch
+from omnimask.config import flatten
 from omnimask.data import BadSampleError
+from omnimask.plugins import get_recipe
 from omnimask_video.data import ClipDataset, ClipSpec, find_sources
 from omnimask_video.readers import FrameFolderReader, VideoFileReader
 from omnimask_video.synthetic import write_video
@@ -104,8 +106,10 @@ def test_short_clip_loops_pads_or_refuses(tmp_path, frames) -> None:  # noqa: AN
     np.testing.assert_array_equal(looped.frames, reference[[0, 2, 4, 1, 3, 0]])
     padded = reader.read(num_frames=6, stride=2, size=64, train=True, short_clip="pad")
     assert padded.plan.shortened and padded.plan.frames.tolist() == [0, 2, 4, 4, 4, 4]
-    with pytest.raises(BadSampleError, match=r"short\.mp4: has 5 frames .* spans 11"):
+    with pytest.raises(BadSampleError, match=r"short\.mp4: has 5 frames .* spans 11") as raised:
         reader.read(num_frames=6, stride=2, size=64, train=True, short_clip="error")
+    key = str(raised.value).rsplit("(", 1)[1].split("=")[0]
+    assert key in flatten(get_recipe("video/videomae").config("demo"))  # names a real key
 
 
 def test_frame_folder_reads_only_the_needed_images(tmp_path, frames) -> None:  # noqa: ANN001

@@ -131,7 +131,9 @@ class Recipe(ABC):
         """The unlabelled training set: `config.data.path`, or the embedded default data.
 
         Items are dicts of tensors. A sample that cannot be read raises `BadSampleError`
-        naming the file; the engine applies `config.data.on_bad_sample`.
+        naming the file; the engine applies `config.data.on_bad_sample`. A data set that drops
+        bad input while it is built (under `skip`: a corpus line, a scene pair) lists why in a
+        `skipped_at_load: list[str]` attribute, which the engine adds to `skipped_samples`.
         """
 
     def collate(self, samples: list[dict[str, Any]]) -> Batch:

@@ -323,6 +323,8 @@ class Engine:
         checkpoints = _CheckpointTrust(loaded.path.name if loaded else None)
         skipped_total = int(loaded.state.get("skipped_samples", 0)) if loaded else 0
         warned: set[str] = set()
+        # left out while the data set was built (`Recipe.build_dataset`), once per run
+        skipped_at_load = len(getattr(dataset.dataset, "skipped_at_load", ()))
         last_loss = math.nan
         window = _MetricWindow()
         receivers = progress_receivers(model)
@@ -409,7 +411,7 @@ class Engine:
                     tokens_per_step = means.get("num_tokens", 0.0) * train.grad_accum
                     tokens = tokens_per_step * window.steps * processes
                     record["tokens_per_s"] = tokens / elapsed if window.steps else 0.0
-                    record["skipped_samples"] = skipped_total
+                    record["skipped_samples"] = skipped_total + skipped_at_load
                     if health is not None and health.due(done, train.steps):
                         record.update(health.check(model, step, done))
                     error = _attempt(metrics.log, step, record) if metrics else None

@@ -12,7 +12,7 @@ from omnimask.export import ExportError
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
-from transformers import AutoModel
+from transformers import AutoModel, Wav2Vec2BertConfig
 
 from omnimask_audio.models.w2v_bert import ConvSubsampling, W2VBert, attention_mask
 
@@ -20,8 +20,15 @@ SUBSAMPLING_FILE = "subsampling.safetensors"
 
 
 def export_hf(model: W2VBert, out_dir: Path) -> Path:
-    """Write `config.json` + `model.safetensors` (Hugging Face) and `subsampling.safetensors`."""
+    """Write `config.json` + `model.safetensors` (Hugging Face) and `subsampling.safetensors`.
+
+    The exported config has SpecAugment off (`mask_time_prob=0`): the pretraining config holds
+    our span masking's figures (0.065 x 10 = 0.65 in Hugging Face's terms), and a user who
+    fine-tunes the export would otherwise mask 65% of the frames without asking for it."""
     model.encoder.model.save_pretrained(out_dir)
+    config = Wav2Vec2BertConfig.from_pretrained(out_dir)
+    config.mask_time_prob = 0.0
+    config.save_pretrained(out_dir)
     subsampler = model.tokenizer
     state = {k: v.detach().cpu().contiguous() for k, v in subsampler.state_dict().items()}
     metadata = {"num_mel_bins": str(subsampler.num_mel_bins), "channels": str(subsampler.channels)}

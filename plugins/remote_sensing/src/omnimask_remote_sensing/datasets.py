@@ -66,6 +66,7 @@ class ChipDataset(Dataset):
         self.pairs: list[ScenePair] = []
         self.infos: list[SceneInfo] = []
         self.report = ScanReport()
+        self.skipped_at_load = self.report.skipped_pairs  # the engine counts them
         self.s1_linear = chips.s1_linear
         for pair in pairs:
             try:

@@ -76,8 +76,10 @@ def decode_utf8(path: Path, data: bytes) -> str:
         ) from None
 
 
-def read_file(path: Path, field: str) -> list[Document]:
-    """The documents of one corpus file; raises `BadSampleError` when it cannot be used."""
+def read_file(path: Path, field: str, skipped: list[str] | None = None) -> list[Document]:
+    """The documents of one corpus file; raises `BadSampleError` when it cannot be used. With
+    a `skipped` list, a bad JSONL line is logged, listed there and left out instead: the
+    file's other lines still count."""
     if path.suffix == ".parquet":
         return _read_parquet(path, field)
     data = path.read_bytes()
@@ -91,16 +93,27 @@ def read_file(path: Path, field: str) -> list[Document]:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise BadSampleError(f"{path}:{number}", f"not JSON ({error.msg})") from None
-        if not isinstance(record, dict) or not isinstance(record.get(field), str):
-            raise BadSampleError(f"{path}:{number}", f"no string field {field!r}")
-        if record[field].strip():
-            documents.append(Document(f"{path}:{number}", record[field]))
+            documents += _jsonl_document(path, number, line, field)
+        except BadSampleError as error:
+            if skipped is None:
+                raise
+            logger.warning("skipped bad corpus line: %s", error)
+            skipped.append(str(error))
     if not documents:
         raise BadSampleError(path, f"no non-empty {field!r} text in any line")
     return documents
+
+
+def _jsonl_document(path: Path, number: int, line: str, field: str) -> list[Document]:
+    """Line `number` of a JSONL file as a document ([] if its text is blank)."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise BadSampleError(f"{path}:{number}", f"not JSON ({error.msg})") from None
+    if not isinstance(record, dict) or not isinstance(record.get(field), str):
+        raise BadSampleError(f"{path}:{number}", f"no string field {field!r}")
+    text = record[field]
+    return [Document(f"{path}:{number}", text)] if text.strip() else []
 
 
 def _read_parquet(path: Path, field: str) -> list[Document]:
@@ -172,20 +185,27 @@ def corpus_files(path: str | os.PathLike[str], split: str = "train") -> list[Pat
 
 
 def read_corpus(
-    path: str | os.PathLike[str], field: str, on_bad: str = "raise", split: str = "train"
+    path: str | os.PathLike[str],
+    field: str,
+    on_bad: str = "raise",
+    split: str = "train",
+    skipped: list[str] | None = None,
 ) -> list[Document]:
     """Every document under `path` (a `datasets` folder, or files in sorted order). Bad files
-    raise `BadSampleError`, or with `on_bad="skip"` are logged and left out."""
+    and JSONL lines raise `BadSampleError`, or with `on_bad="skip"` are logged, left out and
+    listed in `skipped` (one line is left out, not its whole file)."""
     if is_saved_dataset(Path(path)):
         return read_saved_dataset(Path(path), field, split)
+    skipped = [] if skipped is None else skipped
     documents: list[Document] = []
     for file in check_data_path(path, PATTERNS):
         try:
-            documents += read_file(file, field)
+            documents += read_file(file, field, skipped if on_bad == "skip" else None)
         except BadSampleError as error:
             if on_bad == "raise":
                 raise
             logger.warning("skipped bad corpus file: %s", error)
+            skipped.append(str(error))
     if not documents:
         raise BadSampleError(path, "no readable document")
     return documents

@@ -157,6 +157,7 @@ class TextRows(Dataset):
     def __init__(self, rows: list[tuple[list[int], list[int]]], digest: int) -> None:
         self.rows = rows
         self.digest = torch.tensor(digest, dtype=torch.long)
+        self.skipped_at_load: list[str] = []  # bad files / lines left out (engine counts them)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -206,12 +207,19 @@ def build_rows(config: MLMConfig, tokenizer: Tokenizer, texts: Sequence[str]) ->
 
 def build_text_dataset(config: MLMConfig) -> TextRows:
     tokenizer = resolve_tokenizer(config)
+    skipped: list[str] = []
     documents = read_corpus(
-        corpus_path(config), config.corpus.field, config.data.on_bad_sample, config.corpus.split
+        corpus_path(config),
+        config.corpus.field,
+        config.data.on_bad_sample,
+        config.corpus.split,
+        skipped,
     )
     if config.corpus.max_documents > 0:
         documents = documents[: config.corpus.max_documents]
-    return build_rows(config, tokenizer, [d.text for d in documents])
+    rows = build_rows(config, tokenizer, [d.text for d in documents])
+    rows.skipped_at_load = skipped
+    return rows
 
 
 class LabelledTexts(Dataset):

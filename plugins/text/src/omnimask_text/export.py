@@ -23,9 +23,13 @@ from omnimask_text.models.common import TextTokenizer, attention_mask
 from omnimask_text.vocab import CLS, MASK, PAD, SEP, UNK
 
 
-def save_tokenizer(tokenizer: Tokenizer, out_dir: Path) -> None:
+def save_tokenizer(tokenizer: Tokenizer, out_dir: Path, max_length: int) -> None:
+    """The WordPiece tokenizer as a `PreTrainedTokenizerFast` folder. `model_max_length` is the
+    model's position count, so `truncation=True` in transformers cuts there instead of passing
+    a longer input on to fail in the position embeddings."""
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
+        model_max_length=max_length,
         unk_token=UNK,
         pad_token=PAD,
         cls_token=CLS,
@@ -59,15 +63,17 @@ def assemble_electra(model: MaskedModel) -> tuple[ElectraForPreTraining, Electra
     return discriminator.eval(), generator.eval()
 
 
-def export_hf(model: MaskedModel, tokenizer: Tokenizer, out_dir: Path, electra: bool) -> Path:
+def export_hf(
+    model: MaskedModel, tokenizer: Tokenizer, out_dir: Path, electra: bool, max_length: int
+) -> Path:
     if electra:
         discriminator, generator = assemble_electra(model)
         discriminator.save_pretrained(out_dir)
         generator.save_pretrained(out_dir / "generator")
-        save_tokenizer(tokenizer, out_dir / "generator")
+        save_tokenizer(tokenizer, out_dir / "generator", max_length)
     else:
         assemble_mlm(model).save_pretrained(out_dir)
-    save_tokenizer(tokenizer, out_dir)
+    save_tokenizer(tokenizer, out_dir, max_length)
     return out_dir
 
 

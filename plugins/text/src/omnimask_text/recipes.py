@@ -215,7 +215,8 @@ class TextRecipe(Recipe):
     def export(self, model: MaskedModel, config: MLMConfig, fmt: str, out_dir: Path) -> Path:
         from omnimask_text.export import export_hf
 
-        return export_hf(model, resolve_tokenizer(config), out_dir, self.electra)
+        tokenizer = resolve_tokenizer(config)
+        return export_hf(model, tokenizer, out_dir, self.electra, config.model.max_positions)
 
     def load_export(self, config: MLMConfig, fmt: str, path: Path) -> Callable[[Batch], Any]:
         from omnimask_text.export import load_hf_embedder

@@ -80,6 +80,6 @@ def plan_clip(
     else:
         raise ShortClipError(
             f"has {length} frames at {fps:g} fps but a clip of {num_frames} frames at stride "
-            f"{stride} spans {span} (data.short_clip='error')"
+            f"{stride} spans {span} (clip.short_clip='error')"
         )
     return ClipPlan(frames_at(times, positions / fps, fps), shortened)

@@ -83,7 +83,7 @@ def conformer_config(
     model: W2VBertModelConfig, mask: SpanMaskConfig, input_dim: int
 ) -> Wav2Vec2BertConfig:
     """The Hugging Face config of both Conformer modules. Its SpecAugment settings are our span
-    masking's, so fine-tuning the exported model masks like pretraining did; layer drop is off
+    masking's (the export turns SpecAugment off, `export.export_hf`); layer drop is off
     because it would draw from the global RNG."""
     dropout = model.dropout
     return Wav2Vec2BertConfig(
