@@ -21,8 +21,14 @@ from omnimask_text.corpus import (
     read_labelled,
     word_order_record,
 )
-from omnimask_text.dataset import build_rows, collate_rows, pack, tokenize_documents
-from omnimask_text.vocab import CLS, SEP
+from omnimask_text.dataset import (
+    build_rows,
+    collate_rows,
+    pack,
+    split_into_chunks,
+    tokenize_documents,
+)
+from omnimask_text.vocab import CLS, SEP, continuation_flags
 
 
 def test_empty_file_is_named(tmp_path) -> None:  # noqa: ANN001
@@ -246,3 +252,17 @@ def test_skip_leaves_out_a_bad_jsonl_line_not_its_whole_file(tmp_path) -> None: 
     documents = read_corpus(tmp_path, "text", on_bad="skip", skipped=skipped)
     assert [d.text for d in documents] == ["first document", "second document"]
     assert len(skipped) == 1 and "docs.jsonl:2: not JSON" in skipped[0]
+
+
+def test_long_documents_are_cut_between_words(embedded_tokenizer) -> None:  # noqa: ANN001
+    """No row starts with a lone `##` piece, which whole-word masking would take for a word;
+    the pieces still cover the document exactly."""
+    flags = continuation_flags(embedded_tokenizer)
+    docs = [d.text for d in read_corpus(ensure_embedded_data() / "corpus", "text")[:300]]
+    chunks, split = tokenize_documents(embedded_tokenizer, docs, seq_len=16)
+    assert split > 100
+    assert not any(flags[chunk[1]] for chunk in chunks)  # chunk[0] is [CLS]
+    whole = embedded_tokenizer.encode_batch(docs, add_special_tokens=False)
+    assert [i for c in chunks for i in c[1:-1]] == [i for e in whole for i in e.ids]
+    cut = split_into_chunks([5, 9, 9, 9, 9, 9], 3, [i == 9 for i in range(10)])
+    assert cut == [[5, 9, 9], [9, 9, 9]]  # a word longer than a row is cut where it must

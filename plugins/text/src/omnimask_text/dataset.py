@@ -113,9 +113,24 @@ def load_lexicon(config: MLMConfig, tokenizer: Tokenizer) -> NgramLexicon:
     return NgramLexicon.load(path, tokenizer.get_vocab_size(), vocabulary_digest(tokenizer))
 
 
-def split_into_chunks(ids: Sequence[int], body: int) -> list[list[int]]:
-    """Consecutive pieces of at most `body` ids covering all of `ids`."""
-    return [list(ids[start : start + body]) for start in range(0, len(ids), body)]
+def split_into_chunks(
+    ids: Sequence[int], body: int, continuation: Sequence[bool] | None = None
+) -> list[list[int]]:
+    """Consecutive pieces of at most `body` ids covering all of `ids`. Given the vocabulary's
+    `continuation` flags, each cut falls before the start of a word, so no row begins with a
+    lone `##` piece that whole-word masking would take for a word (a word longer than `body`
+    pieces is cut where it must)."""
+    chunks, start = [], 0
+    while start < len(ids):
+        end = min(start + body, len(ids))
+        if continuation is not None and end < len(ids):
+            cut = end
+            while cut > start + 1 and continuation[ids[cut]]:
+                cut -= 1
+            end = cut if not continuation[ids[cut]] else end
+        chunks.append(list(ids[start:end]))
+        start = end
+    return chunks
 
 
 def frame(chunk: list[int], cls: int, sep: int) -> list[int]:
@@ -179,10 +194,11 @@ def tokenize_documents(
     body = seq_len - 2
     if body < 1:
         raise ValueError(f"corpus.seq_len must be at least 3 ([CLS] x [SEP]), got {seq_len}")
+    continuation = continuation_flags(tokenizer)
     chunks: list[list[int]] = []
     split = 0
     for encoding in tokenizer.encode_batch(list(texts), add_special_tokens=False):
-        pieces = split_into_chunks(encoding.ids, body)
+        pieces = split_into_chunks(encoding.ids, body, continuation)
         split += len(pieces) > 1
         chunks += [frame(piece, cls, sep) for piece in pieces if piece]
     return chunks, split
