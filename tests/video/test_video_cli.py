@@ -11,9 +11,10 @@ import torch
 from omnimask.cli import main
 from omnimask.runs import load_run
 from omnimask.visualize import sample_batch
+from omnimask_video.data import to_tensor
 from omnimask_video.synthetic import MOTIONS
 from PIL import Image
-from transformers import AutoModel
+from transformers import AutoImageProcessor, AutoModel
 
 SHORT = [
     "train.steps=2", "train.batch_size=4", "train.checkpoint_every=2", "train.progress=false",
@@ -72,6 +73,14 @@ def test_hf_export_loads_with_automodel_and_gives_identical_features(run_dir, tm
         theirs = hf(pixel_values=batch["video"].transpose(1, 2)).last_hidden_state
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(run.model.embed(batch), theirs.mean(1), rtol=1e-5, atol=1e-5)
+    # the processor beside it prepares frames as pretraining did
+    processor = AutoImageProcessor.from_pretrained(out)
+    spec = run.config.clip
+    reader = run.recipe.build_dataset(run.config).readers[0]
+    clip = reader.read(spec.num_frames, spec.stride, spec.size, False, "loop")
+    prepared = processor(list(clip.frames), return_tensors="pt")["pixel_values"][0]
+    ours = to_tensor(clip.frames, spec.mean, spec.std).transpose(0, 1)  # [T, C, H, W]
+    torch.testing.assert_close(prepared, ours, rtol=0, atol=1e-5)
 
 
 def test_bad_file_in_user_data_is_named_or_skipped(tmp_path, video_files, capsys) -> None:  # noqa: ANN001

@@ -14,9 +14,23 @@ import torch
 from omnimask import MaskedModel
 from torch import Tensor
 
+from omnimask_video.recipes import ClipConfig
 
-def export_hf(model: MaskedModel, out_dir: Path) -> Path:
+
+def export_hf(model: MaskedModel, clip: ClipConfig, out_dir: Path) -> Path:
+    """The `VideoMAEModel` and a `VideoMAEImageProcessor` with the recipe's preprocessing
+    (short side to `clip.size`, centre crop, /255, the recipe's mean and std), so
+    `AutoImageProcessor.from_pretrained(folder)` prepares frames as pretraining did."""
+    from transformers import VideoMAEImageProcessor
+
     model.encoder.hf.save_pretrained(out_dir)
+    processor = VideoMAEImageProcessor(
+        size={"shortest_edge": clip.size},
+        crop_size={"height": clip.size, "width": clip.size},
+        image_mean=list(clip.mean),
+        image_std=list(clip.std),
+    )
+    processor.save_pretrained(out_dir)
     return out_dir
 
 

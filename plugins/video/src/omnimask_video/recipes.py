@@ -205,7 +205,7 @@ class VideoMAERecipe(Recipe):
     def export(self, model: MaskedModel, config: VideoMAEConfig, fmt: str, out_dir: Path) -> Path:
         from omnimask_video.export import export_hf
 
-        return export_hf(model, out_dir)
+        return export_hf(model, config.clip, out_dir)
 
     def load_export(self, config: VideoMAEConfig, fmt: str, path: Path) -> Callable[[dict], Any]:
         from omnimask_video.export import load_hf
