@@ -14,7 +14,7 @@ from omnimask.config import flatten
 from omnimask.data import BadSampleError
 from omnimask.plugins import get_recipe
 from omnimask_video.data import ClipDataset, ClipSpec, find_sources
-from omnimask_video.readers import FrameFolderReader, VideoFileReader
+from omnimask_video.readers import FrameFolderReader, VideoFileReader, check_timestamps
 from omnimask_video.synthetic import write_video
 from PIL import Image
 from torch.utils.data import DataLoader
@@ -186,3 +186,9 @@ def test_file_without_video_stream_is_named(tmp_path) -> None:  # noqa: ANN001
         BadSampleError, match=r"speech\.mp4: has no video stream \(streams: audio\)"
     ):
         VideoFileReader(path).read(4, 2, 32, False, "loop")
+
+
+def test_frames_sharing_a_timestamp_are_a_bad_sample() -> None:
+    check_timestamps(Path("fine.mp4"), np.array([0, 512, 1024]))
+    with pytest.raises(BadSampleError, match=r"zeros\.mp4: 4 frames but 1 distinct timestamps"):
+        check_timestamps(Path("zeros.mp4"), np.zeros(4, dtype=np.int64))

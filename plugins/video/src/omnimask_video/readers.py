@@ -104,6 +104,19 @@ def _video_stream(path: Path, container: av.container.InputContainer) -> av.vide
     return stream
 
 
+def check_timestamps(path: Path, pts_sorted: np.ndarray) -> None:
+    """Raise `BadSampleError` when frames share a timestamp: frames are found by timestamp, so
+    such a stream (all zero, say) would hand back one frame where the sampler asked for
+    another."""
+    distinct = len(np.unique(pts_sorted))
+    if distinct < len(pts_sorted):
+        raise BadSampleError(
+            path,
+            f"{len(pts_sorted)} frames but {distinct} distinct timestamps: the stream's timing "
+            "is broken (re-encode it, e.g. `ffmpeg -i IN -vf setpts=N/FRAME_RATE/TB OUT`)",
+        )
+
+
 def index_stream(path: Path) -> StreamIndex:
     """Demux (not decode) the first video stream: every packet's pts and keyframe flag."""
     with _open(path) as container:
@@ -122,6 +135,7 @@ def index_stream(path: Path) -> StreamIndex:
             raise BadSampleError(path, "video stream holds no frames")
         order = np.argsort(pts, kind="stable")
         pts_sorted = np.asarray(pts, dtype=np.int64)[order]
+        check_timestamps(path, pts_sorted)
         keyframe = np.asarray(keys, dtype=bool)[order]
         keyframe[0] = True  # decoding always starts somewhere; seeking to 0 means the start
         time_base = stream.time_base or Fraction(1, 1)
