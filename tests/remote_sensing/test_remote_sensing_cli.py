@@ -80,3 +80,33 @@ def test_a_model_trained_on_32px_chips_runs_on_64px_chips(run_dir) -> None:
         embedding = run.model.embed(batch)
     assert features.optical.shape == features.joint.shape == (2, 64, 64)  # 8 x 8 patches
     assert embedding.shape == (2, 192) and torch.isfinite(embedding).all()
+
+
+def test_rgb_bands_outside_the_s2_layout_are_refused_before_any_run(tmp_path, capsys) -> None:
+    run = tmp_path / "run"
+    args = ["pretrain", RECIPE, "--run-dir", str(run), "chips.s2_bands=4"]
+    assert main([*args, "chips.rgb_bands=[3,2,4]"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "chips.rgb_bands=[3, 2, 4] names S2 band 4, but chips.s2_bands=4" in err
+    assert len(err.splitlines()) == 1 and not (run / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(("s1_bands", "s2_bands", "rgb"), [(1, 4, (2, 1, 0)), (3, 3, (0, 1, 2))])
+def test_visualize_draws_any_band_layout(s1_bands, s2_bands, rgb, tmp_path) -> None:  # noqa: ANN001
+    from omnimask.config import apply_overrides
+    from omnimask.plugins import get_recipe
+    from omnimask_remote_sensing.figures import draw
+
+    recipe = get_recipe(RECIPE)
+    layout = [f"chips.s1_bands={s1_bands}", f"chips.s2_bands={s2_bands}"]
+    config = apply_overrides(recipe.config("demo"), [*layout, f"chips.rgb_bands={list(rgb)}"])
+    model = recipe.build_model(config).eval()
+    size = config.chips.size
+    generator = torch.Generator().manual_seed(0)
+    batch = {
+        "s1": torch.randn(2, s1_bands, size, size, generator=generator),
+        "s2": torch.randn(2, s2_bands, size, size, generator=generator),
+    }
+    with torch.no_grad():  # as `omnimask visualize` draws
+        out = draw(model, batch, tmp_path / "figure.png", config.chips.rgb_bands, rows=2)
+    assert matplotlib.image.imread(out)[..., :3].std() > 0.05

@@ -1,5 +1,6 @@
-"""`omnimask visualize`: S2 true colour and S1 VV/VH false colour, original | masked |
-reconstruction, for a few chips, as one PNG."""
+"""`omnimask visualize`: S2 true colour (`chips.rgb_bands`) and S1 false colour (VV/VH, or grey /
+the first three bands for other layouts), original | masked | reconstruction, for a few chips,
+as one PNG."""
 
 from __future__ import annotations
 
@@ -33,8 +34,13 @@ def _stretch(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 
 def _false_colour(s1: np.ndarray) -> np.ndarray:
-    """`[2, H, W]` (VV, VH) -> `[H, W, 3]`: R = VV, G = VH, B = VV - VH (a common SAR composite)."""
-    return np.stack([s1[0], s1[1], s1[0] - s1[1]], axis=-1)
+    """`[C, H, W]` radar -> `[H, W, 3]`. Two bands (VV, VH): R = VV, G = VH, B = VV - VH (a
+    common SAR composite); one band: grey; three or more: the first three."""
+    if len(s1) == 1:
+        return np.repeat(s1[0][..., None], 3, axis=-1)
+    if len(s1) == 2:
+        return np.stack([s1[0], s1[1], s1[0] - s1[1]], axis=-1)
+    return s1[:3].transpose(1, 2, 0)
 
 
 def draw(
@@ -73,7 +79,11 @@ def draw(
         .numpy()
     )
     s1["reconstruction"] = (
-        unpatchify(torch.where(hidden, predicted_radar, radar), patch, grid, 2).cpu().numpy()
+        unpatchify(
+            torch.where(hidden, predicted_radar, radar), patch, grid, s1["original"].shape[1]
+        )
+        .cpu()
+        .numpy()
     )
 
     count = min(rows, mask.shape[0])
@@ -84,7 +94,8 @@ def draw(
         for column, kind in enumerate(("original", "masked", "reconstruction")):
             rgb = _stretch(s2[kind][row][list(rgb_bands)].transpose(1, 2, 0), reference_rgb)
             sar = _stretch(_false_colour(s1[kind][row]), reference_sar)
-            for offset, (image, sensor) in enumerate(((rgb, "S2 RGB"), (sar, "S1 VV/VH"))):
+            sar_name = "S1 VV/VH" if s1[kind].shape[1] == 2 else "S1"
+            for offset, (image, sensor) in enumerate(((rgb, "S2 RGB"), (sar, sar_name))):
                 axis = axes[row][column + 3 * offset]
                 axis.imshow(np.where(np.isnan(image), HIDDEN_GREY, image))
                 axis.set_axis_off()

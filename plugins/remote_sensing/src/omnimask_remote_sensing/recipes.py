@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from omnimask import Recipe
+from omnimask.config import ConfigError
 from omnimask.data import DataPathError
 from omnimask.masking import RandomMasker
 from omnimask.model import Batch
@@ -27,6 +28,18 @@ from omnimask_remote_sensing.models.croma import (
 from omnimask_remote_sensing.synthetic import S1_DIM_DB, S2_SIGNATURES, default_data
 
 
+def check_band_layout(config: CromaConfig) -> None:
+    """Raise `ConfigError` when `chips.rgb_bands` (the figures' true colour) are not S2 bands of
+    `chips.s2_bands`: found when the config is used, not when `visualize` draws."""
+    chips = config.chips
+    outside = [band for band in chips.rgb_bands if not 0 <= band < chips.s2_bands]
+    if outside:
+        raise ConfigError(
+            f"chips.rgb_bands={list(chips.rgb_bands)} names S2 band {outside[0]}, but "
+            f"chips.s2_bands={chips.s2_bands} (indices 0-{chips.s2_bands - 1})"
+        )
+
+
 class CromaRecipe(Recipe):
     name = "remote_sensing/croma"
     labelled_layout = (
@@ -39,6 +52,7 @@ class CromaRecipe(Recipe):
     export_formats = ("torchgeo",)
 
     def build_model(self, config: CromaConfig) -> CromaModel:
+        check_band_layout(config)
         model, chips = config.model, config.chips
         croma = CromaModel(
             tokenizer=CromaTokenizer(model.patch_size),
@@ -72,6 +86,7 @@ class CromaRecipe(Recipe):
 
     def build_dataset(self, config: CromaConfig) -> Dataset:
         """Chips of `config.data.path` (or the embedded scenes); fills `config.stats` when empty."""
+        check_band_layout(config)
         path = config.data.path if config.data.path is not None else default_data() / "scenes"
         return ChipDataset(find_pairs(path), config, config.data.on_bad_sample)
 
