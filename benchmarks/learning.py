@@ -49,7 +49,13 @@ PROTOCOL_KEYS = {
 }
 #: recipes whose `proof` presets were tuned with this benchmark (figures in the READMEs); the
 #: default is every installed recipe with a `proof` preset.
-COVERED_RECIPES = ("vision/spark", "vision/mae", "vision/simmim")
+COVERED_RECIPES = (
+    "vision/spark",
+    "vision/mae",
+    "vision/simmim",
+    "pointcloud/point_mae",
+    "pointcloud/point_bert",
+)
 
 
 def proof_recipes() -> list[str]:
