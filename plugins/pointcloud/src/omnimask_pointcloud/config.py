@@ -161,7 +161,7 @@ def point_mae_demo() -> PointMAEConfig:
 
 
 def point_mae_proof() -> PointMAEConfig:
-    """The demo model trained 67x longer (8,000 steps, 9-14 minutes on one busy CPU
+    """The demo model trained 67x longer (8,000 steps, 8-10 minutes on one busy CPU
     thread), for `benchmarks/learning.py`: the embedded reliefs are told apart only once the
     encoder relates each patch's curvature to where the surface faces, which random features
     do not (plugin README)."""
@@ -222,7 +222,7 @@ def point_bert_demo() -> PointBERTConfig:
 
 
 def point_bert_proof() -> PointBERTConfig:
-    """The demo model trained 33x longer (4,000 steps, 5-9 minutes on one busy CPU thread),
+    """The demo model trained 33x longer (4,000 steps, about 5 minutes on one busy CPU thread),
     for `benchmarks/learning.py`. Set `dvae_run` to a `pointcloud/point_bert_dvae --preset
     demo` run on the same data: the codes of the untrained fallback dVAE mean nothing."""
     config = point_bert_demo()
