@@ -49,7 +49,14 @@ PROTOCOL_KEYS = {
 }
 #: recipes whose `proof` presets were tuned with this benchmark (figures in the READMEs); the
 #: default is every installed recipe with a `proof` preset.
-COVERED_RECIPES = ("vision/spark", "vision/mae", "vision/simmim", "remote_sensing/croma")
+COVERED_RECIPES = (
+    "vision/spark",
+    "vision/mae",
+    "vision/simmim",
+    "remote_sensing/croma",
+    "pointcloud/point_mae",
+    "pointcloud/point_bert",
+)
 
 
 def proof_recipes() -> list[str]:

@@ -9,10 +9,12 @@ import torch
 from omnimask.data import BadSampleError
 from omnimask_pointcloud.data import (
     DEFAULT_CLASSES,
+    DEFAULT_PER_CLASS,
     PointCloudDataset,
     ensure_default_data,
     labelled_splits,
     pretraining_files,
+    relief_mesh,
 )  # fmt: skip
 from omnimask_pointcloud.readers import normalize_unit_sphere, read_points
 from omnimask_pointcloud.tokenizer import PointPatchTokenizer
@@ -144,13 +146,34 @@ def test_pointcloud_modelnet_and_shapenet_layouts(tmp_path: Path) -> None:
     assert len(pretraining_files(str(tmp_path / "sn"))) == 10
 
 
-def test_pointcloud_embedded_set_is_labelled_ten_classes() -> None:
+def test_pointcloud_embedded_set_is_four_balanced_disjoint_classes() -> None:
     root = ensure_default_data()
     (train, train_labels), (test, test_labels), classes = labelled_splits(None)
     assert sorted(classes) == sorted(DEFAULT_CLASSES)
-    assert set(train_labels) == set(test_labels) == set(range(10))
+    for labels, split in ((train_labels, "train"), (test_labels, "test")):
+        assert np.bincount(labels).tolist() == [DEFAULT_PER_CLASS[split]] * 4
+    assert all(f.parent.name == "train" for f in train) and not set(train) & set(test)
     assert {f.suffix for f in train} == {".ply"} and {f.suffix for f in test} == {".off"}
     assert all(f.is_relative_to(root) for f in pretraining_files(None))
     sample = PointCloudDataset(test[:1], test_labels[:1], 256, 16, augment=False)[0]
     again = PointCloudDataset(test[:1], test_labels[:1], 256, 16, augment=False)[0]
     assert torch.equal(sample["points"], again["points"])  # evaluation samples are reproducible
+
+
+def vertices(name: str, seed: int) -> np.ndarray:
+    return np.asarray(relief_mesh(name, np.random.default_rng(seed)).vertices)
+
+
+def test_pointcloud_reliefs_are_deterministic_and_dimples_mirror_bumps() -> None:
+    np.testing.assert_array_equal(vertices("bumps", 3), vertices("bumps", 3))
+    sphere = np.asarray(o3d.geometry.TriangleMesh.create_sphere(1.0, resolution=48).vertices)
+    sphere /= np.linalg.norm(sphere, axis=1, keepdims=True)
+    # with the same draws a dimple is a bump pressed in by the same depth (the same stretch and
+    # rotation too): the pair differs only in which way the surface is displaced, the property
+    # random features miss
+    for raised, pressed in (("bumps", "dimples"), ("ridges", "grooves")):
+        up, down = vertices(raised, 5), vertices(pressed, 5)
+        stretch = np.linalg.lstsq(sphere, (up + down) / 2, rcond=None)[0]
+        heights = [np.linalg.norm(v @ np.linalg.inv(stretch), axis=1) - 1 for v in (up, down)]
+        assert heights[0].max() > 0.2 and heights[0].min() > -1e-9
+        np.testing.assert_allclose(heights[0], -heights[1], atol=1e-9)

@@ -66,7 +66,7 @@ def test_pointcloud_mpm_refuses_a_mismatched_dvae_run(runs: dict[str, Path]) -> 
 def small_labelled_copy(root: Path) -> Path:
     """Three classes of the embedded set, 6 train PLY + 2 test OFF each (keeps the test fast)."""
     source = ensure_default_data()
-    for name in ("box", "sphere", "torus"):
+    for name in ("bumps", "dimples", "ridges"):
         for split, count in (("train", 6), ("test", 2)):
             (root / name / split).mkdir(parents=True)
             for path in sorted((source / name / split).iterdir())[:count]:

@@ -7,7 +7,7 @@ Point-BERT is two runs: the dVAE tokenizer, then masked point modelling against 
     python plugins/pointcloud/scripts/pretrain_cad_shapes.py \
         --data /data/ShapeNet55 --method point_mae
 
-Without --data it runs the demo on the embedded primitives. It calls the same recipe API as
+Without --data it runs the demo on the embedded reliefs. It calls the same recipe API as
 `omnimask pretrain`; extra `key=value` arguments are config overrides.
 """
 
@@ -21,7 +21,7 @@ from omnimask.engine import pretrain
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", help="folder of shapes (default: the embedded primitives)")
+    parser.add_argument("--data", help="folder of shapes (default: the embedded reliefs)")
     parser.add_argument("--method", choices=("point_mae", "point_bert"), default="point_mae")
     parser.add_argument("--preset", default=None, help="default: paper with --data, demo without")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")

@@ -6,9 +6,11 @@ Layouts understood (any of the file types in `readers.SUFFIXES`):
   the first folder below the root; `eval` holds out every fifth file of each class.
 - Anything else: every readable file below the root, unlabelled (pretraining only).
 
-The embedded default set is ten classes of open3d primitive meshes, randomly scaled, rotated
-and sampled, written as real files: the train split as PLY point clouds, the test split as OFF
-meshes (so both readers are exercised). It is generated on first use, deterministically.
+The embedded default set is four classes of spheres with a relief (bumps, dimples, ridges,
+grooves; `relief_mesh`), randomly stretched, rotated and sampled, written as real files: the
+train split as PLY point clouds, the test split as OFF meshes (so both readers are exercised).
+It is generated on first use, deterministically. Plugin README: why random features cannot
+tell its classes apart.
 """
 
 from __future__ import annotations
@@ -27,14 +29,10 @@ from torch.utils.data import Dataset
 from omnimask_pointcloud.readers import PATTERNS, normalize_unit_sphere, read_points, resample
 
 SPLITS = ("train", "test")
-DEFAULT_CLASSES = (
-    "box", "sphere", "cylinder", "cone", "torus",
-    "tetrahedron", "octahedron", "icosahedron", "mobius", "arrow",
-)  # fmt: skip
-DEFAULT_PER_CLASS = {"train": 24, "test": 8}
+DEFAULT_PER_CLASS = {"train": 48, "test": 32}
 DEFAULT_POINTS_PER_FILE = 2048
 #: bump when the generator changes, so an old cache is not reused.
-DEFAULT_DATA_VERSION = "v1"
+DEFAULT_DATA_VERSION = "v2"
 
 
 class PointCloudDataset(Dataset):
@@ -141,13 +139,13 @@ def labelled_splits(
 def ensure_default_data() -> Path:
     """Generate the embedded set once; a temp folder renamed into place keeps concurrent
     first uses safe (the loser of the race discards its copy)."""
-    root = default_data_dir("pointcloud") / f"primitives-{DEFAULT_DATA_VERSION}"
+    root = default_data_dir("pointcloud") / f"reliefs-{DEFAULT_DATA_VERSION}"
     if root.is_dir():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=".primitives-", dir=root.parent))
+    temp = Path(tempfile.mkdtemp(prefix=".reliefs-", dir=root.parent))
     try:
-        write_primitive_dataset(temp)
+        write_relief_dataset(temp)
         os.rename(temp, root)
     except OSError:
         if not root.is_dir():
@@ -157,35 +155,53 @@ def ensure_default_data() -> Path:
     return root
 
 
-def primitive_mesh(name: str, rng: np.random.Generator):  # noqa: ANN201 (open3d type)
-    """One randomly proportioned, rotated open3d primitive of class `name`."""
+#: the relief of each class: `bumps` and `ridges` raise the surface, `dimples` and `grooves`
+#: are the same reliefs pressed in.
+RELIEFS = {"bumps": ("bumps", 1.0), "dimples": ("bumps", -1.0),
+           "ridges": ("ridges", 1.0), "grooves": ("ridges", -1.0)}  # fmt: skip
+DEFAULT_CLASSES = tuple(RELIEFS)
+#: relief height (share of the radius, each shape's drawn within 20% of it), angular width of
+#: a bump or ridge (radians), bumps per shape (centres uniform on the sphere), ridges per shape
+#: (along random great circles).
+RELIEF_HEIGHT, RELIEF_WIDTH, BUMPS, RIDGES = 0.35, 0.35, 8, 2
+
+
+def relief_profile(kind: str, directions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Height in [0, 1] at unit `directions` `[n, 3]`: a Gaussian of the angle to the nearest
+    bump centre, or of the angular distance to the nearest ridge's great circle."""
+    count = BUMPS if kind == "bumps" else RIDGES
+    axes = rng.standard_normal((count, 3))
+    axes /= np.linalg.norm(axes, axis=1, keepdims=True)
+    cosines = np.clip(directions @ axes.T, -1, 1)
+    angle = np.arccos(cosines) if kind == "bumps" else np.abs(np.arcsin(cosines))
+    return np.exp(-(angle**2) / (2 * RELIEF_WIDTH**2)).max(1)
+
+
+def relief_mesh(name: str, rng: np.random.Generator):  # noqa: ANN201 (open3d type)
+    """A sphere with the relief of class `name`, then stretched per axis (0.75-1.33) and
+    rotated at random, so the outline varies more within a class than between classes."""
     import open3d as o3d
 
-    g = o3d.geometry.TriangleMesh
-    size = lambda low, high: float(rng.uniform(low, high))  # noqa: E731
-    makers = {
-        "box": lambda: g.create_box(size(0.5, 1.5), size(0.5, 1.5), size(0.5, 1.5)),
-        "sphere": lambda: g.create_sphere(size(0.5, 1.0), resolution=12),
-        "cylinder": lambda: g.create_cylinder(size(0.3, 0.6), size(1.0, 2.0), resolution=16),
-        "cone": lambda: g.create_cone(size(0.4, 0.8), size(1.0, 2.0), resolution=16),
-        "torus": lambda: g.create_torus(size(0.8, 1.2), size(0.15, 0.4), 20, 10),
-        "tetrahedron": lambda: g.create_tetrahedron(size(0.5, 1.0)),
-        "octahedron": lambda: g.create_octahedron(size(0.5, 1.0)),
-        "icosahedron": lambda: g.create_icosahedron(size(0.5, 1.0)),
-        "mobius": lambda: g.create_mobius(40, 6, 1, size(0.8, 1.2), size(0.3, 0.6)),
-        "arrow": lambda: g.create_arrow(
-            size(0.1, 0.2), size(0.2, 0.35), size(1.0, 1.6), size(0.4, 0.7)
-        ),
-    }
-    mesh = makers[name]()
-    mesh.scale(1.0, center=mesh.get_center())
-    vertices = np.asarray(mesh.vertices) * rng.uniform(0.8, 1.25, size=3)
-    rotation = o3d.geometry.get_rotation_matrix_from_xyz(rng.uniform(-np.pi, np.pi, size=3))
-    mesh.vertices = o3d.utility.Vector3dVector(vertices @ rotation.T)
+    mesh = o3d.geometry.TriangleMesh.create_sphere(1.0, resolution=48)
+    directions = np.asarray(mesh.vertices)
+    directions = directions / np.linalg.norm(directions, axis=1, keepdims=True)
+    kind, sign = RELIEFS[name]
+    profile = relief_profile(kind, directions, rng)
+    height = sign * RELIEF_HEIGHT * rng.uniform(0.8, 1.2)
+    vertices = directions * (1 + height * profile)[:, None]
+    vertices = vertices * rng.uniform(0.75, 1.33, size=3) @ random_rotation(rng).T
+    mesh.vertices = o3d.utility.Vector3dVector(vertices)
     return mesh
 
 
-def write_primitive_dataset(root: Path) -> None:
+def random_rotation(rng: np.random.Generator) -> np.ndarray:
+    """A rotation drawn uniformly (QR of a Gaussian matrix, signs fixed)."""
+    q, r = np.linalg.qr(rng.standard_normal((3, 3)))
+    q = q * np.sign(np.diag(r))
+    return q if np.linalg.det(q) > 0 else -q
+
+
+def write_relief_dataset(root: Path) -> None:
     """`root/<class>/train/*.ply` point clouds and `root/<class>/test/*.off` meshes."""
     import open3d as o3d
 
@@ -197,7 +213,7 @@ def write_primitive_dataset(root: Path) -> None:
             folder.mkdir(parents=True)
             for i in range(count):
                 rng = np.random.default_rng([label, SPLITS.index(split), i])
-                mesh = primitive_mesh(name, rng)
+                mesh = relief_mesh(name, rng)
                 stem = folder / f"{name}_{i:04d}"
                 if split == "test":
                     o3d.io.write_triangle_mesh(str(stem.with_suffix(".off")), mesh)

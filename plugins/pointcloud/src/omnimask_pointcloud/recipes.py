@@ -102,7 +102,11 @@ class PointMAERecipe(PointCloudRecipe):
     name = "pointcloud/point_mae"
     summary = "Point-MAE: 60% random patch masking, visible-only encoder, Chamfer reconstruction"
     config_class = PointMAEConfig
-    presets = {"demo": presets.point_mae_demo, "paper": presets.point_mae_paper}
+    presets = {
+        "demo": presets.point_mae_demo,
+        "proof": presets.point_mae_proof,
+        "paper": presets.point_mae_paper,
+    }
     reconstruction_title = "reconstruction (red: predicted)"
 
     def build_model(self, config: PointMAEConfig) -> MaskedModel:
@@ -216,7 +220,11 @@ class PointBERTRecipe(PointCloudRecipe):
     name = "pointcloud/point_bert"
     summary = "Point-BERT stage 2: block-masked point modelling predicting frozen dVAE codes"
     config_class = PointBERTConfig
-    presets = {"demo": presets.point_bert_demo, "paper": presets.point_bert_paper}
+    presets = {
+        "demo": presets.point_bert_demo,
+        "proof": presets.point_bert_proof,
+        "paper": presets.point_bert_paper,
+    }
     reconstruction_title = "dVAE decode of predicted codes"
 
     def build_model(self, config: PointBERTConfig) -> MaskedModel:
