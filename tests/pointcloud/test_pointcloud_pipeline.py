@@ -3,6 +3,7 @@ Point-MAE), and the behaviours the issue asks to see: the dVAE's reconstruction 
 scores masked patches only, block masks are contiguous, schedules follow the engine's progress."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -28,8 +29,13 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     dirs = {name: root / name for name in ("dvae", "mpm", "mae")}
     assert main(["pretrain", "pointcloud/point_bert_dvae", "--run-dir", str(dirs["dvae"]),
                  "train.steps=30", *FAST]) == 0  # fmt: skip
-    assert main(["pretrain", "pointcloud/point_bert", "--run-dir", str(dirs["mpm"]),
-                 f"dvae_run={dirs['dvae']}", "train.steps=3", *FAST]) == 0  # fmt: skip
+    here = Path.cwd()
+    os.chdir(root)  # dvae_run typed relative to the working directory, as a user would
+    try:
+        assert main(["pretrain", "pointcloud/point_bert", "--run-dir", str(dirs["mpm"]),
+                     "dvae_run=dvae", "train.steps=3", *FAST]) == 0  # fmt: skip
+    finally:
+        os.chdir(here)
     assert main(["pretrain", "pointcloud/point_mae", "--run-dir", str(dirs["mae"]),
                  "train.steps=3", *FAST]) == 0  # fmt: skip
     return dirs
@@ -46,6 +52,8 @@ def test_pointcloud_dvae_reconstruction_falls_on_embedded_data(runs: dict[str, P
 
 
 def test_pointcloud_mpm_loads_the_frozen_dvae_by_run_path(runs: dict[str, Path]) -> None:
+    # stored resolved, so the run is rebuilt from another working directory (this one)
+    assert load_run(runs["mpm"]).config.dvae_run == str(runs["dvae"].resolve())
     dvae, mpm = load_run(runs["dvae"]).model, load_run(runs["mpm"]).model
     for name, value in dvae.encoder.state_dict().items():
         assert torch.equal(mpm.target.dvae.encoder.state_dict()[name], value), name

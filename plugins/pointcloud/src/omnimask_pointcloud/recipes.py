@@ -228,6 +228,8 @@ class PointBERTRecipe(PointCloudRecipe):
     reconstruction_title = "dVAE decode of predicted codes"
 
     def build_model(self, config: PointBERTConfig) -> MaskedModel:
+        if config.dvae_run:  # saved resolved: the run is rebuilt from any working directory
+            config.dvae_run = str(Path(config.dvae_run).resolve())
         enc = config.encoder
         return MaskedModel(
             build_tokenizer(config),
