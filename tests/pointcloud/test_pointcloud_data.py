@@ -177,3 +177,20 @@ def test_pointcloud_reliefs_are_deterministic_and_dimples_mirror_bumps() -> None
         heights = [np.linalg.norm(v @ np.linalg.inv(stretch), axis=1) - 1 for v in (up, down)]
         assert heights[0].max() > 0.2 and heights[0].min() > -1e-9
         np.testing.assert_allclose(heights[0], -heights[1], atol=1e-9)
+
+
+@pytest.mark.parametrize(("mesh", "keep"), [(True, 0.8), (True, 0.2), (False, 0.5)])
+def test_pointcloud_ply_cut_short_is_named(tmp_path: Path, mesh: bool, keep: float) -> None:
+    """Cut in its faces (0.8) or its vertices (0.2, 0.5): open3d returns what it read from a
+    truncated PLY (missing points as NaN) and only prints to stderr."""
+    path = tmp_path / "cut.ply"
+    if mesh:
+        sphere = o3d.geometry.TriangleMesh.create_sphere(resolution=20)
+        assert o3d.io.write_triangle_mesh(str(path), sphere)
+    else:
+        write_cloud(path)
+    data = path.read_bytes()
+    header = data.index(b"end_header") + len(b"end_header\n")
+    path.write_bytes(data[: header + int(keep * (len(data) - header))])
+    with pytest.raises(BadSampleError, match=r"cut\.ply: cut short: \d+ bytes, its header \("):
+        read_points(path)

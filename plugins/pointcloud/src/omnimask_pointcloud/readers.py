@@ -36,6 +36,8 @@ def read_points(path: str | Path, mesh_samples: int = 2048) -> np.ndarray:
     if not path.is_file():
         raise BadSampleError(path, "file does not exist")
     try:
+        if suffix == ".ply":
+            _check_ply_complete(path)
         if suffix in MESH_SUFFIXES or (suffix == ".ply" and _ply_has_faces(path)):
             points = sample_mesh(*_read_mesh(path), mesh_samples, path)
         elif suffix in (".ply", ".pcd"):
@@ -119,14 +121,58 @@ def sample_mesh(
     return points.astype(np.float32)
 
 
-def _ply_has_faces(path: Path) -> bool:
+#: bytes of each PLY scalar type
+PLY_SIZES = {
+    **dict.fromkeys((b"char", b"uchar", b"int8", b"uint8"), 1),
+    **dict.fromkeys((b"short", b"ushort", b"int16", b"uint16"), 2),
+    **dict.fromkeys((b"int", b"uint", b"int32", b"uint32", b"float", b"float32"), 4),
+    **dict.fromkeys((b"double", b"float64"), 8),
+}
+
+
+def _ply_header(path: Path) -> tuple[bytes, int, list[tuple[str, int, int]]]:
+    """(format, header length in bytes, [(element, count, least bytes per item)]). A list
+    property (a face's vertex indices) counts as its length field plus three indices."""
     with path.open("rb") as handle:
-        header = handle.read(4096).split(b"end_header", 1)[0]
-    for line in header.splitlines():
+        head = handle.read(65536)
+    end = head.find(b"end_header")
+    if end < 0:
+        raise BadSampleError(path, "not a PLY file (no end_header in its first 64 KiB)")
+    length = head.index(b"\n", end) + 1 if b"\n" in head[end:] else len(head)
+    form, elements = b"", []
+    for line in head[:end].splitlines():
         words = line.split()
-        if len(words) >= 3 and words[0] == b"element" and words[1] == b"face":
-            return int(words[2]) > 0
-    return False
+        if words[:1] == [b"format"] and len(words) > 1:
+            form = words[1]
+        elif words[:1] == [b"element"] and len(words) >= 3 and words[2].isdigit():
+            elements.append([words[1].decode("ascii", "replace"), int(words[2]), 0])
+        elif words[:1] == [b"property"] and elements:
+            if words[1:2] == [b"list"] and len(words) >= 4:
+                least = PLY_SIZES.get(words[2], 1) + 3 * PLY_SIZES.get(words[3], 4)
+            else:
+                least = PLY_SIZES.get(words[1] if len(words) > 1 else b"", 4)
+            elements[-1][2] += least
+    return form, length, [(name, count, size) for name, count, size in elements]
+
+
+def _ply_has_faces(path: Path) -> bool:
+    return any(name == "face" and count > 0 for name, count, _ in _ply_header(path)[2])
+
+
+def _check_ply_complete(path: Path) -> None:
+    """Raise `BadSampleError` when a binary PLY is shorter than its header's elements need:
+    open3d returns what it got from a file cut short (the missing faces dropped, the missing
+    points as NaN) and only prints to stderr, so a partial surface would train silently."""
+    form, header, elements = _ply_header(path)
+    if not form.startswith(b"binary"):
+        return
+    needed = header + sum(count * size for _, count, size in elements)
+    size = path.stat().st_size
+    if size < needed:
+        declared = ", ".join(f"{count} {name}" for name, count, _ in elements)
+        raise BadSampleError(
+            path, f"cut short: {size} bytes, its header ({declared}) needs at least {needed}"
+        )
 
 
 def _read_mesh(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -166,6 +212,7 @@ def _read_open3d_points(path: Path) -> np.ndarray:
 
     cloud = o3d.io.read_point_cloud(str(path))
     points = np.asarray(cloud.points)
+
     if len(points) == 0 and path.stat().st_size > 0 and not _declares_no_points(path):
         raise BadSampleError(path, "unreadable point cloud (open3d read no points)")
     return points.reshape(-1, 3)
