@@ -6,7 +6,7 @@ import numpy as np
 import open3d as o3d
 import pytest
 import torch
-from omnimask.data import BadSampleError
+from omnimask.data import BadSampleError, EngineDataset
 from omnimask_pointcloud.data import (
     DEFAULT_CLASSES,
     DEFAULT_PER_CLASS,
@@ -112,13 +112,16 @@ def test_pointcloud_unknown_suffix_is_named(tmp_path: Path) -> None:
         read_points(path)
 
 
-def test_pointcloud_small_cloud_is_resampled_with_a_warning(tmp_path: Path) -> None:
+def test_pointcloud_cloud_smaller_than_a_group_is_a_bad_sample(tmp_path: Path) -> None:
     path = write_cloud(tmp_path / "tiny.npy", POINTS[:5])
     dataset = PointCloudDataset([path], None, num_points=64, group_size=16, augment=False)
-    with pytest.warns(UserWarning, match=r"tiny\.npy: only 5 points, fewer than the group size 16"):
-        sample = dataset[0]
-    assert sample["points"].shape == (64, 3)
-    # and the tokenizer copes with a batch smaller than a group, warning too
+    with pytest.raises(BadSampleError, match=r"tiny\.npy: only 5 points, fewer than the group"):
+        dataset[0]
+    skipping = EngineDataset(dataset, seed=0, on_bad_sample="skip")  # counted by the engine
+    assert skipping[(0, 0)].sample is None
+    enough = PointCloudDataset([path], None, num_points=64, group_size=4, augment=False)
+    assert enough[0]["points"].shape == (64, 3)  # resampled with repetition
+    # the tokenizer copes with a batch smaller than a group, warning
     with pytest.warns(UserWarning, match="fewer than the group size 16"):
         tokens = PointPatchTokenizer(4, 16)({"points": torch.from_numpy(POINTS[None, :5])})
     assert tokens.extras["neighbourhood"].shape == (1, 4, 16, 3)

@@ -8,7 +8,6 @@ hold faces) are read with open3d and sampled uniformly over their area. Every pr
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -80,15 +79,12 @@ def normalize_unit_sphere(points: np.ndarray) -> np.ndarray:
 
 def resample(points: np.ndarray, count: int, minimum: int, source: str | Path) -> np.ndarray:
     """Exactly `count` points: a random subset, or every point plus random repeats when the
-    cloud is smaller. Fewer than `minimum` points (the group size) warns: groups will repeat
-    points."""
+    cloud is smaller. Fewer than `minimum` points (the group size) is a bad sample, so
+    `data.on_bad_sample` decides (stop with the file named, or skip and count it): every patch
+    of such a cloud would repeat points."""
     have = len(points)
     if have < minimum:
-        warnings.warn(
-            f"{source}: only {have} points, fewer than the group size {minimum}; "
-            "resampled with repetition",
-            stacklevel=2,
-        )
+        raise BadSampleError(source, f"only {have} points, fewer than the group size {minimum}")
     if have >= count:
         return points[np.random.permutation(have)[:count]]
     extra = np.random.randint(0, have, size=count - have)
