@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from omnimask.config import apply_overrides
+from omnimask.config import apply_overrides, from_yaml
 from omnimask.data import BadSampleError
 from omnimask.engine import Engine, NonFiniteLossError, ResumeError, checkpoint
 from omnimask.engine.checkpoint import (
@@ -414,3 +414,31 @@ def test_warmup_cosine_schedule() -> None:
     assert warmup_cosine(3, 4, 20, 0.0) == pytest.approx(1.0)
     assert warmup_cosine(12, 4, 20, 0.0) == pytest.approx(0.5)  # half way through the decay
     assert warmup_cosine(20, 4, 20, 0.1) == pytest.approx(0.1)
+
+
+class DataSizedToy(ToyRecipe):
+    """A recipe whose model width comes from its data (as a table's columns would)."""
+
+    calls: list[str] = []
+
+    def configure(self, config, dataset) -> None:  # noqa: ANN001
+        self.calls.append("configure")
+        config.model.width = len(dataset) // 2
+
+    def build_model(self, config):  # noqa: ANN001, ANN201
+        self.calls.append("build_model")
+        return super().build_model(config)
+
+
+def test_configure_fills_data_derived_values_before_the_model_and_the_saved_config(
+    tmp_path,  # noqa: ANN001
+) -> None:
+    recipe = DataSizedToy()
+    run = tmp_path / "run"
+    Engine(recipe, apply_overrides(recipe.config("demo"), ["train.steps=2"]), run).run()
+    assert recipe.calls[:2] == ["configure", "build_model"]
+    saved = from_yaml((run / "config.yaml").read_text(), type(recipe.config("demo")))
+    assert saved.model.width == 32  # 64 samples // 2, saved: the run rebuilds without its data
+    _, newest = list_checkpoints(run / "checkpoints")[0]
+    weights = load((newest / "model.safetensors").read_bytes())
+    assert weights["encoder.body.0.weight"].shape == (32, 4)

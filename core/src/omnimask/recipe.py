@@ -136,6 +136,13 @@ class Recipe(ABC):
         `skipped_at_load: list[str]` attribute, which the engine adds to `skipped_samples`.
         """
 
+    def configure(self, config: RecipeConfig, dataset: Dataset) -> None:
+        """Fill the config values that come from the data (a table's columns, a vocabulary's
+        size) into `config`, in place. The engine calls it between `build_dataset` and
+        `build_model`, before the run's `config.yaml` is written or compared, so the values are
+        saved with the run and `load_run`, eval and export need no data. Default: nothing."""
+        return None
+
     def collate(self, samples: list[dict[str, Any]]) -> Batch:
         """Samples -> batch. Override for variable-length data (padding, packing)."""
         return default_collate(samples)

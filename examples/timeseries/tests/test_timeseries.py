@@ -293,3 +293,16 @@ def test_plugin_is_discovered() -> None:
 
 def test_conformance() -> None:
     run_conformance("timeseries/mae")
+
+
+def test_channels_zero_are_read_from_the_data_and_saved(tmp_path: Path) -> None:
+    """`model.channels=0`: `configure` takes the count from the data before the model is built;
+    the run's config holds it, so the run rebuilds without the data."""
+    from omnimask.cli import main
+    from omnimask.runs import load_run
+    from omnimask_timeseries.data import DEFAULT_CHANNELS
+
+    run = tmp_path / "run"
+    args = ["model.channels=0", "train.steps=2", "train.progress=false"]
+    assert main(["pretrain", "timeseries/mae", "--run-dir", str(run), *args]) == 0
+    assert load_run(run).config.model.channels == DEFAULT_CHANNELS

@@ -242,6 +242,7 @@ class Engine:
         dataset = EngineDataset(
             self.recipe.build_dataset(self.config), train.seed, self.config.data.on_bad_sample
         )
+        self.recipe.configure(self.config, dataset.dataset)  # values that come from the data
         lengths = self._sample_lengths(dataset)
         torch.manual_seed(mix_seed(train.seed, accelerator.process_index))
         model = self._build_model()  # so is a config the recipe cannot build a model from

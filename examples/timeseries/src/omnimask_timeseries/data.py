@@ -98,6 +98,16 @@ def _read_any(path: Path) -> np.ndarray:
     raise BadSampleError(path, f"unsupported file type {suffix!r} (expected .npy or .csv)")
 
 
+def series_channels(path: str | os.PathLike[str]) -> int:
+    """The channel count of one series file (its rows / columns), for `model.channels=0`."""
+    array = _read_any(Path(path))
+    if array.ndim != 2:
+        raise BadSampleError(
+            path, f"expected a 2-D [channels, time] array, got shape {tuple(array.shape)}"
+        )
+    return int(array.shape[0])
+
+
 def read_series(path: str | os.PathLike[str], channels: int, min_length: int) -> np.ndarray:
     """One series file -> float32 `[channels, time]`, checked; `BadSampleError` otherwise."""
     path = Path(path)

@@ -20,6 +20,7 @@ from omnimask_timeseries.data import (
     SeriesDataset,
     default_data,
     read_labels,
+    series_channels,
     series_files,
 )
 from omnimask_timeseries.model import (
@@ -35,7 +36,8 @@ EXPORTED_PROGRAM_FILE = "embedder.pt2"
 
 @dataclass
 class SeriesModelConfig:
-    channels: int = DEFAULT_CHANNELS  # must match the data: .npy rows / .csv columns
+    # .npy rows / .csv columns; 0: read from the data's first file (`TimeSeriesMAE.configure`)
+    channels: int = DEFAULT_CHANNELS
     window: int = 128  # time steps per training crop
     patch: int = 8  # time steps per token; must divide `window`
     instance_norm: bool = True  # per-series, per-channel standardisation (RevIN-style)
@@ -148,7 +150,7 @@ class TimeSeriesMAE(Recipe):
 
     def _default_data(self, config: TimeSeriesMAEConfig) -> Path:
         m = config.model
-        if m.channels != DEFAULT_CHANNELS or m.window > DEFAULT_LENGTH:
+        if m.channels not in (0, DEFAULT_CHANNELS) or m.window > DEFAULT_LENGTH:
             raise ValueError(
                 f"the embedded data has {DEFAULT_CHANNELS} channels of {DEFAULT_LENGTH} steps; "
                 f"model.channels={m.channels}, model.window={m.window} need your own data "
@@ -163,6 +165,12 @@ class TimeSeriesMAE(Recipe):
         else:
             files, _ = read_labels(self._default_data(config))["train"]
         return SeriesDataset(files, config.model.channels, config.model.window)
+
+    def configure(self, config: TimeSeriesMAEConfig, dataset: Dataset) -> None:
+        """`model.channels=0`: the channel count of the data's first file, set in the config
+        (saved with the run, so eval and export need no data) and in the data set."""
+        if config.model.channels == 0 and isinstance(dataset, SeriesDataset):
+            config.model.channels = dataset.channels = series_channels(dataset.files[0])
 
     def tokens_per_sample(self, config: TimeSeriesMAEConfig) -> int:
         return config.model.window // config.model.patch
