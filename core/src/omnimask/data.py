@@ -5,6 +5,8 @@ policy."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +55,29 @@ def default_data_dir(name: str) -> Path:
     `~/.cache/omnimask/`. Generation is deterministic, so the directory can be deleted anytime."""
     base = os.environ.get("OMNIMASK_DATA_DIR") or Path.home() / ".cache" / "omnimask"
     return Path(base) / name
+
+
+def generate_once(final: Path, write: Callable[[Path], None]) -> Path:
+    """`final`, a folder of generated default data, written by `write(staging)` on first use.
+
+    `write` fills a staging folder beside `final`, which is then renamed into place: processes
+    that start at the same time never see a half-written set (the first rename wins, the others
+    discard their copy), and a generation that fails or is killed leaves no `final` behind.
+    Put a version in `final`'s name so that a changed generator writes a new folder."""
+    if final.is_dir():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-staging-", dir=final.parent))
+    try:
+        write(staging)
+        try:
+            staging.rename(final)
+        except OSError:  # another process renamed its copy first
+            if not final.is_dir():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final
 
 
 @dataclass

@@ -16,14 +16,18 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from omnimask.data import BadSampleError, DataPathError, check_data_path, default_data_dir
+from omnimask.data import (
+    BadSampleError,
+    DataPathError,
+    check_data_path,
+    default_data_dir,
+    generate_once,
+)
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -277,24 +281,7 @@ def write_default_data(folder: Path) -> None:
 
 
 def default_data(root: str | os.PathLike[str] | None = None) -> Path:
-    """The embedded data set's folder, generated on first use.
-
-    It is written to a staging folder and renamed into place, so processes starting at the same
-    time never see a half-written set: the first rename wins, the others discard their copy.
-    """
+    """The embedded data set's folder, generated on first use (`omnimask.data.generate_once`:
+    staged and renamed, so processes starting at the same time never see a half-written set)."""
     base = Path(root) if root is not None else default_data_dir("timeseries")
-    final = base / DEFAULT_DATA_VERSION
-    if (final / LABELS_FILE).is_file():
-        return final
-    base.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_DATA_VERSION}-staging-", dir=base))
-    try:
-        write_default_data(staging)
-        try:
-            staging.rename(final)
-        except OSError:
-            if not (final / LABELS_FILE).is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return final
+    return generate_once(base / DEFAULT_DATA_VERSION, write_default_data)

@@ -18,15 +18,12 @@ features that know a frame's neighbours, which masked prediction over context ha
 from __future__ import annotations
 
 import itertools
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile
-from omnimask.data import default_data_dir
+from omnimask.data import default_data_dir, generate_once
 
 SAMPLE_RATE = 16000
 CORPUS_VERSION = "speech-v2"
@@ -164,23 +161,15 @@ def write_labelled_split(folder: Path, clips_per_order: int, seed: int) -> None:
             write_clip(folder / "-".join(order), index, synthesize(voice, rng, order))
 
 
+def write_corpus(folder: Path) -> None:
+    """The pretraining split and the labelled splits, into `folder`."""
+    write_pretrain_split(folder / "pretrain", *PRETRAIN)
+    for split, (clips, seed) in LABELLED_SPLITS.items():
+        write_labelled_split(folder / split, clips, seed)
+
+
 def default_corpus() -> Path:
     """The generated corpus folder (with `pretrain`, `eval_train`, `eval_test`), created on first
-    use. It is written into a temporary folder and renamed into place, so processes that race to
-    create it never see a half-written corpus."""
-    root = default_data_dir("audio") / CORPUS_VERSION
-    if root.exists():
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{CORPUS_VERSION}-", dir=root.parent))
-    try:
-        write_pretrain_split(staging / "pretrain", *PRETRAIN)
-        for split, (clips, seed) in LABELLED_SPLITS.items():
-            write_labelled_split(staging / split, clips, seed)
-        os.rename(staging, root)
-    except OSError:
-        if not root.exists():
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return root
+    use (`omnimask.data.generate_once`: staged and renamed, so processes that race to create it
+    never see a half-written corpus)."""
+    return generate_once(default_data_dir("audio") / CORPUS_VERSION, write_corpus)
