@@ -20,7 +20,7 @@ uv venv --quiet --python "$(.venv/bin/python -c 'import sys; print(sys.executabl
 uv export --frozen --all-packages --no-hashes --no-emit-workspace --quiet > "$template_env.constraints.txt"
 uv pip install --quiet --python "$template_env/bin/python" \
   --constraint "$template_env.constraints.txt" ./core ./examples/timeseries pytest
-"$template_env/bin/omnimask" plugins | tee "$template_env.plugins.txt"
+"$template_env/bin/omnimask" plugins --check | tee "$template_env.plugins.txt"
 grep -q "^timeseries .* ok" "$template_env.plugins.txt"
 "$template_env/bin/python" -m pytest -q -p no:cacheprovider examples/timeseries/tests \
   --rootdir examples/timeseries
