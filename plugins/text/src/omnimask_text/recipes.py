@@ -149,8 +149,8 @@ def electra_proof() -> ElectraRecipeConfig:
     """The demo trained 3000 steps (lr 1e-3, 500 warmup; about 9 minutes on one CPU thread),
     for `benchmarks/learning.py`. At this size the discriminator sits on the base rate for
     hundreds of steps: the generator reaches unigram samples within ~150 steps, against which
-    a token's identity says nothing, and detection from context is learnt slowly (at step
-    1400 of such a run it was 0.4 points above the base rate). A plateau, not a bug (tests)."""
+    a token's identity says nothing, and detection from context is learnt slowly (after 3000
+    steps about 1 point above the base rate). A plateau, not a bug: see the plugin README."""
     config = electra_demo()
     train = config.train
     train.steps, train.lr, train.warmup_steps, train.checkpoint_every = 3000, 1e-3, 500, 1000
