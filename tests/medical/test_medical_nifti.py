@@ -117,3 +117,13 @@ def test_bad_inputs_are_named(tmp_path: Path) -> None:
     mri = save(tmp_path / "mri.nii.gz", np.random.default_rng(0).uniform(0, 1, (8, 8, 8)))
     with pytest.warns(UserWarning, match="mri.nii.gz: intensities span"):
         preprocess(mri, CTConfig(cache=False))
+
+
+def test_a_label_map_among_the_images_is_a_bad_sample(tmp_path: Path) -> None:
+    organs = np.zeros((24, 24, 24), np.uint8)
+    organs[4:12, 4:12, 4:12], organs[14:20, 6:18, 10:14] = 1, 3
+    labels = save(tmp_path / "case_001_seg.nii.gz", organs)
+    with pytest.raises(BadSampleError, match=r"case_001_seg.nii.gz: looks like a label map \(3"):
+        preprocess(labels, CTConfig(cache=False))
+    ct = np.random.default_rng(0).integers(-1000, 400, (24, 24, 24)).astype(np.int16)
+    assert preprocess(save(tmp_path / "ct.nii.gz", ct), CTConfig(cache=False)).size > 0

@@ -138,9 +138,29 @@ def warn_if_not_ct(volume: np.ndarray, path: Path) -> None:
         )
 
 
+#: at most this many distinct non-negative integer values (on a strided sample) make a label map
+LABEL_MAP_VALUES = 32
+
+
+def check_not_label_map(volume: np.ndarray, path: Path) -> None:
+    """Raise `BadSampleError` for a label map (a few non-negative integers: organ ids) found
+    among the images: windowed as CT it would train as a near-black volume. Under
+    `data.on_bad_sample=skip` it is left out and counted. A CT has hundreds of distinct values
+    in any sample of its voxels, so a strided sample decides without sorting the volume."""
+    sample = volume.ravel()[:: max(1, volume.size // 200_000)]
+    values = np.unique(sample)
+    if len(values) <= LABEL_MAP_VALUES and values.min() >= 0 and np.all(values == np.round(values)):
+        raise BadSampleError(
+            path,
+            f"looks like a label map ({len(values)} integer values, {values.min():g} to "
+            f"{values.max():g}), not an image: put label maps in a `labels/` folder",
+        )
+
+
 def preprocess(path: Path, config: CTConfig) -> np.ndarray:
     """The model-ready volume of one file (see the module docstring): float32 in [0, 1]."""
     volume, spacing = read_canonical(path, config.channel)
+    check_not_label_map(volume, path)
     warn_if_not_ct(volume, path)
     volume = resample(volume, spacing, tuple(config.spacing))
     volume = foreground_crop(volume, config.foreground_hu)
