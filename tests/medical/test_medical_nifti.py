@@ -127,3 +127,13 @@ def test_a_label_map_among_the_images_is_a_bad_sample(tmp_path: Path) -> None:
         preprocess(labels, CTConfig(cache=False))
     ct = np.random.default_rng(0).integers(-1000, 400, (24, 24, 24)).astype(np.int16)
     assert preprocess(save(tmp_path / "ct.nii.gz", ct), CTConfig(cache=False)).size > 0
+
+
+def test_the_range_warning_survives_the_cache(tmp_path: Path) -> None:
+    mri = save(tmp_path / "mri.nii.gz", np.random.default_rng(0).uniform(0, 1, (8, 8, 8)))
+    config = CTConfig(cache=True, cache_dir=str(tmp_path / "cache"))
+    with pytest.warns(UserWarning, match="mri.nii.gz: intensities span"):
+        load_volume(mri, config)
+    with pytest.warns(UserWarning, match="mri.nii.gz: intensities span"):  # read from the cache
+        cached = load_volume(mri, config)
+    assert isinstance(cached, np.memmap)

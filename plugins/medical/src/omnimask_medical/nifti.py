@@ -209,14 +209,26 @@ def cache_path(path: Path, config: CTConfig, tag: str = "", *extra: Path) -> Pat
 
 
 def _through_cache(cached: Path, compute: Callable[[], np.ndarray]) -> np.ndarray:
-    """`compute()`, saved at `cached` the first time and read back memory-mapped after."""
+    """`compute()`, saved at `cached` the first time and read back memory-mapped after. The
+    warnings `compute` gave (an intensity range that is not CT) are kept beside it, in
+    `<cache>.warnings`, and given again on every read: a cached volume warns like a fresh one."""
+    notes = cached.with_name(f"{cached.name}.warnings")
     if cached.exists():
         try:
-            return np.load(cached, mmap_mode="r")
+            array = np.load(cached, mmap_mode="r")
         except (OSError, ValueError):
             cached.unlink(missing_ok=True)  # a damaged cache entry is rebuilt
-    array = compute()
+        else:
+            for line in notes.read_text().splitlines() if notes.exists() else ():
+                warnings.warn(line, stacklevel=3)
+            return array
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        array = compute()
+    for warning in caught:
+        warnings.warn(warning.message, warning.category, stacklevel=3)
     cached.parent.mkdir(parents=True, exist_ok=True)
+    notes.write_text("".join(f"{w.message}\n" for w in caught))  # before the array: a hit finds it
     handle, temporary = tempfile.mkstemp(dir=cached.parent, suffix=".npy.tmp")
     with os.fdopen(handle, "wb") as file:
         np.save(file, array)
