@@ -189,11 +189,16 @@ def test_integer_and_float_optical_files_load_alike_but_do_not_mix(tmp_path) -> 
     assert error.value.source.endswith("b_s2.tif")
 
 
-def test_a_file_without_partner_is_named(tmp_path) -> None:
+def test_a_file_without_partner_is_named_or_skipped_and_counted(tmp_path) -> None:
     write_pair(tmp_path, "a")
+    write_pair(tmp_path, "c")
     (tmp_path / "a_s2.tif").rename(tmp_path / "b_s2.tif")
-    with pytest.raises(BadSampleError, match="no matching S1/S2 partner"):
+    with pytest.raises(BadSampleError, match="a_s1.tif: has no matching S1/S2 partner"):
         find_pairs(tmp_path)
+    skipped: list[str] = []
+    pairs = find_pairs(tmp_path, on_bad="skip", skipped=skipped)
+    assert [p.s1.name for p in pairs] == ["c_s1.tif"]
+    assert len(skipped) == 2 and "b_s2.tif: has no matching" in " ".join(skipped)
 
 
 def test_labelled_manifest_without_split_holds_out_every_fourth_pair(tmp_path) -> None:

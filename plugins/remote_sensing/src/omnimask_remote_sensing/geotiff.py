@@ -9,6 +9,7 @@ without loading the scene; every problem raises `BadSampleError` naming the file
 from __future__ import annotations
 
 import csv
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ from rasterio.errors import RasterioIOError
 from rasterio.transform import Affine
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
+
+logger = logging.getLogger(__name__)
 
 TIFF_PATTERNS = ("*.tif", "*.tiff", "*.TIF", "*.TIFF")
 MANIFEST_NAME = "manifest.csv"
@@ -89,8 +92,12 @@ def _sensor_and_key(path: Path, root: Path) -> tuple[str, str] | None:
     return None
 
 
-def find_pairs(path: str | Path) -> list[ScenePair]:
-    """Every S1/S2 pair under `path` (a manifest CSV, a folder with one, or a folder of TIFFs)."""
+def find_pairs(
+    path: str | Path, on_bad: str = "raise", skipped: list[str] | None = None
+) -> list[ScenePair]:
+    """Every S1/S2 pair under `path` (a manifest CSV, a folder with one, or a folder of TIFFs).
+    A scene without its partner raises `BadSampleError`, or with `on_bad="skip"` is logged,
+    left out and listed in `skipped`."""
     root = Path(path)
     if root.is_file() and root.suffix.lower() == ".csv":
         return read_manifest(root)
@@ -109,8 +116,13 @@ def find_pairs(path: str | Path) -> list[ScenePair]:
             pairs.append(ScenePair(sensors["s1"], sensors["s2"]))
         else:
             lonely.extend(sensors.values())
-    if lonely:
-        raise BadSampleError(lonely[0], "has no matching S1/S2 partner (same name, other sensor)")
+    for file in lonely:
+        error = BadSampleError(file, "has no matching S1/S2 partner (same name, other sensor)")
+        if on_bad == "raise":
+            raise error
+        logger.warning("skipped scene: %s", error)
+        if skipped is not None:
+            skipped.append(str(error))
     if not pairs:
         raise DataPathError(
             f"{root} holds no S1/S2 pairs: name them <name>_s1.tif and <name>_s2.tif, put them in "

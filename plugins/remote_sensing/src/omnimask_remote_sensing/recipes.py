@@ -88,7 +88,11 @@ class CromaRecipe(Recipe):
         """Chips of `config.data.path` (or the embedded scenes); fills `config.stats` when empty."""
         check_band_layout(config)
         path = config.data.path if config.data.path is not None else default_data() / "scenes"
-        return ChipDataset(find_pairs(path), config, config.data.on_bad_sample)
+        unpaired: list[str] = []
+        pairs = find_pairs(path, config.data.on_bad_sample, unpaired)
+        dataset = ChipDataset(pairs, config, config.data.on_bad_sample)
+        dataset.skipped_at_load.extend(unpaired)  # counted in metrics.jsonl with the rest
+        return dataset
 
     def collate(self, samples: list[dict[str, Any]]) -> Batch:
         return default_collate(samples)
