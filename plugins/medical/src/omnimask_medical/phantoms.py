@@ -16,14 +16,11 @@ Generation is deterministic and takes a few seconds; the folder can be deleted a
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from omnimask.data import default_data_dir
+from omnimask.data import default_data_dir, generate_once
 
 CLASSES = ("normal", "hepatomegaly", "liver_lesions", "single_kidney")
 SHAPE = (64, 54, 32)  # voxels (x, y, z): 192 x 162 x 144 mm
@@ -131,22 +128,15 @@ def write_segmentation_split(folder: Path, per_class: int, seed: int) -> None:
 
 def default_dataset() -> Path:
     """The generated folder (`pretrain`, `eval_train`, `eval_test`, each with one folder per
-    class; `seg_train`, `seg_test` with `images/` and `labels/`), created on first use in a
-    temporary folder renamed into place, so racing processes never see a half-written set."""
-    root = default_data_dir("medical") / f"phantoms-v{VERSION}"
-    if root.exists():
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".phantoms-", dir=root.parent))
-    try:
-        for split, (per_class, seed) in SPLITS.items():
-            write_split(staging / split, per_class, seed)
-        for split, (per_class, seed) in SEGMENTATION_SPLITS.items():
-            write_segmentation_split(staging / split, per_class, seed)
-        os.rename(staging, root)
-    except OSError:
-        if not root.exists():
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return root
+    class; `seg_train`, `seg_test` with `images/` and `labels/`), created on first use by
+    `omnimask.data.generate_once` (staged and renamed), so racing processes never see a
+    half-written set."""
+    return generate_once(default_data_dir("medical") / f"phantoms-v{VERSION}", write_phantoms)
+
+
+def write_phantoms(folder: Path) -> None:
+    """Every split of the embedded phantoms into `folder`."""
+    for split, (per_class, seed) in SPLITS.items():
+        write_split(folder / split, per_class, seed)
+    for split, (per_class, seed) in SEGMENTATION_SPLITS.items():
+        write_segmentation_split(folder / split, per_class, seed)

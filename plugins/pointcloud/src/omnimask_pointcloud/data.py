@@ -15,14 +15,11 @@ tell its classes apart.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
-from omnimask.data import DataPathError, check_data_path, default_data_dir
+from omnimask.data import DataPathError, check_data_path, default_data_dir, generate_once
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -137,22 +134,10 @@ def labelled_splits(
 
 
 def ensure_default_data() -> Path:
-    """Generate the embedded set once; a temp folder renamed into place keeps concurrent
-    first uses safe (the loser of the race discards its copy)."""
+    """Generate the embedded set once (`omnimask.data.generate_once`: staged and renamed, so
+    concurrent first uses are safe)."""
     root = default_data_dir("pointcloud") / f"reliefs-{DEFAULT_DATA_VERSION}"
-    if root.is_dir():
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=".reliefs-", dir=root.parent))
-    try:
-        write_relief_dataset(temp)
-        os.rename(temp, root)
-    except OSError:
-        if not root.is_dir():
-            raise
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
-    return root
+    return generate_once(root, write_relief_dataset)
 
 
 #: the relief of each class: `bumps` and `ridges` raise the surface, `dimples` and `grooves`

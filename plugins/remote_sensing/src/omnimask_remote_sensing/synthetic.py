@@ -20,13 +20,10 @@ Everything is deterministic, so the folder can be deleted and regenerated at any
 from __future__ import annotations
 
 import csv
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
-from omnimask.data import default_data_dir
+from omnimask.data import default_data_dir, generate_once
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
@@ -169,23 +166,6 @@ def generate(root: Path, seed: int = 0) -> None:
 
 
 def default_data() -> Path:
-    """The embedded data folder, generated on first use.
-
-    Written into a temporary sibling and renamed into place, so concurrent processes never see
-    a half-written folder; a process that loses the race uses the winner's identical copy.
-    """
-    root = default_data_dir("remote_sensing") / f"v{VERSION}"
-    if (root / "VERSION").is_file():
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=".generating-", dir=root.parent))
-    try:
-        generate(temp)
-        try:
-            os.rename(temp, root)
-        except OSError:
-            if not (root / "VERSION").is_file():
-                raise
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
-    return root
+    """The embedded data folder, generated on first use (`omnimask.data.generate_once`: staged
+    and renamed, so concurrent processes never see a half-written folder)."""
+    return generate_once(default_data_dir("remote_sensing") / f"v{VERSION}", generate)

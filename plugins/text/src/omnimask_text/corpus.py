@@ -20,15 +20,13 @@ import json
 import logging
 import os
 import random
-import shutil
 import sys
 import sysconfig
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from omnimask.data import BadSampleError, check_data_path, default_data_dir
+from omnimask.data import BadSampleError, check_data_path, default_data_dir, generate_once
 
 logger = logging.getLogger(__name__)
 
@@ -261,18 +259,17 @@ def word_order_record(doc: str, index: int, rng: random.Random) -> dict[str, obj
 
 
 def ensure_embedded_data() -> Path:
-    """Write the embedded corpus on first use: `corpus/docs.jsonl` (field "text") and
-    `labelled.jsonl` ("text", "label", "split": `word_order_record`, from docstrings of
-    `LABELLED_SOURCES` that are not in the corpus). Written into a temporary folder and renamed,
-    so concurrent processes never see half a corpus."""
-    target = embedded_dir()
-    if (target / "labelled.jsonl").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
-    (temp / "corpus").mkdir()
+    """The embedded data folder, written on first use (`omnimask.data.generate_once`: staged and
+    renamed, so concurrent processes never see half a corpus)."""
+    return generate_once(embedded_dir(), write_embedded_data)
+
+
+def write_embedded_data(folder: Path) -> None:
+    """`corpus/docs.jsonl` (field "text") and `labelled.jsonl` ("text", "label", "split":
+    `word_order_record`, from docstrings of `LABELLED_SOURCES` that are not in the corpus)."""
+    (folder / "corpus").mkdir()
     seen: set[str] = set()
-    with open(temp / "corpus" / "docs.jsonl", "w", encoding="utf-8") as corpus:
+    with open(folder / "corpus" / "docs.jsonl", "w", encoding="utf-8") as corpus:
         for module in CORPUS_SOURCES:
             for doc in stdlib_docstrings(module):
                 if doc not in seen:
@@ -281,14 +278,9 @@ def ensure_embedded_data() -> Path:
     held_out = dict.fromkeys(d for m in LABELLED_SOURCES for d in stdlib_docstrings(m))
     docs = [d for d in held_out if d not in seen and len(d.split()) >= PASSAGE_WORDS]
     rng = random.Random(0)
-    with open(temp / "labelled.jsonl", "w", encoding="utf-8") as labelled:
+    with open(folder / "labelled.jsonl", "w", encoding="utf-8") as labelled:
         for index, doc in enumerate(docs):
             labelled.write(json.dumps(word_order_record(doc, index, rng)) + "\n")
-    try:
-        temp.rename(target)
-    except OSError:  # another process finished first: theirs is identical
-        shutil.rmtree(temp, ignore_errors=True)
-    return target
 
 
 def read_labelled(path: Path, field: str) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:

@@ -11,14 +11,11 @@ users bring.
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import av
 import numpy as np
-from omnimask.data import default_data_dir
+from omnimask.data import default_data_dir, generate_once
 from PIL import Image, ImageDraw
 
 MOTIONS = ("right", "left", "down", "up", "spin")
@@ -123,27 +120,17 @@ def _vfr_time_base(fps: int):  # noqa: ANN202
 
 
 def embedded_data_dir() -> Path:
-    """The generated clips, created on first use (in a temp dir, then renamed into place, so
-    concurrent processes never see a half-written set)."""
-    root = default_data_dir("video") / VERSION
-    if root.exists():
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root.parent))
-    try:
-        for split, (count, seed) in SPLITS.items():
-            rng = np.random.default_rng(seed)
-            for i in range(count):
-                motion = MOTIONS[i % len(MOTIONS)]
-                folder = (
-                    staging / split / motion if split.startswith("labelled") else staging / split
-                )
-                folder.mkdir(parents=True, exist_ok=True)
-                write_video(folder / f"{motion}_{i:04d}.mp4", render_clip(motion, rng))
-        os.replace(staging, root)
-    except OSError:
-        if not root.exists():  # a real failure, not another process winning the race
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return root
+    """The generated clips, created on first use by `omnimask.data.generate_once` (staged and
+    renamed, so concurrent processes never see a half-written set)."""
+    return generate_once(default_data_dir("video") / VERSION, write_clips)
+
+
+def write_clips(root: Path) -> None:
+    """Every split's clips into `root` (labelled splits in one folder per motion)."""
+    for split, (count, seed) in SPLITS.items():
+        rng = np.random.default_rng(seed)
+        for i in range(count):
+            motion = MOTIONS[i % len(MOTIONS)]
+            folder = root / split / motion if split.startswith("labelled") else root / split
+            folder.mkdir(parents=True, exist_ok=True)
+            write_video(folder / f"{motion}_{i:04d}.mp4", render_clip(motion, rng))

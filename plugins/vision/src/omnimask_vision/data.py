@@ -13,17 +13,20 @@ photograph crops never did: see the plugin README, "Does pretraining help?").
 from __future__ import annotations
 
 import io
-import os
-import shutil
 import tarfile
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from omnimask.data import BadSampleError, DataPathError, check_data_path, default_data_dir
+from omnimask.data import (
+    BadSampleError,
+    DataPathError,
+    check_data_path,
+    default_data_dir,
+    generate_once,
+)
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -247,23 +250,11 @@ def ensure_default_images() -> Path:
     labels, each image the same 8x8 pixels the evaluation reads, saved alternately as PNG and
     lossless WebP. Pretraining thus sees the evaluation's domain but never its labels or its
     test images (the usual self-supervised protocol: pretrain on the train images, probe on
-    frozen features). Written into a temporary folder that is renamed into place, so concurrent
-    processes never see a half-written set.
+    frozen features). Written by `omnimask.data.generate_once` (staged and renamed), so
+    concurrent processes never see a half-written set.
     """
     target = default_data_dir("vision") / f"digits-{DEFAULT_DATA_VERSION}"
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".digits-", dir=target.parent))
-    try:
-        _write_default_images(scratch)
-        os.rename(scratch, target)
-    except FileExistsError:  # another process finished first: keep theirs
-        shutil.rmtree(scratch, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise
-    return target
+    return generate_once(target, _write_default_images)
 
 
 def _write_default_images(folder: Path) -> None:
