@@ -320,7 +320,7 @@ class Engine:
             disable=not (train.progress and self.is_main),
             dynamic_ncols=True,
         )
-        nonfinite_run = int(loaded.state.get("nonfinite_run", 0)) if loaded else 0
+        nonfinite_run = 0  # checkpoints are only written after a finite step
         checkpoints = _CheckpointTrust(loaded.path.name if loaded else None)
         skipped_total = int(loaded.state.get("skipped_samples", 0)) if loaded else 0
         warned: set[str] = set()
@@ -434,10 +434,7 @@ class Engine:
                         )
                         continue
                     start_std = health.start_std if health is not None else None
-                    self._save(
-                        model, ema, optimizer, scheduler, done, nonfinite_run, skipped_total,
-                        start_std,
-                    )  # fmt: skip
+                    self._save(model, ema, optimizer, scheduler, done, skipped_total, start_std)
                     checkpoints.written(ckpt.checkpoint_name(done))
         finally:
             bar.close()
@@ -521,7 +518,6 @@ class Engine:
         optimizer: torch.optim.Optimizer,
         scheduler: Any,
         step: int,
-        nonfinite_run: int,
         skipped_total: int,
         health_start_std: float | None,
     ) -> None:
@@ -540,7 +536,6 @@ class Engine:
                 "data_position": step * self.train.grad_accum,
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
-                "nonfinite_run": nonfinite_run,
                 "skipped_samples": skipped_total,
                 "num_processes": accelerator.num_processes,
                 "health_start_std": health_start_std,
