@@ -15,6 +15,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from omnimask.data import BAD_SAMPLE_POLICIES
 from omnimask.recipe import OPTIMIZERS, RecipeConfig
 
 if TYPE_CHECKING:
@@ -93,7 +94,7 @@ CORE_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.max_nonfinite": _at_least(1),
     "train.monitor_every": _at_least(0),
     "train.monitor_samples": _at_least(2),
-    "data.on_bad_sample": _one_of("raise", "skip"),
+    "data.on_bad_sample": _one_of(*BAD_SAMPLE_POLICIES),
     "data.num_workers": _at_least(0),
     "data.bucket_batches": _at_least(0),
     "finetune.steps": _at_least(1),

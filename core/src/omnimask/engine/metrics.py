@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 
-def drop_records_from(path: Path, step: int) -> int:
+def drop_records_from(path: Path, step: int) -> None:
     """Rewrite `path` without the records (and events) of steps >= `step`, and without a line
-    cut short by a kill; returns how many lines went. A run resumed from its checkpoint at
+    cut short by a kill. A run resumed from its checkpoint at
     `step` computes those steps again, identically, so their first copies, written by the run
     that was killed past the checkpoint, would only appear twice. Written to a temporary file
     and renamed: a kill during the rewrite leaves the old file."""
@@ -33,7 +33,6 @@ def drop_records_from(path: Path, step: int) -> int:
             file.flush()
             os.fsync(file.fileno())
         temp.replace(path)
-    return dropped
 
 
 class MetricsWriter:
