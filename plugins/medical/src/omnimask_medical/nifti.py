@@ -228,7 +228,8 @@ def _through_cache(cached: Path, compute: Callable[[], np.ndarray]) -> np.ndarra
     for warning in caught:
         warnings.warn(warning.message, warning.category, stacklevel=3)
     cached.parent.mkdir(parents=True, exist_ok=True)
-    notes.write_text("".join(f"{w.message}\n" for w in caught))  # before the array: a hit finds it
+    if caught:  # written before the array, so a cache hit always finds them
+        notes.write_text("".join(f"{w.message}\n" for w in caught))
     handle, temporary = tempfile.mkstemp(dir=cached.parent, suffix=".npy.tmp")
     with os.fdopen(handle, "wb") as file:
         np.save(file, array)

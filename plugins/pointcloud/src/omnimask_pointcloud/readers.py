@@ -8,6 +8,7 @@ hold faces) are read with open3d and sampled uniformly over their area. Every pr
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +36,10 @@ def read_points(path: str | Path, mesh_samples: int = 2048) -> np.ndarray:
     if not path.is_file():
         raise BadSampleError(path, "file does not exist")
     try:
-        if suffix == ".ply":
-            _check_ply_complete(path)
-        if suffix in MESH_SUFFIXES or (suffix == ".ply" and _ply_has_faces(path)):
+        ply = _ply_header(path) if suffix == ".ply" else None
+        if ply is not None:
+            _check_ply_complete(path, ply)
+        if suffix in MESH_SUFFIXES or (ply is not None and ply.has_faces):
             points = sample_mesh(*_read_mesh(path), mesh_samples, path)
         elif suffix in (".ply", ".pcd"):
             points = _read_open3d_points(path)
@@ -126,9 +128,23 @@ PLY_SIZES = {
 }
 
 
-def _ply_header(path: Path) -> tuple[bytes, int, list[tuple[str, int, int]]]:
-    """(format, header length in bytes, [(element, count, least bytes per item)]). A list
-    property (a face's vertex indices) counts as its length field plus three indices."""
+@dataclass(frozen=True)
+class PlyHeader:
+    """A PLY header, read once per file: its format (`ascii`, `binary_little_endian`, ...),
+    its length in bytes and its elements as (name, count, least bytes per item)."""
+
+    form: bytes
+    length: int
+    elements: list[tuple[str, int, int]]
+
+    @property
+    def has_faces(self) -> bool:
+        return any(name == "face" and count > 0 for name, count, _ in self.elements)
+
+
+def _ply_header(path: Path) -> PlyHeader:
+    """The header of a PLY file. A list property (a face's vertex indices) counts as its length
+    field plus three indices."""
     with path.open("rb") as handle:
         head = handle.read(65536)
     end = head.find(b"end_header")
@@ -148,24 +164,19 @@ def _ply_header(path: Path) -> tuple[bytes, int, list[tuple[str, int, int]]]:
             else:
                 least = PLY_SIZES.get(words[1] if len(words) > 1 else b"", 4)
             elements[-1][2] += least
-    return form, length, [(name, count, size) for name, count, size in elements]
+    return PlyHeader(form, length, [(name, count, size) for name, count, size in elements])
 
 
-def _ply_has_faces(path: Path) -> bool:
-    return any(name == "face" and count > 0 for name, count, _ in _ply_header(path)[2])
-
-
-def _check_ply_complete(path: Path) -> None:
+def _check_ply_complete(path: Path, header: PlyHeader) -> None:
     """Raise `BadSampleError` when a binary PLY is shorter than its header's elements need:
     open3d returns what it got from a file cut short (the missing faces dropped, the missing
     points as NaN) and only prints to stderr, so a partial surface would train silently."""
-    form, header, elements = _ply_header(path)
-    if not form.startswith(b"binary"):
+    if not header.form.startswith(b"binary"):
         return
-    needed = header + sum(count * size for _, count, size in elements)
+    needed = header.length + sum(count * size for _, count, size in header.elements)
     size = path.stat().st_size
     if size < needed:
-        declared = ", ".join(f"{count} {name}" for name, count, _ in elements)
+        declared = ", ".join(f"{count} {name}" for name, count, _ in header.elements)
         raise BadSampleError(
             path, f"cut short: {size} bytes, its header ({declared}) needs at least {needed}"
         )
