@@ -244,6 +244,31 @@ def test_a_metrics_file_that_cannot_be_written_is_one_line(tmp_path, monkeypatch
         train(tmp_path / "run")
 
 
+def test_a_tensorboard_folder_that_cannot_be_written_is_one_line(
+    tmp_path,
+    monkeypatch,
+    capfd,  # noqa: ANN001
+) -> None:
+    """TensorBoard writes from a thread of its own; its failure is still the run's one line,
+    naming the folder, with no thread traceback printed above it."""
+    from tensorboard.summary.writer import record_writer
+
+    monkeypatch.setattr(record_writer.RecordWriter, "write", full_disk)
+    run = tmp_path / "run"
+    with pytest.raises(RunWriteError) as raised:
+        train(run)
+    message = str(raised.value)
+    assert message.startswith(f"cannot write {run / 'tensorboard'}: No space left on device")
+    assert "\n" not in message
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_run_directory_that_cannot_be_made_is_one_line(tmp_path) -> None:  # noqa: ANN001
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(RunWriteError, match=r"cannot write .*a_file/run: Not a directory"):
+        train(tmp_path / "a_file" / "run")
+
+
 def test_nonfinite_loss_skips_the_step_and_names_the_samples(tmp_path, caplog) -> None:
     with caplog.at_level(logging.WARNING):
         metrics = train(tmp_path / "run", "nan=[5]")

@@ -256,16 +256,18 @@ class Engine:
         there; a refusal is broadcast, so every process stops with it instead of waiting for
         the main process at the next barrier."""
         held = ExitStack()
-        refusal = [""]
+        refusal = ["", ""]  # the error's kind and its line
         if self.is_main:
             try:
                 held.enter_context(run_lock(self.run_dir))
             except RunLockedError as error:
-                refusal = [str(error)]
+                refusal = ["locked", str(error)]
+            except OSError as error:  # the directory cannot be made or written
+                refusal = ["write", ckpt.write_problem(error, self.run_dir)]
         if self.accelerator.num_processes > 1:
             refusal = broadcast_object_list(refusal)
         if refusal[0]:
-            raise RunLockedError(refusal[0])
+            raise (RunLockedError if refusal[0] == "locked" else ckpt.RunWriteError)(refusal[1])
         with held:
             yield
 
@@ -312,7 +314,14 @@ class Engine:
         )
         batches: Iterator[tuple[dict[str, Any] | BadSampleError | None, list[str]]] = iter(loader)
 
-        metrics = MetricsWriter(self.run_dir, start_step) if self.is_main else None
+        metrics, error = None, None
+        if self.is_main:
+            try:
+                metrics = MetricsWriter(self.run_dir, start_step)
+            except OSError as failed:
+                error = failed
+        if not self._all_processes(error is None):
+            raise ckpt.RunWriteError(ckpt.write_problem(error, self.run_dir / "metrics.jsonl"))
         bar = tqdm(
             total=train.steps,
             initial=start_step,
@@ -438,8 +447,11 @@ class Engine:
                     checkpoints.written(ckpt.checkpoint_name(done))
         finally:
             bar.close()
-            if metrics is not None:
-                metrics.close()
+            # Closing flushes TensorBoard: its failure is the run's error only when there is
+            # no other one already on its way up.
+            error = _attempt(metrics.close) if metrics is not None else None
+        if not self._all_processes(error is None):
+            raise ckpt.RunWriteError(ckpt.write_problem(error, self.run_dir / "metrics.jsonl"))
         accelerator.wait_for_everyone()
         return TrainResult(self.run_dir, train.steps, last_loss)
 

@@ -5,8 +5,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+#: The module of the thread that writes TensorBoard's event files.
+TENSORBOARD_WRITER_MODULE = "tensorboard.summary.writer.event_file_writer"
 
 
 def drop_records_from(path: Path, step: int) -> None:
@@ -36,12 +42,18 @@ def drop_records_from(path: Path, step: int) -> None:
 
 
 class MetricsWriter:
-    """Appends one JSON object per line. On resume from step `resume_step`, the records of that
-    step and later, left by the run that was killed, are dropped first (`drop_records_from`),
-    so every step appears once."""
+    """Appends one JSON object per line, and the same scalars to TensorBoard. On resume from step
+    `resume_step`, the records of that step and later, left by the run that was killed, are
+    dropped first (`drop_records_from`), so every step appears once.
+
+    A write that fails raises `OSError` naming the file or folder that could not be written
+    (`metrics.jsonl` or `tensorboard/`), at the log step where it happened: TensorBoard's writer
+    is flushed at every log, because it writes from a thread of its own and would otherwise
+    report a full disk only at some later call, or never."""
 
     def __init__(self, run_dir: Path, resume_step: int, tensorboard: bool = True) -> None:
         self.path = run_dir / "metrics.jsonl"
+        self.tensorboard_dir = run_dir / "tensorboard"
         if resume_step and self.path.exists():
             drop_records_from(self.path, resume_step)
         self.file = self.path.open("a", buffering=1)
@@ -49,7 +61,9 @@ class MetricsWriter:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step)
+            with _naming(self.tensorboard_dir):
+                _quiet_tensorboard_threads()
+                self.tensorboard = SummaryWriter(str(self.tensorboard_dir), purge_step=resume_step)
         if resume_step:
             self.event("resume", step=resume_step)
 
@@ -60,14 +74,59 @@ class MetricsWriter:
         clean = {k: (v if math.isfinite(v) else str(v)) for k, v in values.items()}
         self.file.write(json.dumps({"step": step, **clean}) + "\n")
         if self.tensorboard is not None:
-            for key, value in values.items():
-                if math.isfinite(value):
-                    self.tensorboard.add_scalar(key, value, step)
+            with _naming(self.tensorboard_dir):
+                for key, value in values.items():
+                    if math.isfinite(value):
+                        self.tensorboard.add_scalar(key, value, step)
+                self.tensorboard.flush()
 
     def close(self) -> None:
-        self.file.close()
+        """Close both files; the first failure is raised after both were tried."""
+        failure: OSError | None = None
+        try:
+            self.file.close()
+        except OSError as error:
+            failure = error
         if self.tensorboard is not None:
-            self.tensorboard.close()
+            try:
+                with _naming(self.tensorboard_dir):
+                    self.tensorboard.flush()  # raises what the writer's thread met
+                    self.tensorboard.close()
+            except OSError as error:
+                failure = failure or error
+        if failure is not None:
+            raise failure
+
+
+@contextmanager
+def _naming(folder: Path) -> Iterator[None]:
+    """Re-raise an `OSError` without a file name (a failed `write`) as one naming `folder`, so
+    that the user's one line says which of the run's files could not be written."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename:
+            raise
+        raise OSError(error.errno, error.strerror or str(error), str(folder)) from error
+
+
+def _quiet_tensorboard_threads() -> None:
+    """Keep a failed TensorBoard write from printing a thread traceback to stderr.
+
+    TensorBoard's event writer stores its thread's exception and raises it again at the next
+    write or flush in the caller's thread, where `MetricsWriter` turns it into one line; the
+    traceback that `threading` prints as the thread dies would only bury that line. Other
+    threads' exceptions still go to the previous hook."""
+    previous = threading.excepthook
+    if getattr(previous, "omnimask_quiet_tensorboard", False):
+        return
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if type(args.thread).__module__ != TENSORBOARD_WRITER_MODULE:
+            previous(args)
+
+    hook.omnimask_quiet_tensorboard = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
 
 
 def read_metrics(path: Path) -> dict[int, dict[str, Any]]:
