@@ -371,6 +371,32 @@ def test_gradient_accumulation_equals_the_large_batch(tmp_path) -> None:
     torch.testing.assert_close(torch.tensor(accumulated), torch.tensor(large))
 
 
+def test_a_weighted_loss_accumulates_like_the_large_batch(tmp_path) -> None:
+    """A per-token mean with a different number of tokens per sample: equal weights per
+    micro-batch train another model than the large batch; `LOSS_WEIGHT` trains the same one."""
+    ragged = ["model.dropout=0.0", "model.ragged=true"]
+    split = ["train.batch_size=4", "train.grad_accum=2"]
+    for weighted, same in (("false", False), ("true", True)):
+        weighting = f"model.weighted={weighted}"
+        large = tmp_path / f"large-{weighted}"
+        accumulated = tmp_path / f"accumulated-{weighted}"
+        large_losses = losses(train(large, *ragged, weighting, "train.batch_size=8"))
+        accumulated_losses = losses(train(accumulated, *ragged, weighting, *split))
+        large_weights = load(final_weights(large))
+        accumulated_weights = load(final_weights(accumulated))
+        close = all(
+            torch.allclose(large_weights[k], accumulated_weights[k], rtol=1e-5, atol=1e-6)
+            for k in large_weights
+        )
+        assert close == same, f"weighted={weighted}"
+        assert (
+            torch.allclose(
+                torch.tensor(large_losses), torch.tensor(accumulated_losses), rtol=1e-5, atol=1e-6
+            )
+            == same
+        ), f"weighted={weighted}: logged losses"
+
+
 def test_data_loader_workers_do_not_change_the_run(tmp_path) -> None:
     inline = losses(train(tmp_path / "inline"))
     workers = losses(train(tmp_path / "workers", "data.num_workers=2"))
@@ -382,8 +408,13 @@ def test_keep_last_prunes_old_checkpoints(tmp_path) -> None:
     assert [s for s, _ in list_checkpoints(tmp_path / "run" / "checkpoints")] == [12, 10]
 
 
-def test_two_processes_match_one_process_with_the_doubled_batch(tmp_path) -> None:
+@pytest.mark.parametrize("masking", ["even", "ragged"])
+def test_two_processes_match_one_process_with_the_doubled_batch(tmp_path, masking) -> None:  # noqa: ANN001
+    """Also for a per-token loss over a different number of tokens per sample, weighed by
+    `LOSS_WEIGHT` across the processes."""
     args = ["model.dropout=0.0"]
+    if masking == "ragged":
+        args += ["model.ragged=true", "model.weighted=true"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(
         [sys.executable, RUN_TOY, tmp_path / "one", *args, "train.batch_size=8"],

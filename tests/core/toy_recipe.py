@@ -12,7 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from omnimask import Decoder, Encoder, MaskedModel, Recipe, RecipeConfig, Target, Tokens
+from omnimask import (
+    LOSS_WEIGHT,
+    Decoder,
+    Encoder,
+    MaskedModel,
+    Recipe,
+    RecipeConfig,
+    Target,
+    Tokens,
+)
 from omnimask.data import BadSampleError, check_data_path
 from torch import Tensor, nn
 from torch.utils.data import Dataset
@@ -69,6 +78,21 @@ class HalfMasker(nn.Module):
         return mask
 
 
+class RaggedMasker(nn.Module):
+    """Hides 1 to N - 1 tokens, a different number per sample: a per-token mean over the batch
+    then weighs samples unequally, which is what `LOSS_WEIGHT` is for."""
+
+    def forward(self, tokens: Tokens, generator: torch.Generator) -> Tensor:
+        rows = []
+        for _ in range(tokens.batch_size):
+            count = int(torch.randint(1, tokens.num_tokens, (1,), generator=generator))
+            order = torch.rand(tokens.num_tokens, generator=generator).argsort()
+            rows.append(
+                torch.zeros(tokens.num_tokens, dtype=torch.bool).index_fill(0, order[:count], True)
+            )
+        return torch.stack(rows)
+
+
 class ToyEncoder(Encoder):
     def __init__(self, width: int, dropout: float, activation: str = "gelu") -> None:
         super().__init__()
@@ -94,12 +118,19 @@ class ToyDecoder(Decoder):
 
 
 class ToyTarget(Target):
+    def __init__(self, weighted: bool = False) -> None:
+        super().__init__()
+        self.weighted = weighted
+
     def forward(self, batch: dict, tokens: Tokens) -> Tensor:
         return tokens.values
 
     def loss(self, prediction: Tensor, target: Tensor, mask: Tensor) -> dict[str, Tensor]:
         per_token = (prediction - target).pow(2).mean(-1)
-        return {"loss": (per_token * mask).sum() / mask.sum()}
+        losses = {"loss": (per_token * mask).sum() / mask.sum()}
+        if self.weighted:
+            losses[LOSS_WEIGHT] = mask.sum().float()
+        return losses
 
 
 @dataclass
@@ -107,6 +138,8 @@ class ToyModelConfig:
     width: int = 16
     dropout: float = 0.1
     activation: str = "gelu"  # gelu | relu (a large lr kills every ReLU: a collapsed encoder)
+    ragged: bool = False  # hide a different number of tokens per sample (`RaggedMasker`)
+    weighted: bool = False  # return the masked-token count as `LOSS_WEIGHT`
 
 
 @dataclass
@@ -140,10 +173,10 @@ class ToyRecipe(Recipe):
             raise ValueError(f"model.width must be positive, got {width}")
         return MaskedModel(
             ToyTokenizer(),
-            HalfMasker(),
+            RaggedMasker() if config.model.ragged else HalfMasker(),
             ToyEncoder(width, config.model.dropout, config.model.activation),
             ToyDecoder(width),
-            ToyTarget(),
+            ToyTarget(config.model.weighted),
         )
 
     def build_dataset(self, config: ToyConfig) -> Dataset:

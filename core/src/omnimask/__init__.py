@@ -6,6 +6,7 @@ discovery and the `omnimask` CLI. Modalities live in plugins found through entry
 """
 
 from omnimask.model import (
+    LOSS_WEIGHT,
     CodeIds,
     Decoder,
     Encoder,
@@ -25,6 +26,7 @@ API_VERSION = "0.1"
 
 __all__ = [
     "API_VERSION",
+    "LOSS_WEIGHT",
     "CodeIds",
     "DataConfig",
     "Decoder",

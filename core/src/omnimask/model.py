@@ -76,6 +76,13 @@ class Decoder(nn.Module):
         raise NotImplementedError
 
 
+#: Optional key of a loss dict: how many units (masked tokens, frames) the `loss` is a mean over.
+#: The engine then weighs micro-batches and processes by it, so that a step's gradient is that
+#: of the mean over all units of the global batch, whatever its split (the `num_items_in_batch`
+#: of Hugging Face's Trainer). Without it, every sample of the global batch weighs the same.
+LOSS_WEIGHT = "loss_weight"
+
+
 class Target(nn.Module):
     """What is predicted and how it is scored."""
 

@@ -113,6 +113,11 @@ class Recipe(ABC):
     eval_sections: ClassVar[Sequence[str]] = ()
     #: plugin export formats besides safetensors (which the core always writes).
     export_formats: ClassVar[Sequence[str]] = ()
+    #: terms of the loss dict that depend on the other samples of the batch by design (InfoNCE
+    #: negatives, a codebook's batch perplexity), each with why. Every other term must not
+    #: depend on how a batch is split ("Losses and the batch" in core/README.md); the
+    #: conformance kit checks it, and checks `loss` itself when no term is declared here.
+    batch_coupled_terms: ClassVar[dict[str, str]] = {}
 
     def config(self, preset: str = "demo") -> RecipeConfig:
         if preset not in self.presets:

@@ -41,11 +41,18 @@ from omnimask.engine.metrics import MetricsWriter
 from omnimask.engine.optim import build_optimizer, build_scheduler
 from omnimask.engine.runlock import RunLockedError, run_lock
 from omnimask.engine.sampler import BucketedBatchSampler, ResumableBatchSampler
+from omnimask.model import LOSS_WEIGHT
 from omnimask.monitors import CollapseWarnings, probe_health
 from omnimask.recipe import Recipe, RecipeConfig
 from omnimask.seeding import mix_seed
 
 logger = logging.getLogger("omnimask")
+
+#: Loss-dict entries that are counts, not figures to log.
+COUNTS = ("num_tokens", LOSS_WEIGHT)
+#: Sum of `loss * loss_weight` between two log lines: the logged loss is the one optimised, the
+#: mean over every unit, when the recipe returns `LOSS_WEIGHT`.
+WEIGHTED_LOSS = "_weighted_loss"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -367,13 +374,21 @@ class Engine:
                     context = accelerator.no_sync(model) if not last_micro else nullcontext()
                     with context, accelerator.autocast():
                         losses = model(batch, generator)
-                    accelerator.backward(losses["loss"] / train.grad_accum)
+                    if LOSS_WEIGHT in losses:  # a sum now; divided by the global weight below
+                        accelerator.backward(losses["loss"] * losses[LOSS_WEIGHT].detach())
+                    else:
+                        accelerator.backward(losses["loss"] / train.grad_accum)
                     for key, value in losses.items():  # stays on the device: no sync per term
                         step_sums[key] = step_sums.get(key, 0.0) + value.detach().float()
+                    if LOSS_WEIGHT in losses:  # the logged loss is the one optimised
+                        weighted = losses["loss"].detach().float() * losses[LOSS_WEIGHT]
+                        step_sums[WEIGHTED_LOSS] = step_sums.get(WEIGHTED_LOSS, 0.0) + weighted
                     window.samples += len(batch["sample_id"])
 
                 # The one host-device sync of a step: is the loss finite on every process?
                 finite = self._all_processes(bool(torch.isfinite(step_sums["loss"])))
+                if finite and LOSS_WEIGHT in step_sums:
+                    self._divide_by_global_weight(model, step_sums[LOSS_WEIGHT])
                 if not finite:
                     optimizer.zero_grad(set_to_none=True)
                     nonfinite_run += 1
@@ -411,9 +426,11 @@ class Engine:
                 bar.update(1)
                 if done % train.log_every == 0 or done == train.steps:
                     means = self._mean_over_processes(window.means())
+                    if WEIGHTED_LOSS in means:  # per unit over the window and every process
+                        means["loss"] = means.pop(WEIGHTED_LOSS) / max(means[LOSS_WEIGHT], 1e-12)
                     last_loss = means.get("loss", math.nan)
                     elapsed = window.elapsed()
-                    record = {k: v for k, v in means.items() if k != "num_tokens"}
+                    record = {k: v for k, v in means.items() if k not in COUNTS}
                     record["loss"] = last_loss
                     record["lr"] = scheduler.get_last_lr()[0]
                     processes = accelerator.num_processes
@@ -481,6 +498,15 @@ class Engine:
         return bool(
             self.accelerator.reduce(value, reduction="sum").item() == self.accelerator.num_processes
         )
+
+    def _divide_by_global_weight(self, model: torch.nn.Module, weight: torch.Tensor) -> None:
+        """Turn gradients of `sum(loss_i * weight_i)` (averaged over processes by DDP) into the
+        gradient of the loss's mean over every unit of the global batch (`LOSS_WEIGHT`)."""
+        total = self.accelerator.reduce(weight.reshape(1), reduction="sum")[0]
+        scale = self.accelerator.num_processes / total.clamp_min(1.0)
+        for parameter in model.parameters():
+            if parameter.grad is not None:
+                parameter.grad.mul_(scale)
 
     def _mean_over_processes(self, values: dict[str, float]) -> dict[str, float]:
         if self.accelerator.num_processes == 1:

@@ -20,7 +20,7 @@ from safetensors.torch import load_model, save_model
 from omnimask.config import from_yaml, to_yaml
 from omnimask.engine.optim import build_optimizer
 from omnimask.export import export_model, load_safetensors_export
-from omnimask.model import MaskedModel
+from omnimask.model import LOSS_WEIGHT, MaskedModel
 from omnimask.plugins import discover, get_recipe
 from omnimask.recipe import Recipe, RecipeConfig
 from omnimask.visualize import sample_batch
@@ -151,6 +151,60 @@ def check_loss_falls_on_fixed_batch(s: Subject) -> None:
     assert last < 0.9 * first, f"{s.name}: loss did not fall on a fixed batch: {history}"
 
 
+def split_batch(batch: dict[str, Any], rows: list[int]) -> dict[str, Any]:
+    """The samples `rows` of an engine batch (tensors and lists with one entry per sample)."""
+    count = len(batch["sample_id"])
+    index = torch.tensor(rows)
+
+    def take(value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == count:
+            return value[index]
+        if isinstance(value, list) and len(value) == count:
+            return [value[i] for i in rows]
+        return value
+
+    return {key: take(value) for key, value in batch.items()}
+
+
+def combine_halves(first: dict[str, Any], second: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The loss terms of a batch from those of its two halves, as the engine combines processes
+    and micro-batches: weighted by `loss_weight` where the recipe returns one, else equally."""
+    if LOSS_WEIGHT in first:
+        a, b = first[LOSS_WEIGHT].float(), second[LOSS_WEIGHT].float()
+        return {k: (first[k] * a + second[k] * b) / (a + b) for k in first if k != LOSS_WEIGHT}
+    return {k: (first[k] + second[k]) / 2 for k in first}
+
+
+def check_loss_independent_of_batch_split(s: Subject) -> None:
+    """One process with a batch must compute what two processes (or two micro-batches) with its
+    halves compute: the promise that N processes with batch B train like one with N x B. Terms
+    the recipe declares in `batch_coupled_terms` (and `loss` itself when it declares any) are
+    left out; `num_tokens` is a count, not a loss. Run in eval mode, whose dropout draws nothing,
+    so that only the split differs."""
+    model = s.fresh_model().eval()
+    rows = list(range(len(s.batch["sample_id"])))
+    half = len(rows) // 2
+    with torch.no_grad():
+        whole = model(s.batch, _generator(3))
+        first = model(split_batch(s.batch, rows[:half]), _generator(3))
+        second = model(split_batch(s.batch, rows[half:]), _generator(3))
+    combined = combine_halves(first, second)
+    skipped = {*s.recipe.batch_coupled_terms, "num_tokens", LOSS_WEIGHT}
+    if s.recipe.batch_coupled_terms:
+        skipped.add("loss")
+    for key in sorted(set(whole) - skipped):
+        torch.testing.assert_close(
+            combined[key].float(),
+            whole[key].float(),
+            atol=1e-5,
+            rtol=1e-4,
+            msg=lambda m, key=key: (
+                f"{s.name}: loss term '{key}' depends on how the batch is split (see 'Losses "
+                f"and the batch' in core/README.md): {m}"
+            ),
+        )
+
+
 def check_compiles_like_eager(s: Subject) -> None:
     """`train.compile=true` must give the eager losses. TorchDynamo with its eager backend
     traces exactly what `torch.compile` traces (graph breaks included) without inductor's code
@@ -179,6 +233,7 @@ CHECKS: tuple[Callable[[Subject], None], ...] = (
     check_state_dict_round_trip,
     check_export_round_trip,
     check_loss_falls_on_fixed_batch,
+    check_loss_independent_of_batch_split,
     check_compiles_like_eager,
 )
 

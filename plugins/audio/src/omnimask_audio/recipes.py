@@ -24,6 +24,12 @@ class W2VBertRecipe(Recipe):
     summary = "w2v-BERT: contrastive (wav2vec 2.0) + masked code prediction on log-mel fbanks"
     config_class = W2VBertConfig
     presets = {"demo": demo, "paper": paper}
+    batch_coupled_terms = {
+        "diversity_loss": "the perplexity of the codebook's mean softmax over the batch, per "
+        "process, as in wav2vec 2.0",
+        "code_perplexity": "codes used in the batch (a monitor)",
+        "prob_perplexity": "the diversity loss's batch perplexity (a monitor)",
+    }
     export_formats = ("hf",)
 
     def build_model(self, config: W2VBertConfig) -> MaskedModel:

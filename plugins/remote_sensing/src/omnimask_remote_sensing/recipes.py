@@ -50,6 +50,11 @@ class CromaRecipe(Recipe):
     config_class = CromaConfig
     presets = {"demo": demo, "proof": proof, "paper": paper}
     export_formats = ("torchgeo",)
+    batch_coupled_terms = {
+        "contrastive": "InfoNCE whose negatives are the other chips of the global batch, "
+        "gathered from every process: N processes with batch B equal one with N x B, but "
+        "micro-batches (train.grad_accum) each see only their own negatives"
+    }
 
     def build_model(self, config: CromaConfig) -> CromaModel:
         check_band_layout(config)

@@ -20,7 +20,16 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omnimask import CodeIds, Decoder, Encoder, MaskedModel, MaskedOutput, Target, Tokens
+from omnimask import (
+    LOSS_WEIGHT,
+    CodeIds,
+    Decoder,
+    Encoder,
+    MaskedModel,
+    MaskedOutput,
+    Target,
+    Tokens,
+)
 from omnimask.seeding import sample_generators
 from torch import Tensor, nn
 from transformers import Wav2Vec2BertConfig, Wav2Vec2BertModel
@@ -290,8 +299,12 @@ class W2VBertTarget(Target):
         codes = target.codes[mask].flatten()
         mlm = F.cross_entropy(code_logits, codes) if len(codes) else code_logits.sum()
         accuracy = (code_logits.argmax(-1) == codes).float().mean() if len(codes) else mlm * 0
+        # Both losses are means over the batch's masked frames, whose number varies with the
+        # clips' lengths: the count goes with them, and the engine weighs processes and
+        # micro-batches by it, as fairseq's wav2vec 2.0 divides by the global `sample_size`.
         return {
             "loss": contrastive + self.diversity_weight * diversity + self.mlm_weight * mlm,
+            LOSS_WEIGHT: mask.sum().float(),
             "contrastive_loss": contrastive.detach(),
             "diversity_loss": diversity.detach(),
             "mlm_loss": mlm.detach(),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from omnimask import Decoder, Encoder, Target, Tokens
+from omnimask import LOSS_WEIGHT, Decoder, Encoder, Target, Tokens
 from torch import Tensor, nn
 
 from omnimask_pointcloud.layers import MiniPointNet, PositionalTransformer, position_mlp
@@ -111,7 +111,11 @@ class DVAECodeTarget(Target):
         return self.dvae.encoder.codes(tokens)
 
     def loss(self, prediction: Tensor, target: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        """Cross-entropy over the masked patches of the batch; block masking hides a different
+        number per cloud, so the count goes with it (`LOSS_WEIGHT`) and the engine weighs
+        processes and micro-batches by it, as one batch of all their clouds would."""
         logits, codes = prediction[mask], target[mask]
         loss = F.cross_entropy(logits.float(), codes)
         accuracy = (logits.argmax(-1) == codes).float().mean()
-        return {"loss": loss, "code_accuracy": accuracy.detach()}
+        count = mask.sum().float()
+        return {"loss": loss, "code_accuracy": accuracy.detach(), LOSS_WEIGHT: count}
