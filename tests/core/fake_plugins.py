@@ -6,12 +6,12 @@ good = PluginSpec(
     name="good",
     modality="test",
     version="1.0",
-    core_api=">=0.1,<0.2",
+    core_api=">=0.2,<0.3",
     recipes={"good/mim": "toy_recipe:ToyRecipe"},
 )
 incompatible = PluginSpec(name="future", modality="test", version="9.0", core_api=">=2.0")
 missing_dependency = PluginSpec(
-    name="needy", modality="test", version="1.0", core_api=">=0.1", requires=("no_such_module_xyz",)
+    name="needy", modality="test", version="1.0", core_api=">=0.2", requires=("no_such_module_xyz",)
 )
 not_a_spec = {"name": "dict"}
 
@@ -19,7 +19,7 @@ toy = PluginSpec(
     name="toy",
     modality="test vectors",
     version="0.0.1",
-    core_api=">=0.1,<0.2",
+    core_api=">=0.2,<0.3",
     requires=("torch",),
     recipes={"toy/mim": "toy_recipe:ToyRecipe"},
 )
@@ -28,6 +28,6 @@ half_broken = PluginSpec(
     name="half",
     modality="test",
     version="1.0",
-    core_api=">=0.1,<0.2",
+    core_api=">=0.2,<0.3",
     recipes={"half/mim": "broken_plugin:Recipe"},  # the module's import fails
 )

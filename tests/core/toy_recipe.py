@@ -187,7 +187,7 @@ class ToyRecipe(Recipe):
     def build_eval_datasets(self, config: ToyConfig, path: str | None = None):
         return LabelledToyData(40, seed=2), LabelledToyData(20, seed=3)
 
-    def visualize(self, model: MaskedModel, batch: dict, path: Path) -> Path:
+    def visualize(self, model: MaskedModel, config: ToyConfig, batch: dict, path: Path) -> Path:
         import matplotlib
 
         matplotlib.use("Agg")

@@ -20,9 +20,9 @@ from omnimask.plugins import PluginSpec
 from omnimask.recipe import DataConfig, Recipe, RecipeConfig, TrainConfig
 from omnimask.tokens import Tokens
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 #: The plugin API version; plugins declare the range they support (`PluginSpec.core_api`).
-API_VERSION = "0.1"
+API_VERSION = "0.2"
 
 __all__ = [
     "API_VERSION",

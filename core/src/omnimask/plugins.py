@@ -45,7 +45,7 @@ class PluginSpec:
         name: plugin name, also the recipe prefix (`vision` for `vision/spark`).
         modality: what it pretrains on, in words.
         version: the plugin's own version.
-        core_api: the core API versions it supports, a PEP 440 specifier (">=0.1,<0.2").
+        core_api: the core API versions it supports, a PEP 440 specifier (">=0.2,<0.3").
         requires: import names needed to build its recipes (checked with `find_spec`).
         recipes: recipe name -> "module:attribute" of its `Recipe` subclass.
     """

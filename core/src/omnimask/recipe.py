@@ -187,8 +187,9 @@ class Recipe(ABC):
         figures (e.g. `{"dice_mean": ...}`) land in `eval.json` as `<protocol>/<figure>`."""
         raise NotImplementedError(f"recipe {self.name!r} has no protocol {protocol!r}")
 
-    def visualize(self, model: MaskedModel, batch: Batch, path: Path) -> Path:
-        """Write an original | masked | reconstruction PNG for `batch` to `path`."""
+    def visualize(self, model: MaskedModel, config: RecipeConfig, batch: Batch, path: Path) -> Path:
+        """Write an original | masked | reconstruction PNG for `batch` to `path`; `config` is the
+        run's (band layouts, statistics and sizes the figure draws with)."""
         raise NotImplementedError(f"recipe {self.name!r} has no figure")
 
     def export(self, model: MaskedModel, config: RecipeConfig, fmt: str, out_dir: Path) -> Path:

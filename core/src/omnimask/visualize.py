@@ -38,7 +38,7 @@ def visualize_run(run_dir: Path, out: Path | None = None, count: int = 4, seed: 
         raise FigureError(f"figures are written as PNG; {path} does not end in .png")
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
-        return run.recipe.visualize(run.model, batch, path)
+        return run.recipe.visualize(run.model, run.config, batch, path)
 
 
 def draw_health(run_dir: Path, path: Path) -> Path | None:

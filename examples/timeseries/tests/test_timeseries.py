@@ -267,7 +267,7 @@ def test_figure_is_written(
     recipe: TimeSeriesMAE, config: TimeSeriesMAEConfig, batch: dict, tmp_path: Path
 ) -> None:
     two = {"series": batch["series"][:2]}
-    path = recipe.visualize(fresh_model(recipe, config), two, tmp_path / "figure.png")
+    path = recipe.visualize(fresh_model(recipe, config), config, two, tmp_path / "figure.png")
     assert path.read_bytes().startswith(b"\x89PNG")
 
 

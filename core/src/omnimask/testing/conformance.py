@@ -205,6 +205,18 @@ def check_loss_independent_of_batch_split(s: Subject) -> None:
         )
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def check_draws_a_figure(s: Subject) -> None:
+    """`visualize` writes a PNG for the fixed batch (what `omnimask visualize` calls)."""
+    model = s.fresh_model().eval()
+    with tempfile.TemporaryDirectory() as folder, torch.no_grad():
+        path = s.recipe.visualize(model, s.config, s.batch, Path(folder) / "figure.png")
+        written = Path(path).read_bytes()
+    assert written.startswith(PNG_SIGNATURE), f"{s.name}: visualize wrote no PNG to {path}"
+
+
 def check_compiles_like_eager(s: Subject) -> None:
     """`train.compile=true` must give the eager losses. TorchDynamo with its eager backend
     traces exactly what `torch.compile` traces (graph breaks included) without inductor's code
@@ -234,6 +246,7 @@ CHECKS: tuple[Callable[[Subject], None], ...] = (
     check_export_round_trip,
     check_loss_falls_on_fixed_batch,
     check_loss_independent_of_batch_split,
+    check_draws_a_figure,
     check_compiles_like_eager,
 )
 

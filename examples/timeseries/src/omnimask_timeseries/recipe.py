@@ -186,7 +186,14 @@ class TimeSeriesMAE(Recipe):
             for files, labels in read_labels(root).values()
         )
 
-    def visualize(self, model: MaskedModel, batch: dict, path: Path, rows: int = 4) -> Path:
+    def visualize(
+        self,
+        model: MaskedModel,
+        config: TimeSeriesMAEConfig,
+        batch: dict,
+        path: Path,
+        rows: int = 4,
+    ) -> Path:
         """Per series: original | masked (hidden patches greyed) | reconstruction over the
         original, in the data's own units."""
         import matplotlib

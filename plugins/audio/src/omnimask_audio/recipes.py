@@ -76,7 +76,7 @@ class W2VBertRecipe(Recipe):
         make = lambda split: AudioFolder(split, config.audio, labelled=True, crop=False)  # noqa: E731
         return make(train), make(test)
 
-    def visualize(self, model: MaskedModel, batch: dict, path: Path) -> Path:
+    def visualize(self, model: MaskedModel, config: W2VBertConfig, batch: dict, path: Path) -> Path:
         from omnimask_audio.figures import draw_w2v_bert
 
         return draw_w2v_bert(model, batch, path)  # type: ignore[arg-type]

@@ -5,8 +5,8 @@ from omnimask.plugins import PluginSpec
 spec = PluginSpec(
     name="medical",
     modality="3D CT volumes (NIfTI .nii / .nii.gz)",
-    version="0.1.0",
-    core_api=">=0.1,<0.2",
+    version="0.2.0",
+    core_api=">=0.2,<0.3",
     requires=("torch", "nibabel", "matplotlib"),
     recipes={"medical/mambamim": "omnimask_medical.recipes:MambaMIMRecipe"},
 )

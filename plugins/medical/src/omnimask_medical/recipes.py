@@ -107,5 +107,7 @@ class MambaMIMRecipe(Recipe):
     def tokens_per_sample(self, config: MambaMIMConfig) -> int:
         return (config.data.crop // 2 ** len(config.model.widths)) ** 3
 
-    def visualize(self, model: MaskedModel, batch: dict, path: Path) -> Path:
+    def visualize(
+        self, model: MaskedModel, config: MambaMIMConfig, batch: dict, path: Path
+    ) -> Path:
         return draw_slices(model, batch, path)

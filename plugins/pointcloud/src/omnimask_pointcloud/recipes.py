@@ -67,7 +67,7 @@ class PointCloudRecipe(Recipe):
     def tokens_per_sample(self, config: RecipeConfig) -> int:
         return config.patches.num_groups
 
-    def visualize(self, model: MaskedModel, batch: dict, path: Path) -> Path:
+    def visualize(self, model: MaskedModel, config: RecipeConfig, batch: dict, path: Path) -> Path:
         output = model.predict(batch, torch.Generator().manual_seed(0))
         neighbourhood = output.tokens.extras["neighbourhood"][0].float().cpu().numpy()
         centres = output.tokens.positions[0].float().cpu().numpy()

@@ -119,7 +119,7 @@ class CromaRecipe(Recipe):
                 )
         return labelled_splits(path if path is not None else default_data() / "labelled", config)
 
-    def visualize(self, model: CromaModel, batch: Batch, path: Path) -> Path:
+    def visualize(self, model: CromaModel, config: CromaConfig, batch: Batch, path: Path) -> Path:
         from omnimask_remote_sensing.figures import draw
 
         return draw(model, batch, path, model.rgb_bands)

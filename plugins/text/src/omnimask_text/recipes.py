@@ -274,7 +274,7 @@ class MLMRecipe(TextRecipe):
             TokenIdTarget(),
         )
 
-    def visualize(self, model: MaskedModel, batch: Batch, path: Path) -> Path:
+    def visualize(self, model: MaskedModel, config: MLMConfig, batch: Batch, path: Path) -> Path:
         from omnimask_text.figures import mlm_figure
 
         return mlm_figure(model, batch, path)
@@ -308,7 +308,9 @@ class ElectraRecipe(TextRecipe):
             discriminator_weight=config.electra.discriminator_weight,
         )
 
-    def visualize(self, model: MaskedModel, batch: Batch, path: Path) -> Path:
+    def visualize(
+        self, model: MaskedModel, config: ElectraRecipeConfig, batch: Batch, path: Path
+    ) -> Path:
         from omnimask_text.figures import electra_figure
 
         return electra_figure(model, batch, path)

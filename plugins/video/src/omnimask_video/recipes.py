@@ -197,7 +197,9 @@ class VideoMAERecipe(Recipe):
         )
         return grid[0] * grid[1] * grid[2]
 
-    def visualize(self, model: MaskedModel, batch: dict, path: Path) -> Path:
+    def visualize(
+        self, model: MaskedModel, config: VideoMAEConfig, batch: dict, path: Path
+    ) -> Path:
         from omnimask_video.figures import draw_reconstruction
 
         return draw_reconstruction(model, batch, path)

@@ -64,7 +64,7 @@ class ImageRecipe(Recipe):
     def tokens_per_sample(self, config: Any) -> int:
         return (config.image.size // self.patch_size(config)) ** 2
 
-    def visualize(self, model: MaskedModel, batch: dict, path: Path) -> Path:
+    def visualize(self, model: MaskedModel, config: RecipeConfig, batch: dict, path: Path) -> Path:
         return draw_reconstructions(model, batch, path, model.tokenizer.patch)
 
     def export(self, model: MaskedModel, config: Any, fmt: str, out_dir: Path) -> Path:
