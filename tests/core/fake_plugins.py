@@ -1,6 +1,6 @@
 """Plugin specs for discovery tests: one good, and one of each kind of broken."""
 
-from omnimask.plugins import PluginSpec
+from omnimask.plugins import PluginSpec, RecipeEntry
 
 good = PluginSpec(
     name="good",
@@ -21,7 +21,7 @@ toy = PluginSpec(
     version="0.0.1",
     core_api=">=0.2,<0.3",
     requires=("torch",),
-    recipes={"toy/mim": "toy_recipe:ToyRecipe"},
+    recipes={"toy/mim": RecipeEntry("toy_recipe:ToyRecipe", summary="", presets=("demo",))},
 )
 
 half_broken = PluginSpec(

@@ -69,7 +69,8 @@ def test_strict_mode_keeps_the_original_traceback(monkeypatch) -> None:  # noqa:
 
 def test_recipes_lists_presets_and_shows_a_config(capsys) -> None:
     main(["recipes"])
-    assert "toy/mim" in capsys.readouterr().out
+    listed = capsys.readouterr().out
+    assert "toy/mim" in listed and "presets: demo" in listed
     main(["recipes", "--show", "toy/mim"])
     shown = capsys.readouterr().out
     assert "recipe: toy/mim" in shown and "batch_size: 8" in shown
@@ -252,3 +253,40 @@ def test_resume_of_a_run_whose_checkpoints_are_all_unreadable_is_one_line(run_di
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert err[-1].startswith("omnimask: error: no checkpoint in ") and "step_00000006" in err[-1]
+
+
+FAST_COMMANDS = """
+import sys
+from omnimask.cli import main
+for argv in (["plugins"], ["recipes"], ["--help"]):
+    try:
+        main(argv)
+    except SystemExit:
+        pass
+heavy = [m for m in ("torch", "omegaconf") if m in sys.modules]
+recipes = [m for m in sys.modules if m.startswith("omnimask_") and ".recipe" in m]
+print("IMPORTED", heavy + recipes)
+"""
+
+
+def test_fast_commands_import_neither_torch_nor_recipe_modules() -> None:
+    """`--help`, `plugins` and `recipes` over every installed plugin answer from the specs."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", FAST_COMMANDS], capture_output=True, text=True, check=True
+    )
+    assert "vision/spark" in done.stdout and "presets: demo, paper, proof" in done.stdout
+    assert done.stdout.strip().splitlines()[-1] == "IMPORTED []"
+
+
+def test_a_missing_data_path_is_reported_before_the_recipe_is_imported(
+    monkeypatch,
+    capsys,  # noqa: ANN001
+) -> None:
+    from omnimask import cli
+
+    monkeypatch.setattr(cli, "get_recipe", lambda name: pytest.fail("the recipe was imported"))
+    assert main(["pretrain", "toy/mim", "--data", "/no/such/folder"]) == 2
+    assert "data path /no/such/folder does not exist" in capsys.readouterr().err

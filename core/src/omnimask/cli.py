@@ -16,9 +16,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from omnimask.config import ConfigError, apply_overrides, to_yaml
-from omnimask.data import BadSampleError, DataPathError
-from omnimask.plugins import PluginError, UnknownRecipeError, discover, get_recipe
+# Only what the fast commands need: `--help`, `plugins` and `recipes` import no torch (nor any
+# recipe module); the other commands import their heavy modules when they run.
+from omnimask.errors import BadSampleError, ConfigError, DataPathError
+from omnimask.plugins import PluginError, UnknownRecipeError, discover, get_recipe, recipe_entry
 
 #: `omnimask eval --protocol` choices (`omnimask.evaluation.PROTOCOLS`, without importing torch).
 PROTOCOLS = ("linear", "knn", "finetune")
@@ -91,23 +92,38 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
+    """The recipes as their plugins' specs describe them (no recipe module is imported), or,
+    with `--show`, one recipe's config as YAML (imports it)."""
     if args.show:
+        from omnimask.config import to_yaml
+
         recipe = get_recipe(args.show)
-        print(to_yaml(recipe.config(args.preset)), end="")
-        return 0
-    for name in discover().recipe_names():
         try:
-            recipe = get_recipe(name)
-        except PluginError as error:
-            print(f"{name:<28} (cannot import: {error})")
-            continue
-        presets = ", ".join(sorted(recipe.presets))
-        print(f"{name:<28} presets: {presets:<20} {recipe.summary}")
+            config = recipe.config(args.preset)
+        except KeyError as error:
+            raise ConfigError(str(error.args[0])) from None
+        print(to_yaml(config), end="")
+        return 0
+    discovery = discover()
+    for spec in sorted(discovery.plugins.values(), key=lambda s: s.name):
+        for name in sorted(spec.recipes):
+            entry = recipe_entry(spec, name)
+            if entry.presets:
+                presets = ", ".join(sorted(entry.presets))
+                print(f"{name:<28} presets: {presets:<20} {entry.summary}")
+            else:  # a spec that gives only the class: its presets need an import
+                print(f"{name:<28} (see `omnimask recipes --show {name}`)")
     return 0
 
 
 def build_config(recipe_name: str, preset: str, data: str | None, overrides: Sequence[str]):  # noqa: ANN201
-    recipe = get_recipe(recipe_name)
+    """The recipe and its config. A missing data path and a recipe that does not exist are
+    reported before the recipe's module (and torch) is imported."""
+    if data is not None and not Path(data).exists():
+        raise DataPathError(f"data path {data} does not exist")
+    recipe = get_recipe(recipe_name)  # an unknown name fails before any import
+    from omnimask.config import apply_overrides
+
     try:
         config = recipe.config(preset)
     except KeyError as error:
@@ -286,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("omnimask: interrupted; the newest checkpoint is kept for resuming", file=sys.stderr)
         return 130
     except Exception as error:
-        if isinstance(error, _user_errors()):
+        if isinstance(error, USER_ERRORS) or isinstance(error, _user_errors()):
             print(f"omnimask: error: {error}", file=sys.stderr)
             return 2
         raise

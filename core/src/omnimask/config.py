@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from omnimask.data import BAD_SAMPLE_POLICIES
+from omnimask.errors import ConfigError
 from omnimask.recipe import OPTIMIZERS, RecipeConfig
 
 if TYPE_CHECKING:
@@ -49,10 +50,6 @@ def is_resumable(key: str, eval_sections: Sequence[str] = ()) -> bool:
     `eval_sections` are the recipe's own evaluation-only sections (`Recipe.eval_sections`)."""
     sections = tuple(f"{name}." for name in (*EVAL_SECTIONS, *eval_sections))
     return key in RESUMABLE_KEYS or key.startswith(sections)
-
-
-class ConfigError(ValueError):
-    """A bad override or an unusable config file."""
 
 
 def _at_least(low: float) -> tuple[Callable[[Any], bool], str]:

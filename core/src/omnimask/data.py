@@ -14,26 +14,10 @@ from typing import Any
 
 from torch.utils.data import Dataset, get_worker_info
 
+from omnimask.errors import BadSampleError, DataPathError
 from omnimask.seeding import mix_seed, seeded_rng
 
 BAD_SAMPLE_POLICIES = ("raise", "skip")
-
-
-class BadSampleError(Exception):
-    """A sample that cannot be used. Always names the file (or record) and what is wrong."""
-
-    def __init__(self, source: str | os.PathLike[str], reason: str) -> None:
-        super().__init__(f"{source}: {reason}")
-        self.source = str(source)
-        self.reason = reason
-
-    def __reduce__(self) -> tuple[type[BadSampleError], tuple[str, str]]:
-        """Pickled with its two fields, so it crosses from a DataLoader worker intact."""
-        return type(self), (self.source, self.reason)
-
-
-class DataPathError(ValueError):
-    """A data path that is missing, empty or holds nothing readable."""
 
 
 def check_data_path(path: str | os.PathLike[str], patterns: tuple[str, ...]) -> list[Path]:

@@ -38,6 +38,17 @@ class UnknownRecipeError(KeyError):
 
 
 @dataclass(frozen=True)
+class RecipeEntry:
+    """A recipe as its plugin's spec declares it: where its `Recipe` class is, and what
+    `omnimask recipes` prints without importing that class's module (and torch). The
+    conformance kit checks `summary` and `presets` against the class."""
+
+    target: str  # "module:attribute"
+    summary: str = ""
+    presets: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class PluginSpec:
     """What a plugin declares about itself; building one must import nothing heavy.
 
@@ -47,7 +58,9 @@ class PluginSpec:
         version: the plugin's own version.
         core_api: the core API versions it supports, a PEP 440 specifier (">=0.2,<0.3").
         requires: import names needed to build its recipes (checked with `find_spec`).
-        recipes: recipe name -> "module:attribute" of its `Recipe` subclass.
+        recipes: recipe name -> a `RecipeEntry`, or just the "module:attribute" of its
+            `Recipe` subclass (then `omnimask recipes` cannot list its presets without
+            importing it).
     """
 
     name: str
@@ -55,7 +68,7 @@ class PluginSpec:
     version: str
     core_api: str
     requires: tuple[str, ...] = ()
-    recipes: dict[str, str] = field(default_factory=dict)
+    recipes: dict[str, str | RecipeEntry] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -130,6 +143,12 @@ def discover() -> Discovery:
     return Discovery(plugins, tuple(problems))
 
 
+def recipe_entry(spec: PluginSpec, name: str) -> RecipeEntry:
+    """Recipe `name` of `spec` as a `RecipeEntry`, whichever form the spec gives it in."""
+    entry = spec.recipes[name]
+    return entry if isinstance(entry, RecipeEntry) else RecipeEntry(entry)
+
+
 def get_recipe(name: str) -> Recipe:
     """Import and instantiate the recipe called `name` (`<plugin>/<method>`)."""
     discovery = discover()
@@ -146,12 +165,12 @@ def get_recipe(name: str) -> Recipe:
             else ""
         )
         raise UnknownRecipeError(f"unknown recipe {name!r}{hint} Known recipes: {listing}.{note}")
-    module_name, _, attribute = plugin.recipes[name].partition(":")
+    module_name, _, attribute = recipe_entry(plugin, name).target.partition(":")
     try:
         recipe_class = getattr(importlib.import_module(module_name), attribute)
     except Exception as error:
         raise PluginError(
             f"recipe {name!r} of plugin {plugin.name!r} failed to import "
-            f"({plugin.recipes[name]}): {type(error).__name__}: {error}"
+            f"({recipe_entry(plugin, name).target}): {type(error).__name__}: {error}"
         ) from error
     return recipe_class()

@@ -21,7 +21,7 @@ from omnimask.config import from_yaml, to_yaml
 from omnimask.engine.optim import build_optimizer
 from omnimask.export import export_model, load_safetensors_export
 from omnimask.model import LOSS_WEIGHT, MaskedModel
-from omnimask.plugins import discover, get_recipe
+from omnimask.plugins import discover, get_recipe, recipe_entry
 from omnimask.recipe import Recipe, RecipeConfig
 from omnimask.visualize import sample_batch
 
@@ -59,6 +59,16 @@ def _generator(seed: int) -> torch.Generator:
 def check_builds_from_spec(s: Subject) -> None:
     plugin = discover().plugins[s.name.split("/")[0]]
     assert s.name in plugin.recipes, f"{s.name}: not declared by its plugin spec"
+    entry = recipe_entry(plugin, s.name)
+    if entry.presets or entry.summary:  # what `omnimask recipes` prints must be the class's
+        assert entry.summary == s.recipe.summary, (
+            f"{s.name}: the spec's summary {entry.summary!r} is not the recipe's "
+            f"{s.recipe.summary!r}"
+        )
+        assert sorted(entry.presets) == sorted(s.recipe.presets), (
+            f"{s.name}: the spec lists presets {sorted(entry.presets)}, the recipe has "
+            f"{sorted(s.recipe.presets)}"
+        )
     assert "demo" in s.recipe.presets, f"{s.name}: no 'demo' preset"
     assert len(s.recipe.presets) >= 2, f"{s.name}: needs the paper preset beside 'demo'"
     for preset in s.recipe.presets:

@@ -6,7 +6,7 @@ importing `recipes`' modules, which happens only when a recipe is built.
 
 from importlib.metadata import version
 
-from omnimask.plugins import PluginSpec
+from omnimask.plugins import PluginSpec, RecipeEntry
 
 spec = PluginSpec(
     name="timeseries",
@@ -14,5 +14,11 @@ spec = PluginSpec(
     version=version("omnimask-timeseries"),
     core_api=">=0.2,<0.3",
     requires=("torch", "numpy"),
-    recipes={"timeseries/mae": "omnimask_timeseries.recipe:TimeSeriesMAE"},
+    recipes={
+        "timeseries/mae": RecipeEntry(
+            "omnimask_timeseries.recipe:TimeSeriesMAE",
+            summary="masked autoencoder on multichannel series patches (PatchTST / Ti-MAE style)",
+            presets=("demo", "proof", "paper"),
+        ),
+    },
 )

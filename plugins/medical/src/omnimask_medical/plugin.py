@@ -1,6 +1,6 @@
 """The medical plugin's manifest: cheap to import (no torch), read by omnimask's discovery."""
 
-from omnimask.plugins import PluginSpec
+from omnimask.plugins import PluginSpec, RecipeEntry
 
 spec = PluginSpec(
     name="medical",
@@ -8,5 +8,13 @@ spec = PluginSpec(
     version="0.2.0",
     core_api=">=0.2,<0.3",
     requires=("torch", "nibabel", "matplotlib"),
-    recipes={"medical/mambamim": "omnimask_medical.recipes:MambaMIMRecipe"},
+    recipes={
+        "medical/mambamim": RecipeEntry(
+            "omnimask_medical.recipes:MambaMIMRecipe",
+            summary=(
+                "MambaMIM: hybrid MedNeXt-Mamba encoder, bottom-up 3D masks, TOKI, on CT volumes"
+            ),
+            presets=("demo", "proof", "paper"),
+        ),
+    },
 )

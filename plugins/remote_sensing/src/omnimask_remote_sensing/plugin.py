@@ -1,6 +1,6 @@
 """The remote-sensing plugin's manifest: cheap to import (no torch, no rasterio)."""
 
-from omnimask.plugins import PluginSpec
+from omnimask.plugins import PluginSpec, RecipeEntry
 
 spec = PluginSpec(
     name="remote_sensing",
@@ -8,5 +8,13 @@ spec = PluginSpec(
     version="0.2.0",
     core_api=">=0.2,<0.3",
     requires=("torch", "rasterio", "numpy", "matplotlib", "timm"),
-    recipes={"remote_sensing/croma": "omnimask_remote_sensing.recipes:CromaRecipe"},
+    recipes={
+        "remote_sensing/croma": RecipeEntry(
+            "omnimask_remote_sensing.recipes:CromaRecipe",
+            summary=(
+                "CROMA: contrastive radar-optical masked autoencoder (Sentinel-1 + Sentinel-2)"
+            ),
+            presets=("demo", "proof", "paper"),
+        ),
+    },
 )

@@ -1,6 +1,6 @@
 """The video plugin's manifest: cheap to import (no torch, no PyAV)."""
 
-from omnimask.plugins import PluginSpec
+from omnimask.plugins import PluginSpec, RecipeEntry
 
 spec = PluginSpec(
     name="video",
@@ -8,5 +8,14 @@ spec = PluginSpec(
     version="0.2.0",
     core_api=">=0.2,<0.3",
     requires=("torch", "av", "transformers", "timm", "matplotlib", "PIL"),
-    recipes={"video/videomae": "omnimask_video.recipes:VideoMAERecipe"},
+    recipes={
+        "video/videomae": RecipeEntry(
+            "omnimask_video.recipes:VideoMAERecipe",
+            summary=(
+                "VideoMAE: 2x16x16 tubelets, 90% tube masking, visible-only ViT, per-tubelet "
+                "normalised MSE"
+            ),
+            presets=("demo", "proof", "paper"),
+        ),
+    },
 )
