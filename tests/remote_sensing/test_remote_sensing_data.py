@@ -162,6 +162,14 @@ def test_unreadable_tiff_is_named_and_skip_policy_counts_it(tmp_path) -> None:
     assert dataset.skipped_at_load == dataset.report.skipped_pairs  # what metrics.jsonl counts
 
 
+def test_a_file_without_crs_is_the_one_named(tmp_path) -> None:
+    s1, _ = write_pair(tmp_path, "a")
+    write_geotiff(tmp_path / "a_s1.tif", s1, None, from_origin(0.0, 320.0, 10, 10), -9999.0)
+    with pytest.raises(BadSampleError, match="has no CRS") as error:
+        ChipDataset(find_pairs(tmp_path), demo_config())
+    assert error.value.source.endswith("a_s1.tif")
+
+
 def test_all_nodata_chips_are_skipped_and_counted(tmp_path) -> None:
     s1, _ = write_pair(tmp_path, "a", size=32)
     s1[:, :16, :16] = -9999.0  # the top-left 16 px chip holds no radar data
