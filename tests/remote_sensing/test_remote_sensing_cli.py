@@ -110,3 +110,25 @@ def test_visualize_draws_any_band_layout(s1_bands, s2_bands, rgb, tmp_path) -> N
     with torch.no_grad():  # as `omnimask visualize` draws
         out = draw(model, batch, tmp_path / "figure.png", config.chips.rgb_bands, rows=2)
     assert matplotlib.image.imread(out)[..., :3].std() > 0.05
+
+
+def test_a_truncated_scene_ends_a_run_in_one_line_or_is_skipped_and_counted(
+    tmp_path, capsys
+) -> None:
+    from test_remote_sensing_data import truncate, write_pair
+
+    data = tmp_path / "data"
+    data.mkdir()
+    write_pair(data, "a", size=64)
+    write_pair(data, "b", size=64, seed=1)
+    truncate(data / "b_s2.tif")
+    short = ["chips.size=16", "train.steps=2", "train.batch_size=4", "train.progress=false"]
+    args = ["pretrain", RECIPE, "--data", str(data), *short, "train.log_every=1"]
+    assert main([*args, "--run-dir", str(tmp_path / "raise")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{data / 'b_s2.tif'}: the 16x16 px window" in err
+    run = tmp_path / "skip"
+    assert main([*args, "--run-dir", str(run), "data.on_bad_sample=skip"]) == 0
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    skipped = {r["skipped_samples"] for r in records if "loss" in r}
+    assert len(skipped) == 1 and 0 < skipped.pop() < 16  # b's unreadable chips, and only those

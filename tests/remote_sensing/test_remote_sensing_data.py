@@ -162,6 +162,30 @@ def test_unreadable_tiff_is_named_and_skip_policy_counts_it(tmp_path) -> None:
     assert dataset.skipped_at_load == dataset.report.skipped_pairs  # what metrics.jsonl counts
 
 
+def truncate(path, keep=0.5) -> None:
+    """Cut a file to its first `keep` share of bytes: the header still reads, later strips not."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def test_a_truncated_tiff_names_the_file_or_under_skip_loses_only_its_unreadable_chips(
+    tmp_path,
+) -> None:
+    write_pair(tmp_path, "a", size=64)
+    write_pair(tmp_path, "b", size=64, seed=1)
+    truncate(tmp_path / "b_s2.tif")
+    with pytest.raises(BadSampleError, match="window at column .* cannot be read") as error:
+        ChipDataset(find_pairs(tmp_path), demo_config(16))
+    assert error.value.source.endswith("b_s2.tif")
+    assert "See previous exception" not in str(error.value)  # GDAL's reason, not rasterio's
+    dataset = ChipDataset(find_pairs(tmp_path), demo_config(16), on_bad_sample="skip")
+    unreadable = dataset.report.unreadable_chips
+    assert 0 < len(unreadable) < 16 and all("b_s2.tif: the 16x16 px" in u for u in unreadable)
+    assert len(dataset) + len(unreadable) == 2 * 16  # the rest of b's chips are kept
+    assert dataset.skipped_at_load == unreadable  # what metrics.jsonl counts
+    assert dataset.report.skipped_pairs == []
+
+
 def test_a_file_without_crs_is_the_one_named(tmp_path) -> None:
     s1, _ = write_pair(tmp_path, "a")
     write_geotiff(tmp_path / "a_s1.tif", s1, None, from_origin(0.0, 320.0, 10, 10), -9999.0)
