@@ -125,13 +125,21 @@ def test_band_statistics_of_one_pass_equal_numpy_over_valid_pixels(scenes) -> No
     assert torch.equal(ChipDataset(scenes[:1], again)[0]["s2"], dataset[0]["s2"])
 
 
-def test_partial_nodata_pixels_become_the_band_mean(tmp_path) -> None:
+def test_partial_nodata_pixels_become_the_band_mean_and_are_marked_invalid(tmp_path) -> None:
     s1, s2 = write_pair(tmp_path, "a", size=16)
     s2[:, :4, :] = 0
+    s2[3, 10, 10] = 0  # one band's nodata makes the pixel nodata for both sensors
     write_geotiff(tmp_path / "a_s2.tif", s2, UTM, from_origin(0.0, 320.0, 10, 10), 0)
-    item = ChipDataset(find_pairs(tmp_path), demo_config(16))[0]
+    dataset = ChipDataset(find_pairs(tmp_path), demo_config(16))
+    item = dataset[0]
     assert torch.all(item["s1"][:, :4] == 0) and torch.all(item["s2"][:, :4] == 0)
-    assert torch.all(item["s2"][:, 4:] != 0)
+    assert torch.all(item["s2"][:, 4:10] != 0)
+    expected = torch.ones(16, 16, dtype=torch.bool)
+    expected[:4] = False
+    expected[10, 10] = False
+    assert item["valid"].dtype == torch.bool and torch.equal(item["valid"], expected)
+    batch = CromaRecipe().collate([item, dataset[0]])
+    assert torch.equal(batch["valid"], expected.expand(2, 16, 16))
 
 
 @pytest.mark.parametrize(

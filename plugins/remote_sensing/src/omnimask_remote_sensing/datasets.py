@@ -4,7 +4,8 @@ Building a data set opens every pair's headers (band counts, CRS, extent, dtype 
 each chip once through a window: chips with no valid pixel in either sensor are dropped and
 counted, and, when the config has no band statistics yet, per-band mean/std of the valid pixels
 are accumulated in the same pass and written into the config (which the engine saves with the
-run). Items are standardised with those statistics; nodata pixels become 0 (the band mean).
+run). Items are standardised with those statistics; nodata pixels become 0 (the band mean) and
+each item carries `valid`, which the model uses to leave them out of the reconstruction loss.
 
 Under `data.on_bad_sample=skip`, a pair whose headers fail the checks is left out, and so is a
 chip whose window cannot be read (a truncated or damaged file): each is logged and counted.
@@ -54,7 +55,8 @@ class ChipRef:
 
 
 class ChipDataset(Dataset):
-    """Standardised chips `{"s1": [C1, S, S], "s2": [C2, S, S], "crs", "transform"[, "label"]}`.
+    """Standardised chips `{"s1": [C1, S, S], "s2": [C2, S, S], "valid": [S, S], "crs",
+    "transform"[, "label"]}`; `valid` is True where every band of both sensors holds data.
 
     `transform` is the chip's affine (a, b, c, d, e, f) in float64 and `crs` its WKT, so any
     output on the chip grid can be written back as a GeoTIFF (`geotiff.write_geotiff`).
@@ -161,6 +163,7 @@ class ChipDataset(Dataset):
         item = {
             "s1": torch.from_numpy(s1.astype(np.float32)),
             "s2": torch.from_numpy(s2.astype(np.float32)),
+            "valid": torch.from_numpy(chip.valid),
             "crs": chip.crs.to_wkt(),
             "transform": torch.tensor(tuple(chip.transform)[:6], dtype=torch.float64),
         }
