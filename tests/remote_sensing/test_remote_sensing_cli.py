@@ -132,3 +132,25 @@ def test_a_truncated_scene_ends_a_run_in_one_line_or_is_skipped_and_counted(
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     skipped = {r["skipped_samples"] for r in records if "loss" in r}
     assert len(skipped) == 1 and 0 < skipped.pop() < 16  # b's unreadable chips, and only those
+
+
+def test_visualize_paints_nodata_magenta(run_dir, tmp_path) -> None:
+    from omnimask_remote_sensing.figures import draw
+
+    run = load_run(run_dir)
+    chips = run.recipe.build_dataset(run.config)
+    batch = default_collate([chips[i] for i in range(2)])
+    assert batch["valid"].all()
+    holed = {**batch, "valid": batch["valid"].clone()}
+    holed["valid"][0, 8:24, 8:24] = False
+
+    def magenta(figure_batch: dict, name: str) -> int:
+        with torch.no_grad():
+            out = draw(run.model, figure_batch, tmp_path / name, run.config.chips.rgb_bands, 2)
+        red, green, blue = matplotlib.image.imread(out)[..., :3].transpose(2, 0, 1)
+        return int(((red == 1) & (green == 0) & (blue == 1)).sum())
+
+    swatch = magenta(batch, "whole.png")  # the legend's, alone
+    assert 0 < swatch < 500
+    # the 16 px square, about 80 x 80 figure pixels, in each of row 0's six panels
+    assert magenta(holed, "holed.png") - swatch > 6 * 70 * 70
