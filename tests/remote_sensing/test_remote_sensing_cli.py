@@ -110,3 +110,47 @@ def test_visualize_draws_any_band_layout(s1_bands, s2_bands, rgb, tmp_path) -> N
     with torch.no_grad():  # as `omnimask visualize` draws
         out = draw(model, batch, tmp_path / "figure.png", config.chips.rgb_bands, rows=2)
     assert matplotlib.image.imread(out)[..., :3].std() > 0.05
+
+
+def test_a_truncated_scene_ends_a_run_in_one_line_or_is_skipped_and_counted(
+    tmp_path, capsys
+) -> None:
+    from test_remote_sensing_data import truncate, write_pair
+
+    data = tmp_path / "data"
+    data.mkdir()
+    write_pair(data, "a", size=64)
+    write_pair(data, "b", size=64, seed=1)
+    truncate(data / "b_s2.tif")
+    short = ["chips.size=16", "train.steps=2", "train.batch_size=4", "train.progress=false"]
+    args = ["pretrain", RECIPE, "--data", str(data), *short, "train.log_every=1"]
+    assert main([*args, "--run-dir", str(tmp_path / "raise")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{data / 'b_s2.tif'}: the 16x16 px window" in err
+    run = tmp_path / "skip"
+    assert main([*args, "--run-dir", str(run), "data.on_bad_sample=skip"]) == 0
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    skipped = {r["skipped_samples"] for r in records if "loss" in r}
+    assert len(skipped) == 1 and 0 < skipped.pop() < 16  # b's unreadable chips, and only those
+
+
+def test_visualize_paints_nodata_magenta(run_dir, tmp_path) -> None:
+    from omnimask_remote_sensing.figures import draw
+
+    run = load_run(run_dir)
+    chips = run.recipe.build_dataset(run.config)
+    batch = default_collate([chips[i] for i in range(2)])
+    assert batch["valid"].all()
+    holed = {**batch, "valid": batch["valid"].clone()}
+    holed["valid"][0, 8:24, 8:24] = False
+
+    def magenta(figure_batch: dict, name: str) -> int:
+        with torch.no_grad():
+            out = draw(run.model, figure_batch, tmp_path / name, run.config.chips.rgb_bands, 2)
+        red, green, blue = matplotlib.image.imread(out)[..., :3].transpose(2, 0, 1)
+        return int(((red == 1) & (green == 0) & (blue == 1)).sum())
+
+    swatch = magenta(batch, "whole.png")  # the legend's, alone
+    assert 0 < swatch < 500
+    # the 16 px square, about 80 x 80 figure pixels, in each of row 0's six panels
+    assert magenta(holed, "holed.png") - swatch > 6 * 70 * 70

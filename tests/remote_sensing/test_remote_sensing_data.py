@@ -125,13 +125,21 @@ def test_band_statistics_of_one_pass_equal_numpy_over_valid_pixels(scenes) -> No
     assert torch.equal(ChipDataset(scenes[:1], again)[0]["s2"], dataset[0]["s2"])
 
 
-def test_partial_nodata_pixels_become_the_band_mean(tmp_path) -> None:
+def test_partial_nodata_pixels_become_the_band_mean_and_are_marked_invalid(tmp_path) -> None:
     s1, s2 = write_pair(tmp_path, "a", size=16)
     s2[:, :4, :] = 0
+    s2[3, 10, 10] = 0  # one band's nodata makes the pixel nodata for both sensors
     write_geotiff(tmp_path / "a_s2.tif", s2, UTM, from_origin(0.0, 320.0, 10, 10), 0)
-    item = ChipDataset(find_pairs(tmp_path), demo_config(16))[0]
+    dataset = ChipDataset(find_pairs(tmp_path), demo_config(16))
+    item = dataset[0]
     assert torch.all(item["s1"][:, :4] == 0) and torch.all(item["s2"][:, :4] == 0)
-    assert torch.all(item["s2"][:, 4:] != 0)
+    assert torch.all(item["s2"][:, 4:10] != 0)
+    expected = torch.ones(16, 16, dtype=torch.bool)
+    expected[:4] = False
+    expected[10, 10] = False
+    assert item["valid"].dtype == torch.bool and torch.equal(item["valid"], expected)
+    batch = CromaRecipe().collate([item, dataset[0]])
+    assert torch.equal(batch["valid"], expected.expand(2, 16, 16))
 
 
 @pytest.mark.parametrize(
@@ -160,6 +168,38 @@ def test_unreadable_tiff_is_named_and_skip_policy_counts_it(tmp_path) -> None:
     dataset = ChipDataset(find_pairs(tmp_path), demo_config(), on_bad_sample="skip")
     assert len(dataset.report.skipped_pairs) == 1 and len(dataset) == 4
     assert dataset.skipped_at_load == dataset.report.skipped_pairs  # what metrics.jsonl counts
+
+
+def truncate(path, keep=0.5) -> None:
+    """Cut a file to its first `keep` share of bytes: the header still reads, later strips not."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def test_a_truncated_tiff_names_the_file_or_under_skip_loses_only_its_unreadable_chips(
+    tmp_path,
+) -> None:
+    write_pair(tmp_path, "a", size=64)
+    write_pair(tmp_path, "b", size=64, seed=1)
+    truncate(tmp_path / "b_s2.tif")
+    with pytest.raises(BadSampleError, match="window at column .* cannot be read") as error:
+        ChipDataset(find_pairs(tmp_path), demo_config(16))
+    assert error.value.source.endswith("b_s2.tif")
+    assert "See previous exception" not in str(error.value)  # GDAL's reason, not rasterio's
+    dataset = ChipDataset(find_pairs(tmp_path), demo_config(16), on_bad_sample="skip")
+    unreadable = dataset.report.unreadable_chips
+    assert 0 < len(unreadable) < 16 and all("b_s2.tif: the 16x16 px" in u for u in unreadable)
+    assert len(dataset) + len(unreadable) == 2 * 16  # the rest of b's chips are kept
+    assert dataset.skipped_at_load == unreadable  # what metrics.jsonl counts
+    assert dataset.report.skipped_pairs == []
+
+
+def test_a_file_without_crs_is_the_one_named(tmp_path) -> None:
+    s1, _ = write_pair(tmp_path, "a")
+    write_geotiff(tmp_path / "a_s1.tif", s1, None, from_origin(0.0, 320.0, 10, 10), -9999.0)
+    with pytest.raises(BadSampleError, match="has no CRS") as error:
+        ChipDataset(find_pairs(tmp_path), demo_config())
+    assert error.value.source.endswith("a_s1.tif")
 
 
 def test_all_nodata_chips_are_skipped_and_counted(tmp_path) -> None:

@@ -186,3 +186,68 @@ def test_two_processes_with_batch_b_optimise_the_loss_of_one_process_with_batch_
     gathered = torch.cat([r["optical_grad"] for r in ranks]) / 2
     torch.testing.assert_close(gathered, whole_optical.grad)
     torch.testing.assert_close(torch.cat([r["radar_grad"] for r in ranks]) / 2, whole_radar.grad)
+
+
+def nodata_batch(batch: dict) -> dict:
+    """`batch` with `valid`: chip 0 has no data in its left 12 columns (one column of 8 px
+    patches wholly, the next half), chip 1 none in one corner pixel."""
+    valid = torch.ones(4, 32, 32, dtype=torch.bool)
+    valid[0, :, :12] = False
+    valid[1, 0, 0] = False
+    return {**batch, "valid": valid}
+
+
+def test_values_under_nodata_change_no_loss(model_and_batch) -> None:
+    model, batch = model_and_batch
+    batch = nodata_batch(batch)
+    hide = ~batch["valid"].unsqueeze(1)
+    noise = torch.Generator().manual_seed(9)
+    other = {
+        **batch,
+        "s1": batch["s1"].masked_fill(hide, -9999.0),
+        "s2": torch.where(hide, 1e4 * torch.rand(batch["s2"].shape, generator=noise), batch["s2"]),
+    }
+    for seed in range(3):
+        with torch.no_grad():
+            losses = model(batch, torch.Generator().manual_seed(seed))
+            again = model(other, torch.Generator().manual_seed(seed))
+        for name in ("loss", "contrastive", "reconstruction_optical", "reconstruction_radar"):
+            assert torch.equal(losses[name], again[name]), name
+
+
+def test_reconstruction_averages_valid_pixels_and_skips_patches_without_any(
+    model_and_batch,
+) -> None:
+    model, batch = model_and_batch
+    batch = nodata_batch(batch)
+    with torch.no_grad():
+        output = model.predict(batch, torch.Generator().manual_seed(3))
+    pixels = output.tokens.extras["valid"]  # [B, N, 64]
+    assert pixels.shape == (4, 16, 64) and not pixels[0, 0].any()
+    assert not pixels[0, 1, :4].any() and pixels[0, 1, 4:8].all()  # row 0: columns 8-11, 12-15
+    hidden = output.mask & pixels.any(-1)
+    assert (output.mask & ~pixels.any(-1)).any()  # some hidden patch holds no data at all
+    target = output.target
+    for b, n in hidden.nonzero().tolist():  # each scored patch: standardised over valid pixels
+        keep = pixels[b, n]
+        joint = torch.cat(
+            [target.optical[b, n].view(64, 12)[keep], target.radar[b, n].view(64, 2)[keep]], 1
+        )
+        assert joint.mean().abs().item() < 1e-4 and joint.std().item() == pytest.approx(1, 1e-3)
+    for sensor, bands in (("optical", 12), ("radar", 2)):
+        error = (getattr(output.prediction, sensor) - getattr(target, sensor)).pow(2)
+        per_patch = [
+            error[b, n].view(64, bands)[pixels[b, n]].mean() for b, n in hidden.nonzero().tolist()
+        ]
+        expected = torch.stack(per_patch).mean()
+        torch.testing.assert_close(output.losses[f"reconstruction_{sensor}"], expected)
+
+
+def test_an_all_valid_mask_keeps_the_unmasked_loss(model_and_batch) -> None:
+    model, batch = model_and_batch
+    every = {**batch, "valid": torch.ones(4, 32, 32, dtype=torch.bool)}
+    with torch.no_grad():
+        plain = model(batch, torch.Generator().manual_seed(4))
+        masked = model(every, torch.Generator().manual_seed(4))
+    for name in ("loss", "reconstruction_optical", "reconstruction_radar"):
+        torch.testing.assert_close(masked[name], plain[name])

@@ -4,7 +4,11 @@ Building a data set opens every pair's headers (band counts, CRS, extent, dtype 
 each chip once through a window: chips with no valid pixel in either sensor are dropped and
 counted, and, when the config has no band statistics yet, per-band mean/std of the valid pixels
 are accumulated in the same pass and written into the config (which the engine saves with the
-run). Items are standardised with those statistics; nodata pixels become 0 (the band mean).
+run). Items are standardised with those statistics; nodata pixels become 0 (the band mean) and
+each item carries `valid`, which the model uses to leave them out of the reconstruction loss.
+
+Under `data.on_bad_sample=skip`, a pair whose headers fail the checks is left out, and so is a
+chip whose window cannot be read (a truncated or damaged file): each is logged and counted.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ class ScanReport:
     chips: int = 0
     nodata_chips: int = 0
     skipped_pairs: list[str] = field(default_factory=list)
+    unreadable_chips: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -50,7 +55,8 @@ class ChipRef:
 
 
 class ChipDataset(Dataset):
-    """Standardised chips `{"s1": [C1, S, S], "s2": [C2, S, S], "crs", "transform"[, "label"]}`.
+    """Standardised chips `{"s1": [C1, S, S], "s2": [C2, S, S], "valid": [S, S], "crs",
+    "transform"[, "label"]}`; `valid` is True where every band of both sensors holds data.
 
     `transform` is the chip's affine (a, b, c, d, e, f) in float64 and `crs` its WKT, so any
     output on the chip grid can be written back as a GeoTIFF (`geotiff.write_geotiff`).
@@ -66,8 +72,9 @@ class ChipDataset(Dataset):
         self.pairs: list[ScenePair] = []
         self.infos: list[SceneInfo] = []
         self.report = ScanReport()
-        self.skipped_at_load = self.report.skipped_pairs  # the engine counts them
+        self.skipped_at_load: list[str] = []  # pairs and chips; the engine counts them
         self.s1_linear = chips.s1_linear
+        self.on_bad_sample = on_bad_sample
         for pair in pairs:
             try:
                 info = inspect_pair(pair, chips.s1_bands, chips.s2_bands)
@@ -81,6 +88,7 @@ class ChipDataset(Dataset):
                     raise
                 logger.warning("skipped scene pair: %s", error)
                 self.report.skipped_pairs.append(str(error))
+                self.skipped_at_load.append(str(error))
                 continue
             self.pairs.append(pair)
             self.infos.append(info)
@@ -102,8 +110,15 @@ class ChipDataset(Dataset):
         s1_stats, s2_stats = RunningBandStats(s1_bands), RunningBandStats(s2_bands)
         kept = []
         for index, (pair, info) in enumerate(zip(self.pairs, self.infos)):
+            unreadable: list[str] = []
             for window in chip_windows(info, size):
-                chip = read_chip(pair, info, window, self.s1_linear)
+                try:
+                    chip = read_chip(pair, info, window, self.s1_linear)
+                except BadSampleError as error:
+                    if self.on_bad_sample == "raise":
+                        raise
+                    unreadable.append(str(error))
+                    continue
                 if not chip.valid.any():
                     self.report.nodata_chips += 1
                     continue
@@ -111,10 +126,21 @@ class ChipDataset(Dataset):
                 if compute_stats:
                     s1_stats.update(chip.s1[:, chip.valid])
                     s2_stats.update(chip.s2[:, chip.valid])
+            if unreadable:  # one line per pair: a truncated scene fails chip after chip
+                logger.warning(
+                    "skipped %d unreadable chips of a scene pair, the first: %s",
+                    len(unreadable),
+                    unreadable[0],
+                )
+                self.report.unreadable_chips.extend(unreadable)
+                self.skipped_at_load.extend(unreadable)
         if self.report.nodata_chips:
             logger.info("left out %d chips without valid pixels", self.report.nodata_chips)
         if not kept:
-            raise DataPathError("every chip of the data is nodata: nothing to train on")
+            raise DataPathError(
+                f"no usable chip: {self.report.nodata_chips} hold no valid pixel and "
+                f"{len(self.report.unreadable_chips)} cannot be read; nothing to train on"
+            )
         self.report.chips = len(kept)
         if compute_stats:
             config.stats = BandStats(
@@ -137,6 +163,7 @@ class ChipDataset(Dataset):
         item = {
             "s1": torch.from_numpy(s1.astype(np.float32)),
             "s2": torch.from_numpy(s2.astype(np.float32)),
+            "valid": torch.from_numpy(chip.valid),
             "crs": chip.crs.to_wkt(),
             "transform": torch.tensor(tuple(chip.transform)[:6], dtype=torch.float64),
         }

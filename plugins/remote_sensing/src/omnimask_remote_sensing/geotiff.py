@@ -146,12 +146,13 @@ def inspect_pair(pair: ScenePair, s1_bands: int, s2_bands: int) -> SceneInfo:
                 raise BadSampleError(
                     source.name, f"has {source.count} bands, expected {expected} for {what}"
                 )
+        for path, source in ((pair.s1, s1), (pair.s2, s2)):  # before comparing: name the file
+            if source.crs is None:
+                raise BadSampleError(path, "has no CRS: the pair cannot be checked for alignment")
         if s1.crs != s2.crs:
             raise BadSampleError(
                 pair.s2, f"CRS {s2.crs} differs from {s1.crs} of its S1 partner {pair.s1}"
             )
-        if s1.crs is None:
-            raise BadSampleError(pair.s1, "has no CRS: the pair cannot be checked for alignment")
         if (s1.width, s1.height) != (s2.width, s2.height) or not s1.transform.almost_equals(
             s2.transform
         ):
@@ -235,7 +236,13 @@ def read_chip(pair: ScenePair, info: SceneInfo, window: Window, s1_linear: bool)
             try:
                 arrays.append(source.read(window=window, out_dtype="float32"))
             except RasterioIOError as error:
-                raise BadSampleError(path, f"window {window} cannot be read ({error})") from None
+                # rasterio's own message is "Read failed. See previous exception for details.";
+                # GDAL's reason (e.g. "TIFFReadEncodedStrip() failed") is the chained one.
+                raise BadSampleError(
+                    path,
+                    f"the {window.width}x{window.height} px window at column {window.col_off}, "
+                    f"row {window.row_off} cannot be read ({error.__cause__ or error})",
+                ) from None
     s1, s2 = arrays
     valid = _valid(s1, info.s1_nodata) & _valid(s2, info.s2_nodata)
     if s1_linear:

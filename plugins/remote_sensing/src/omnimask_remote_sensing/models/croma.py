@@ -6,6 +6,14 @@ the visible patches; a symmetric InfoNCE aligns their pooled, projected encoding
 encoder (depth L/2, radar tokens cross-attending to optical tokens) feeds a light decoder that
 reconstructs the hidden patches of both sensors (MSE on per-patch normalised pixels). Positions
 enter only through 2D-ALiBi (self-attention) and X-ALiBi (cross-attention) biases.
+
+Nodata: a batch may carry `valid` (`[B, H, W]` bool, True where every band of both sensors holds
+data). The tokenizer sets nodata pixels to 0 (the band mean after standardisation), so what lies
+under nodata never reaches the model, and the reconstruction target and loss use valid pixels
+only: a hidden patch's error is averaged over its valid pixels, a patch without any adds nothing.
+Fully-nodata patches still enter the encoders as band-mean tokens and their pooled vectors (as
+in torchgeo's CROMA, which pools every token): the contrastive loss is not masked for them. Both
+sensors share one validity mask, so the two pooled vectors of a chip average the same places.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from omnimask import Decoder, Encoder, MaskedModel, Target, Tokens
 from omnimask.gather import gather_tokens, mask_to_indices, scatter_tokens
 from omnimask.masking import RandomMasker
 from omnimask.model import Batch, MaskedOutput
-from omnimask.patching import grid_positions, patch_grid, patchify, per_patch_normalize
+from omnimask.patching import grid_positions, patch_grid, patchify
 from timm.layers import build_sincos2d_pos_embed
 from torch import Tensor, nn
 
@@ -37,11 +45,13 @@ EMBEDDINGS = ("optical", "radar", "joint", "concat")
 
 
 class CromaTokenizer(nn.Module):
-    """Batch `{"s2": [B, C2, H, W], "s1": [B, C1, H, W]}` -> patch tokens on one grid.
+    """Batch `{"s2": [B, C2, H, W], "s1": [B, C1, H, W][, "valid": [B, H, W]]}` -> patch tokens
+    on one grid.
 
     Each present sensor's patches go to `tokens.extras["optical" | "radar"]`; `values` is their
     concatenation (what the token count and masks are defined on). Either sensor may be absent
-    for unimodal use downstream.
+    for unimodal use downstream. With `valid`, nodata pixels are set to 0 and its patches
+    (`[B, N, p * p]` bool) go to `tokens.extras["valid"]`.
     """
 
     def __init__(self, patch_size: int) -> None:
@@ -56,13 +66,22 @@ class CromaTokenizer(nn.Module):
         if len(set(shapes.values())) > 1:
             raise ValueError(f"optical and radar images must have the same size, got {shapes}")
         size = (self.patch_size, self.patch_size)
+        valid = batch.get("valid")
+        if valid is not None:
+            # Zeroed here, not only by the data set: whatever a batch holds under nodata, the
+            # model's inputs, and so its losses, are the same.
+            hide = ~valid.unsqueeze(1)
+            images = {name: x.float().masked_fill(hide, 0.0) for name, x in images.items()}
         patches = {name: patchify(x.float(), size) for name, x in images.items()}
         first = next(iter(images.values()))
         grid = patch_grid(first.shape[-2:], size)
         positions = grid_positions(grid, first.device).float()
         batch_size = first.shape[0]
+        values = torch.cat(list(patches.values()), dim=-1)
+        if valid is not None:
+            patches["valid"] = patchify(valid.unsqueeze(1), size)
         return Tokens(
-            values=torch.cat(list(patches.values()), dim=-1),
+            values=values,
             positions=positions.expand(batch_size, *positions.shape),
             grid=grid,
             extras=patches,
@@ -205,10 +224,49 @@ class CromaEncoder(Encoder):
 
 @dataclass
 class SensorPatches:
-    """Per-sensor patch tensors `[B, N, p * p * C]`: a prediction or a target."""
+    """Per-sensor patch tensors `[B, N, p * p * C]`: a prediction or a target.
+
+    A target also carries `valid` (`[B, N, p * p]` bool, pixels holding data), or None when
+    every pixel does.
+    """
 
     optical: Tensor
     radar: Tensor
+    valid: Tensor | None = None
+
+
+def patch_moments(patches: Tensor, weights: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Per-token mean and `sqrt(var + 1e-6)` over the last dim, `[..., 1]` each, counting only
+    values whose weight is 1 (all when `weights` is None); shared by the target and the figures.
+
+    Without weights this is `omnimask.patching.per_patch_normalize`'s (MAE's) statistics:
+    unbiased variance, eps inside the root. A token without any valid value gets mean 0 and
+    std sqrt(eps); its target is never scored.
+    """
+    eps = 1e-6
+    if weights is None:
+        mean = patches.mean(dim=-1, keepdim=True)
+        var = (patches - mean).square().sum(dim=-1, keepdim=True) / (patches.shape[-1] - 1)
+        return mean, (var + eps).sqrt()
+    count = weights.sum(dim=-1, keepdim=True)
+    mean = (patches * weights).sum(dim=-1, keepdim=True) / count.clamp_min(1.0)
+    var = ((patches - mean) * weights).square().sum(dim=-1, keepdim=True)
+    return mean, (var / (count - 1.0).clamp_min(1.0) + eps).sqrt()
+
+
+def value_weights(valid: Tensor, values: int) -> Tensor:
+    """Pixel validity `[B, N, p * p]` -> float weights for patches of `values` values per token
+    (laid out pixel by pixel, channels last)."""
+    return valid.repeat_interleave(values // valid.shape[-1], dim=-1).float()
+
+
+def joint_weights(valid: Tensor | None, optical: Tensor, radar: Tensor) -> Tensor | None:
+    """Weights for `cat([optical, radar], -1)`, each sensor's patch laid out on its own."""
+    if valid is None:
+        return None
+    return torch.cat(
+        [value_weights(valid, optical.shape[-1]), value_weights(valid, radar.shape[-1])], dim=-1
+    )
 
 
 class CromaDecoder(Decoder):
@@ -253,23 +311,36 @@ class CromaTarget(Target):
     """Per-patch normalised pixels of both sensors; MSE on the hidden patches of each.
 
     As in CROMA's code, each patch is standardised over all its optical and radar values
-    together, then split back by sensor.
+    together, then split back by sensor. With nodata (`tokens.extras["valid"]`), the patch
+    statistics and each patch's error use its valid pixels only, and hidden patches without a
+    valid pixel are left out of the mean over patches; with every pixel valid this is the
+    unmasked loss.
     """
 
     def forward(self, batch: Batch, tokens: Tokens) -> SensorPatches:
         optical, radar = tokens.extras["optical"], tokens.extras["radar"]
-        normalised = per_patch_normalize(torch.cat([optical, radar], dim=-1))
+        valid = tokens.extras.get("valid")
+        joint = torch.cat([optical, radar], dim=-1)
+        mean, std = patch_moments(joint, joint_weights(valid, optical, radar))
+        normalised = (joint - mean) / std
         return SensorPatches(
-            normalised[..., : optical.shape[-1]], normalised[..., optical.shape[-1] :]
+            normalised[..., : optical.shape[-1]], normalised[..., optical.shape[-1] :], valid
         )
 
     def loss(
         self, prediction: SensorPatches, target: SensorPatches, mask: Tensor
     ) -> dict[str, Tensor]:
         hidden = mask.to(prediction.optical.dtype)
+        if target.valid is not None:
+            hidden = hidden * target.valid.any(-1).to(hidden.dtype)  # patches with data
 
         def masked_mse(predicted: Tensor, wanted: Tensor) -> Tensor:
-            per_patch = (predicted - wanted).pow(2).mean(-1)
+            error = (predicted - wanted).pow(2)
+            if target.valid is None:
+                per_patch = error.mean(-1)
+            else:
+                weights = value_weights(target.valid, error.shape[-1])
+                per_patch = (error * weights).sum(-1) / weights.sum(-1).clamp_min(1.0)
             return (per_patch * hidden).sum() / hidden.sum().clamp_min(1.0)
 
         return {
