@@ -330,9 +330,9 @@ class CromaTarget(Target):
     def loss(
         self, prediction: SensorPatches, target: SensorPatches, mask: Tensor
     ) -> dict[str, Tensor]:
-        hidden = mask.to(prediction.optical.dtype)
+        hidden = mask.float()  # counted in float32 also under bf16 autocast
         if target.valid is not None:
-            hidden = hidden * target.valid.any(-1).to(hidden.dtype)  # patches with data
+            hidden = hidden * target.valid.any(-1).float()  # patches with data
 
         def masked_mse(predicted: Tensor, wanted: Tensor) -> Tensor:
             error = (predicted - wanted).pow(2)
@@ -341,7 +341,7 @@ class CromaTarget(Target):
             else:
                 weights = value_weights(target.valid, error.shape[-1])
                 per_patch = (error * weights).sum(-1) / weights.sum(-1).clamp_min(1.0)
-            return (per_patch * hidden).sum() / hidden.sum().clamp_min(1.0)
+            return (per_patch.float() * hidden).sum() / hidden.sum().clamp_min(1.0)
 
         return {
             "reconstruction_optical": masked_mse(prediction.optical, target.optical),
