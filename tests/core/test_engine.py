@@ -431,6 +431,73 @@ def test_two_processes_match_one_process_with_the_doubled_batch(tmp_path, maskin
     torch.testing.assert_close(torch.tensor(two), torch.tensor(one), rtol=1e-5, atol=1e-6)
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("localhost", 0))
+        return probe.getsockname()[1]
+
+
+SBATCH = Path(__file__).parents[2] / "scripts" / "slurm" / "pretrain.sbatch"
+FAKE_SLURM = Path(__file__).parent / "fake_slurm"
+
+
+def slurm_job(run: Path, log: Path, *args: str) -> subprocess.Popen:
+    """`scripts/slurm/pretrain.sbatch` as SLURM runs it for a 2-node job, with `srun` and
+    `scontrol` stood in for (`fake_slurm/`): one `torchrun --nnodes 2` per node, meeting through
+    c10d rendezvous (gloo), both on this machine."""
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PATH": f"{FAKE_SLURM}:{BIN}:{os.environ['PATH']}",
+        "SLURM_JOB_ID": "77",
+        "SLURM_NNODES": "2",
+        "SLURM_JOB_NODELIST": "node[1-2]",
+        "OMNIMASK_PROCS_PER_NODE": "1",
+        "OMNIMASK_RDZV_PORT": str(free_port()),
+        "FAKE_SLURM_LOG": str(log),
+    }
+    command = ["bash", SBATCH, RUN_TOY, run, *args]
+    return subprocess.Popen(command, env=env, start_new_session=True)
+
+
+def test_a_two_node_slurm_job_matches_one_process_and_resumes_exactly_when_requeued(
+    tmp_path,  # noqa: ANN001
+) -> None:
+    """Two nodes with batch 4 each give the per-step losses and final weights of one process
+    with batch 8, also when the job is told its time is up (USR1: it requeues itself), killed
+    past its step-4 checkpoint, and started again."""
+    args = ["model.dropout=0.0", "delay=0.02", "train.batch_size=4"]
+    one = tmp_path / "one"
+    train(one, "model.dropout=0.0", "train.batch_size=8")
+
+    run, log = tmp_path / "two_nodes", tmp_path / "slurm.log"
+    job = slurm_job(run, log, *args)
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and job.poll() is None:
+        if metrics.exists() and len(read_metrics(metrics)) >= 6:
+            break
+        time.sleep(0.05)
+    job.send_signal(signal.SIGUSR1)  # what `--signal=B:USR1@300` sends before the time limit
+    deadline = time.time() + 30
+    while time.time() < deadline and not log.exists():
+        time.sleep(0.05)
+    os.killpg(job.pid, signal.SIGKILL)  # the time limit: every process of the job goes
+    job.wait()
+    assert log.read_text() == "requeue 77\n"
+    assert [step for step, _ in list_checkpoints(run / "checkpoints")] == [4]
+
+    requeued = slurm_job(run, log, *args)
+    assert requeued.wait(timeout=240) == 0
+    expected = losses(read_metrics(one / "metrics.jsonl"))
+    torch.testing.assert_close(torch.tensor(losses(read_metrics(metrics))), torch.tensor(expected))
+    resumed, uninterrupted = load(final_weights(run)), load(final_weights(one))
+    for key, value in uninterrupted.items():
+        torch.testing.assert_close(resumed[key], value, msg=lambda m, key=key: f"{key}: {m}")
+
+
 def test_each_process_takes_its_slice_of_the_global_batch() -> None:
     single = ResumableBatchSampler(10, 4, seed=3, start=0, stop=6)
     ranks = [
