@@ -9,8 +9,12 @@
    Target: the engine at most 5% slower.
 2. Samples/s of the recipe's data pipeline (through the engine's seeded, indexed dataset wrapper)
    against the training step rate: the loader must outrun the model.
+3. Start-up, in fresh interpreters, as ratios to `python -c "import torch"`: `omnimask --help`,
+   `plugins` and `recipes` (which import no torch), and `omnimask pretrain` until its first
+   training step is logged.
 
     python benchmarks/engine.py [--recipe timeseries/mae] [--steps 30] [--rounds 3]
+    python benchmarks/engine.py --only startup
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +38,7 @@ from omnimask.plugins import get_recipe
 from torch.utils.data import DataLoader
 
 WARMUP = 10
+OMNIMASK = Path(sys.executable).parent / "omnimask"
 WINDOW = 10  # the engine's default log_every: it logs the mean step time of each window
 
 
@@ -101,6 +108,47 @@ def loader_samples_per_s(recipe, config, workers: int, batches: int) -> float:  
     return batches * size / (time.perf_counter() - start)
 
 
+def wall_seconds(command: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def seconds_to_first_step(recipe: str, preset: str) -> float:
+    """Wall seconds from starting `omnimask pretrain` to its first line in `metrics.jsonl`."""
+    with tempfile.TemporaryDirectory() as folder:
+        metrics = Path(folder) / "run" / "metrics.jsonl"
+        command = [OMNIMASK, "pretrain", recipe, "--preset", preset, "--run-dir", metrics.parent]
+        command += ["train.steps=2", "train.log_every=1", "train.progress=false"]
+        start = time.perf_counter()
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while not (metrics.exists() and metrics.read_text().strip()):
+            if process.poll() is not None:
+                raise RuntimeError(f"{' '.join(map(str, command))} ended before its first step")
+            time.sleep(0.01)
+        elapsed = time.perf_counter() - start
+        process.wait()
+    return elapsed
+
+
+def startup(recipe: str, preset: str, rounds: int) -> None:
+    """Medians over `rounds` fresh interpreters; the demo data is generated before timing."""
+    seconds_to_first_step(recipe, preset)  # makes the default data and warms the file cache
+    torch_import = statistics.median(
+        wall_seconds([sys.executable, "-c", "import torch"]) for _ in range(rounds)
+    )
+    info = {"rounds": rounds, "statistic": "median"}
+    emit("import_torch_s", torch_import, **info)
+    for command in (["--help"], ["plugins"], ["recipes"]):
+        seconds = statistics.median(wall_seconds([OMNIMASK, *command]) for _ in range(rounds))
+        name = command[0].lstrip("-")
+        emit(f"cli_{name}_s", seconds, **info)
+        emit(f"cli_{name}_over_import_torch", seconds / torch_import, target="< 1", **info)
+    first = statistics.median(seconds_to_first_step(recipe, preset) for _ in range(rounds))
+    emit("pretrain_first_step_s", first, recipe=recipe, preset=preset, **info)
+    emit("pretrain_first_step_over_import_torch", first / torch_import, recipe=recipe, **info)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--recipe", default="timeseries/mae")
@@ -109,7 +157,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--only", choices=("steps", "startup"), help="one part of the benchmark")
     args = parser.parse_args()
+    if args.only != "steps":
+        startup(args.recipe, args.preset, args.rounds)
+    if args.only == "startup":
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     recipe = get_recipe(args.recipe)
