@@ -290,3 +290,8 @@ def test_a_missing_data_path_is_reported_before_the_recipe_is_imported(
     monkeypatch.setattr(cli, "get_recipe", lambda name: pytest.fail("the recipe was imported"))
     assert main(["pretrain", "toy/mim", "--data", "/no/such/folder"]) == 2
     assert "data path /no/such/folder does not exist" in capsys.readouterr().err
+
+
+def test_prepare_builds_the_training_set_once_and_says_its_size(capsys) -> None:  # noqa: ANN001
+    assert main(["prepare", "toy/mim"]) == 0
+    assert capsys.readouterr().out.strip() == "toy/mim: 64 training samples ready"

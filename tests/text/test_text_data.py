@@ -21,13 +21,8 @@ from omnimask_text.corpus import (
     read_labelled,
     word_order_record,
 )
-from omnimask_text.dataset import (
-    build_rows,
-    collate_rows,
-    pack,
-    split_into_chunks,
-    tokenize_documents,
-)
+from omnimask_text.dataset import build_rows, collate_rows, pack, tokenize_documents
+from omnimask_text.tokens import split_into_chunks
 from omnimask_text.vocab import CLS, SEP, continuation_flags
 
 

@@ -1,6 +1,7 @@
 """The `omnimask` command line.
 
     omnimask plugins | recipes [--show NAME] | pretrain RECIPE [--preset P] [--data PATH] [k=v...]
+    omnimask prepare RECIPE [--preset P] [--data PATH] [k=v...]
     omnimask eval RUN | visualize RUN | export RUN --format F | bench RECIPE
 
 Every user-facing failure (unknown recipe, bad override, bad data, a run that cannot be resumed)
@@ -144,6 +145,20 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    """Build the recipe's training set once (and with it every cache it keeps: a trained
+    tokenizer, token files, decoded volumes), so that the processes of a run, on one machine or
+    many, start from it instead of each building it."""
+    recipe, config = build_config(args.recipe, args.preset, args.data, args.overrides)
+    dataset = recipe.build_dataset(config)
+    skipped = len(getattr(dataset, "skipped_at_load", ()))
+    print(
+        f"{args.recipe}: {len(dataset)} training samples ready"
+        + (f" ({skipped} bad inputs left out)" if skipped else "")
+    )
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from omnimask.evaluation import evaluate_run
 
@@ -230,6 +245,12 @@ def parser() -> argparse.ArgumentParser:
     recipe_arguments(pretrain)
     pretrain.add_argument("--run-dir", type=Path, help="default runs/<recipe>/<timestamp>")
     pretrain.set_defaults(func=cmd_pretrain)
+
+    prepare = sub.add_parser(
+        "prepare", help="build a recipe's data caches once (tokenizer, token files, ...)"
+    )
+    recipe_arguments(prepare)
+    prepare.set_defaults(func=cmd_prepare)
 
     evaluate = sub.add_parser(
         "eval", help="linear probe, kNN or fine-tuning: the run's encoder vs random init"

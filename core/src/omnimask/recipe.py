@@ -114,9 +114,10 @@ class Recipe(ABC):
     #: plugin export formats besides safetensors (which the core always writes).
     export_formats: ClassVar[Sequence[str]] = ()
     #: terms of the loss dict that depend on the other samples of the batch by design (InfoNCE
-    #: negatives, a codebook's batch perplexity), each with why. Every other term must not
-    #: depend on how a batch is split ("Losses and the batch" in core/README.md); the
-    #: conformance kit checks it, and checks `loss` itself when no term is declared here.
+    #: negatives, a codebook's batch perplexity, a metric over a subset of the tokens), each
+    #: with why; `loss` itself when one of them is part of it. Every other term must not depend
+    #: on how a batch is split ("Losses and the batch" in core/README.md): the conformance kit
+    #: checks it.
     batch_coupled_terms: ClassVar[dict[str, str]] = {}
 
     def config(self, preset: str = "demo") -> RecipeConfig:

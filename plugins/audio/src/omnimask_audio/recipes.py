@@ -25,6 +25,7 @@ class W2VBertRecipe(Recipe):
     config_class = W2VBertConfig
     presets = {"demo": demo, "paper": paper}
     batch_coupled_terms = {
+        "loss": "holds the diversity loss",
         "diversity_loss": "the perplexity of the codebook's mean softmax over the batch, per "
         "process, as in wav2vec 2.0",
         "code_perplexity": "codes used in the batch (a monitor)",

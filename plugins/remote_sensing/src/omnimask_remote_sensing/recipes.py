@@ -51,9 +51,10 @@ class CromaRecipe(Recipe):
     presets = {"demo": demo, "proof": proof, "paper": paper}
     export_formats = ("torchgeo",)
     batch_coupled_terms = {
+        "loss": "holds the contrastive term",
         "contrastive": "InfoNCE whose negatives are the other chips of the global batch, "
         "gathered from every process: N processes with batch B equal one with N x B, but "
-        "micro-batches (train.grad_accum) each see only their own negatives"
+        "micro-batches (train.grad_accum) each see only their own negatives",
     }
 
     def build_model(self, config: CromaConfig) -> CromaModel:

@@ -20,6 +20,9 @@ class VocabConfig:
     size: int = 4096
     min_frequency: int = 2
     lowercase: bool = True
+    # a corpus larger than this trains the vocabulary on every k-th document, k chosen so that
+    # about this many bytes are read (the documents' spread over the corpus is kept)
+    train_bytes: int = 1 << 30
 
 
 @dataclass

@@ -75,31 +75,58 @@ def decode_utf8(path: Path, data: bytes) -> str:
 
 
 def read_file(path: Path, field: str, skipped: list[str] | None = None) -> list[Document]:
-    """The documents of one corpus file; raises `BadSampleError` when it cannot be used. With
-    a `skipped` list, a bad JSONL line is logged, listed there and left out instead: the
-    file's other lines still count."""
+    """The documents of one corpus file (`iter_file`, as a list)."""
+    return list(iter_file(path, field, skipped))
+
+
+def iter_file(path: Path, field: str, skipped: list[str] | None = None) -> Iterator[Document]:
+    """The documents of one corpus file, read as they are needed (a JSONL file line by line, a
+    Parquet file a batch of rows at a time), so memory does not grow with the file; raises
+    `BadSampleError` when it cannot be used. With a `skipped` list, a bad JSONL line is
+    logged, listed there and left out instead: the file's other lines still count."""
     if path.suffix == ".parquet":
-        return _read_parquet(path, field)
-    data = path.read_bytes()
-    if not data.strip():
-        raise BadSampleError(path, "empty file (no text)")
-    text = decode_utf8(path, data)
+        yield from _iter_parquet(path, field)
+        return
     if path.suffix != ".jsonl":
-        return [Document(str(path), text)]
-    documents = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            documents += _jsonl_document(path, number, line, field)
-        except BadSampleError as error:
-            if skipped is None:
-                raise
-            logger.warning("skipped bad corpus line: %s", error)
-            skipped.append(str(error))
-    if not documents:
+        data = path.read_bytes()  # one document per file
+        if not data.strip():
+            raise BadSampleError(path, "empty file (no text)")
+        yield Document(str(path), decode_utf8(path, data))
+        return
+    found, blank = False, True
+    with path.open("rb") as file:
+        offset = 0
+        for number, raw in enumerate(file, start=1):
+            start, offset = offset, offset + len(raw)
+            if not raw.strip():
+                continue
+            blank = False
+            try:
+                documents = _jsonl_document(path, number, _decode_line(path, raw, start), field)
+            except BadSampleError as error:
+                if skipped is None:
+                    raise
+                logger.warning("skipped bad corpus line: %s", error)
+                skipped.append(str(error))
+                continue
+            found |= bool(documents)
+            yield from documents
+    if blank:
+        raise BadSampleError(path, "empty file (no text)")
+    if not found:
         raise BadSampleError(path, f"no non-empty {field!r} text in any line")
-    return documents
+
+
+def _decode_line(path: Path, raw: bytes, start: int) -> str:
+    """A line that starts at byte `start` of `path`, as text (`decode_utf8`'s error, with the
+    offset in the file)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        offset = start + error.start
+        raise BadSampleError(
+            path, f"invalid UTF-8 at byte offset {offset} ({error.reason})"
+        ) from None
 
 
 def _jsonl_document(path: Path, number: int, line: str, field: str) -> list[Document]:
@@ -114,24 +141,26 @@ def _jsonl_document(path: Path, number: int, line: str, field: str) -> list[Docu
     return [Document(f"{path}:{number}", text)] if text.strip() else []
 
 
-def _read_parquet(path: Path, field: str) -> list[Document]:
+def _iter_parquet(path: Path, field: str, batch_rows: int = 4096) -> Iterator[Document]:
+    """Column `field` of a Parquet file, `batch_rows` rows at a time (`pyarrow.parquet`)."""
     import pyarrow.parquet as pq
 
     try:
-        schema = pq.read_schema(path)
+        parquet = pq.ParquetFile(path)
     except Exception as error:  # pyarrow raises several types for unreadable files
         raise BadSampleError(path, f"not a readable Parquet file ({error})") from None
-    if field not in schema.names:
-        raise BadSampleError(path, f"no column {field!r} (columns: {', '.join(schema.names)})")
-    values = pq.read_table(path, columns=[field]).column(field).to_pylist()
-    documents = [
-        Document(f"{path}:row{row}", value)
-        for row, value in enumerate(values)
-        if isinstance(value, str) and value.strip()
-    ]
-    if not documents:
+    names = parquet.schema_arrow.names
+    if field not in names:
+        raise BadSampleError(path, f"no column {field!r} (columns: {', '.join(names)})")
+    row, found = 0, False
+    for batch in parquet.iter_batches(batch_size=batch_rows, columns=[field]):
+        for value in batch.column(0).to_pylist():
+            if isinstance(value, str) and value.strip():
+                found = True
+                yield Document(f"{path}:row{row}", value)
+            row += 1
+    if not found:
         raise BadSampleError(path, f"column {field!r} holds no text")
-    return documents
 
 
 def is_saved_dataset(path: Path) -> bool:
@@ -141,9 +170,10 @@ def is_saved_dataset(path: Path) -> bool:
     )
 
 
-def read_saved_dataset(path: Path, field: str, split: str = "train") -> list[Document]:
+def iter_saved_dataset(path: Path, field: str, split: str = "train") -> Iterator[Document]:
     """The `field` column of a `save_to_disk` folder (for a `DatasetDict`, of split `split`),
-    read with `datasets.load_from_disk`: local Arrow files, memory-mapped, never the Hub."""
+    read with `datasets.load_from_disk`: local Arrow files, memory-mapped, never the Hub, a
+    batch of rows at a time."""
     import datasets
 
     try:
@@ -159,17 +189,19 @@ def read_saved_dataset(path: Path, field: str, split: str = "train") -> list[Doc
     if field not in loaded.column_names:
         columns = ", ".join(loaded.column_names)
         raise BadSampleError(path, f"no column {field!r} (columns: {columns}); set corpus.field")
-    documents = []
-    for row, value in enumerate(loaded[field]):
-        if not isinstance(value, str):
-            raise BadSampleError(
-                f"{path}:row{row}", f"column {field!r} holds {type(value).__name__}, not text"
-            )
-        if value.strip():
-            documents.append(Document(f"{path}:row{row}", value))
-    if not documents:
+    row, found = 0, False
+    for batch in loaded.select_columns([field]).iter(batch_size=4096):
+        for value in batch[field]:
+            if not isinstance(value, str):
+                raise BadSampleError(
+                    f"{path}:row{row}", f"column {field!r} holds {type(value).__name__}, not text"
+                )
+            if value.strip():
+                found = True
+                yield Document(f"{path}:row{row}", value)
+            row += 1
+    if not found:
         raise BadSampleError(path, f"column {field!r} holds no text")
-    return documents
 
 
 def corpus_files(path: str | os.PathLike[str], split: str = "train") -> list[Path]:
@@ -189,24 +221,39 @@ def read_corpus(
     split: str = "train",
     skipped: list[str] | None = None,
 ) -> list[Document]:
-    """Every document under `path` (a `datasets` folder, or files in sorted order). Bad files
-    and JSONL lines raise `BadSampleError`, or with `on_bad="skip"` are logged, left out and
-    listed in `skipped` (one line is left out, not its whole file)."""
+    """Every document under `path` as a list (`iter_corpus`): for small corpora and tests."""
+    return list(iter_corpus(path, field, on_bad, split, skipped))
+
+
+def iter_corpus(
+    path: str | os.PathLike[str],
+    field: str,
+    on_bad: str = "raise",
+    split: str = "train",
+    skipped: list[str] | None = None,
+) -> Iterator[Document]:
+    """Every document under `path` (a `datasets` folder, or files in sorted order), one at a
+    time: the streaming pass that tokenizes a corpus larger than memory. Bad files and JSONL
+    lines raise `BadSampleError`, or with `on_bad="skip"` are logged, left out and listed in
+    `skipped` (one line is left out, not its whole file; a file that fails part way keeps the
+    documents it gave before)."""
     if is_saved_dataset(Path(path)):
-        return read_saved_dataset(Path(path), field, split)
+        yield from iter_saved_dataset(Path(path), field, split)
+        return
     skipped = [] if skipped is None else skipped
-    documents: list[Document] = []
+    found = False
     for file in check_data_path(path, PATTERNS):
         try:
-            documents += read_file(file, field, skipped if on_bad == "skip" else None)
+            for document in iter_file(file, field, skipped if on_bad == "skip" else None):
+                found = True
+                yield document
         except BadSampleError as error:
             if on_bad == "raise":
                 raise
             logger.warning("skipped bad corpus file: %s", error)
             skipped.append(str(error))
-    if not documents:
+    if not found:
         raise BadSampleError(path, "no readable document")
-    return documents
 
 
 # ---------------------------------------------------------------- embedded corpus

@@ -1,6 +1,7 @@
 """From documents to training rows: tokenize, split long documents, pack rows, collate.
 
-A row holds `seq_len` token ids. Each document is tokenized once; one longer than a row is split
+A row holds `seq_len` token ids. Each document is tokenized once, in one streaming pass over the
+corpus into memory-mapped token files (`omnimask_text.tokens`); one longer than a row is split
 into consecutive chunks (every token is trained on, nothing is truncated), each chunk framed as
 `[CLS] chunk [SEP]`. With packing, chunks are laid end to end into rows (best fit; a chunk
 never straddles two rows), so a row carries almost no padding; `sequence_ids` tells the
@@ -11,8 +12,10 @@ padded to its longest row.
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +31,13 @@ from omnimask_text.config import MLMConfig
 from omnimask_text.corpus import (
     corpus_files,
     ensure_embedded_data,
+    iter_corpus,
     read_corpus,
     read_labelled,
 )
 from omnimask_text.lexicon import NgramLexicon, build_lexicon
 from omnimask_text.models.build import SpecialIds
+from omnimask_text.tokens import TokenRows, framed_chunks, pack_layout, token_cache
 from omnimask_text.vocab import (
     CLS,
     SEP,
@@ -66,12 +71,29 @@ def tokenizer_path(config: MLMConfig) -> Path:
     files = corpus_files(corpus_path(config), config.corpus.split)
     path = cached_tokenizer_path(corpus_key(files, config.vocab, config.corpus.field))
     if not path.exists():
-        documents = read_corpus(
-            corpus_path(config), config.corpus.field, config.data.on_bad_sample, config.corpus.split
+        total = sum(f.stat().st_size for f in files)
+        stride = max(1, math.ceil(total / config.vocab.train_bytes))
+        logger.info(
+            "training a WordPiece vocabulary on %s of the corpus -> %s",
+            "all" if stride == 1 else f"every {stride}th document",
+            path,
         )
-        logger.info("training a WordPiece vocabulary on %d documents -> %s", len(documents), path)
-        save_atomically(train_wordpiece([d.text for d in documents], config.vocab), path)
+        texts = itertools.islice(corpus_texts(config), 0, None, stride)
+        save_atomically(train_wordpiece(texts, config.vocab), path)
     return path
+
+
+def corpus_texts(config: MLMConfig, skipped: list[str] | None = None) -> Iterator[str]:
+    """The corpus's documents, streamed (at most `corpus.max_documents` when it is set)."""
+    documents = iter_corpus(
+        corpus_path(config),
+        config.corpus.field,
+        config.data.on_bad_sample,
+        config.corpus.split,
+        skipped,
+    )
+    limit = config.corpus.max_documents or None
+    return (document.text for document in itertools.islice(documents, limit))
 
 
 def lexicon_path(config: MLMConfig) -> Path:
@@ -113,135 +135,62 @@ def load_lexicon(config: MLMConfig, tokenizer: Tokenizer) -> NgramLexicon:
     return NgramLexicon.load(path, tokenizer.get_vocab_size(), vocabulary_digest(tokenizer))
 
 
-def split_into_chunks(
-    ids: Sequence[int], body: int, continuation: Sequence[bool] | None = None
-) -> list[list[int]]:
-    """Consecutive pieces of at most `body` ids covering all of `ids`. Given the vocabulary's
-    `continuation` flags, each cut falls before the start of a word, so no row begins with a
-    lone `##` piece that whole-word masking would take for a word (a word longer than `body`
-    pieces is cut where it must)."""
-    chunks, start = [], 0
-    while start < len(ids):
-        end = min(start + body, len(ids))
-        if continuation is not None and end < len(ids):
-            cut = end
-            while cut > start + 1 and continuation[ids[cut]]:
-                cut -= 1
-            end = cut if not continuation[ids[cut]] else end
-        chunks.append(list(ids[start:end]))
-        start = end
-    return chunks
-
-
-def frame(chunk: list[int], cls: int, sep: int) -> list[int]:
-    return [cls, *chunk, sep]
-
-
 def pack(chunks: Sequence[list[int]], seq_len: int) -> list[tuple[list[int], list[int]]]:
-    """Best-fit-decreasing packing into (ids, sequence ids) rows of at most `seq_len` tokens.
-
-    Longest chunks first, each into the open row it fills most tightly; rows are kept in
-    buckets by free space, so a placement costs at most `seq_len` bucket lookups. Rows come out
-    nearly full (greedy in-order packing leaves about a quarter of a row empty on short
-    documents), and every chunk stays whole within one row.
-    """
-    rows: list[list[list[int]]] = []
-    by_free_space: dict[int, list[int]] = {}
-    for chunk in sorted(chunks, key=len, reverse=True):
-        size = len(chunk)
-        fitting = next((free for free in range(size, seq_len + 1) if by_free_space.get(free)), None)
-        if fitting is None:
-            rows.append([chunk])
-            row, free = len(rows) - 1, seq_len - size
-        else:
-            row = by_free_space[fitting].pop()
-            rows[row].append(chunk)
-            free = fitting - size
-        by_free_space.setdefault(free, []).append(row)
-    packed = []
-    for row_chunks in rows:
+    """`(ids, sequence ids)` rows of `chunks` packed by `tokens.pack_layout` (best fit)."""
+    order, starts = pack_layout(np.asarray([len(c) for c in chunks]), seq_len)
+    rows = []
+    for first, last in zip(starts[:-1].tolist(), starts[1:].tolist()):
+        row_chunks = [chunks[c] for c in order[first:last].tolist()]
         ids = [token for chunk in row_chunks for token in chunk]
         sequence_ids = [n + 1 for n, chunk in enumerate(row_chunks) for _ in chunk]
-        packed.append((ids, sequence_ids))
-    return packed
-
-
-class TextRows(Dataset):
-    """Rows of token ids; items are `{"input_ids", "sequence_ids", "vocab_digest"}` tensors."""
-
-    def __init__(self, rows: list[tuple[list[int], list[int]]], digest: int) -> None:
-        self.rows = rows
-        self.digest = torch.tensor(digest, dtype=torch.long)
-        self.skipped_at_load: list[str] = []  # bad files / lines left out (engine counts them)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index: int) -> dict[str, Tensor]:
-        ids, sequence_ids = self.rows[index]
-        return {
-            "input_ids": torch.tensor(ids, dtype=torch.long),
-            "sequence_ids": torch.tensor(sequence_ids, dtype=torch.long),
-            "vocab_digest": self.digest,
-        }
+        rows.append((ids, sequence_ids))
+    return rows
 
 
 def tokenize_documents(
     tokenizer: Tokenizer, texts: Sequence[str], seq_len: int
 ) -> tuple[list[list[int]], int]:
     """Framed chunks of every document (long ones split), and how many documents were split."""
-    cls, sep = tokenizer.token_to_id(CLS), tokenizer.token_to_id(SEP)
-    body = seq_len - 2
-    if body < 1:
-        raise ValueError(f"corpus.seq_len must be at least 3 ([CLS] x [SEP]), got {seq_len}")
-    continuation = continuation_flags(tokenizer)
-    chunks: list[list[int]] = []
-    split = 0
-    for encoding in tokenizer.encode_batch(list(texts), add_special_tokens=False):
-        pieces = split_into_chunks(encoding.ids, body, continuation)
-        split += len(pieces) > 1
-        chunks += [frame(piece, cls, sep) for piece in pieces if piece]
+    chunks, split = [], 0
+    for chunk, starts_split_document in framed_chunks(tokenizer, texts, seq_len):
+        chunks.append(chunk)
+        split += starts_split_document
     return chunks, split
 
 
-def build_rows(config: MLMConfig, tokenizer: Tokenizer, texts: Sequence[str]) -> TextRows:
-    seq_len = config.corpus.seq_len
-    chunks, split = tokenize_documents(tokenizer, texts, seq_len)
-    if split:
-        logger.info(
-            "%d of %d documents are longer than corpus.seq_len=%d and were split into rows",
-            split,
-            len(texts),
-            seq_len,
-        )
-    if config.corpus.packing:
-        rows = pack(chunks, seq_len)
-    else:
-        rows = [(chunk, [1] * len(chunk)) for chunk in chunks]
-    return TextRows(rows, vocabulary_digest(tokenizer))
+def build_rows(config: MLMConfig, tokenizer: Tokenizer, texts: Sequence[str]) -> TokenRows:
+    """Rows of a few documents, in memory (tests, figures)."""
+    chunks, _ = tokenize_documents(tokenizer, texts, config.corpus.seq_len)
+    digest = vocabulary_digest(tokenizer)
+    return TokenRows.from_chunks(chunks, config.corpus.packing, config.corpus.seq_len, digest)
 
 
-def build_text_dataset(config: MLMConfig) -> TextRows:
+def build_text_dataset(config: MLMConfig) -> TokenRows:
+    """The training rows, from the corpus's token cache (`tokens.token_cache`: tokenized in one
+    streaming pass the first time, memory-mapped afterwards)."""
     tokenizer = resolve_tokenizer(config)
+    corpus = config.corpus
+    files = corpus_files(corpus_path(config), corpus.split)
+    settings = f"{corpus.field}/{corpus.split}/{corpus.max_documents}/{config.data.on_bad_sample}"
     skipped: list[str] = []
-    documents = read_corpus(
-        corpus_path(config),
-        config.corpus.field,
-        config.data.on_bad_sample,
-        config.corpus.split,
+    folder, meta = token_cache(
+        corpus_key(files, config.vocab, settings),
+        tokenizer,
+        lambda: corpus_texts(config, skipped),
+        corpus.seq_len,
         skipped,
     )
-    if config.corpus.max_documents > 0:
-        documents = documents[: config.corpus.max_documents]
-    rows = build_rows(config, tokenizer, [d.text for d in documents])
-    rows.skipped_at_load = skipped
+    for reason in meta["skipped"] if not skipped else ():  # cached: say it again
+        logger.warning("skipped bad corpus input: %s", reason)
+    rows = TokenRows(folder, corpus.packing, vocabulary_digest(tokenizer))
+    rows.skipped_at_load = list(meta["skipped"])
     return rows
 
 
 class LabelledTexts(Dataset):
     """Whole documents with an int label, one per item (for the linear probe and kNN)."""
 
-    def __init__(self, rows: TextRows, labels: list[int]) -> None:
+    def __init__(self, rows: TokenRows, labels: list[int]) -> None:
         self.rows, self.labels = rows, labels
 
     def __len__(self) -> int:
@@ -265,11 +214,9 @@ def build_labelled(config: MLMConfig, path: str | None) -> tuple[LabelledTexts, 
     sets = []
     for split in read_labelled(file, config.corpus.field):
         encodings = tokenizer.encode_batch([text for text, _ in split], add_special_tokens=False)
-        rows = []
-        for encoding in encodings:
-            ids = frame(encoding.ids[: seq_len - 2], cls, sep)
-            rows.append((ids, [1] * len(ids)))
-        sets.append(LabelledTexts(TextRows(rows, digest), [y for _, y in split]))
+        chunks = [[cls, *encoding.ids[: seq_len - 2], sep] for encoding in encodings]
+        rows = TokenRows.from_chunks(chunks, packing=False, seq_len=seq_len, digest=digest)
+        sets.append(LabelledTexts(rows, [y for _, y in split]))
     return sets[0], sets[1]
 
 

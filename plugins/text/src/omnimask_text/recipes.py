@@ -239,6 +239,10 @@ class TextRecipe(Recipe):
 
 class MLMRecipe(TextRecipe):
     name = "text/mlm"
+    batch_coupled_terms = {
+        "ngram_accuracy": "explicit n-gram masking's accuracy over the n-gram positions only (a "
+        "metric with its own count)"
+    }
     summary = (
         "masked language modelling: BERT 80/10/10, whole-word, SpanBERT, n-gram, "
         "ERNIE-Gram explicit n-gram, MosaicBERT"

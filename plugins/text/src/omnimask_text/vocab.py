@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from omnimask.data import default_data_dir
@@ -44,7 +44,9 @@ def build_untrained(lowercase: bool) -> Tokenizer:
     return tokenizer
 
 
-def train_wordpiece(texts: Sequence[str], config: VocabConfig) -> Tokenizer:
+def train_wordpiece(texts: Iterable[str], config: VocabConfig) -> Tokenizer:
+    """WordPiece trained from an iterator of texts (`train_from_iterator`: the corpus is read
+    once, never held in memory)."""
     tokenizer = build_untrained(config.lowercase)
     trainer = WordPieceTrainer(
         vocab_size=config.size,
@@ -53,7 +55,7 @@ def train_wordpiece(texts: Sequence[str], config: VocabConfig) -> Tokenizer:
         continuing_subword_prefix=CONTINUATION_PREFIX,
         show_progress=False,
     )
-    tokenizer.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    tokenizer.train_from_iterator(texts, trainer=trainer)
     cls, sep = tokenizer.token_to_id(CLS), tokenizer.token_to_id(SEP)
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{CLS} $A {SEP}",
@@ -65,7 +67,9 @@ def train_wordpiece(texts: Sequence[str], config: VocabConfig) -> Tokenizer:
 
 def corpus_key(files: Sequence[Path], config: VocabConfig, field: str) -> str:
     """Digest naming a trained tokenizer: same files (path, size, mtime) + settings -> same key."""
-    parts = [f"{config.size}/{config.min_frequency}/{config.lowercase}/{field}"]
+    parts = [
+        f"{config.size}/{config.min_frequency}/{config.lowercase}/{config.train_bytes}/{field}"
+    ]
     for file in files:
         stat = file.stat()
         parts.append(f"{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}")

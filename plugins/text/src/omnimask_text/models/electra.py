@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from omnimask import Decoder, MaskedOutput, Target, Tokens
+from omnimask import LOSS_WEIGHT, Decoder, MaskedOutput, Target, Tokens
 from omnimask.model import Batch
 from omnimask.seeding import sample_generators
 from torch import Tensor, nn
@@ -128,12 +128,17 @@ class ElectraModel(TextMaskedModel):
         num_tokens = tokens.count_tensor()
         losses = self.target.loss(prediction, target, mask)
         rtd_loss = losses.pop("rtd_loss")
+        # Weighed by the real tokens (those the dominant detection loss averages over; the
+        # generator's masked tokens are a fixed share of them): processes and micro-batches of
+        # rows of different lengths then train like one batch (core README, "Losses and the
+        # batch").
         losses = {
             "loss": mlm_loss + self.discriminator_weight * rtd_loss,
             "mlm_loss": mlm_loss.detach(),
             "rtd_loss": rtd_loss.detach(),
             **losses,
             "num_tokens": num_tokens,
+            LOSS_WEIGHT: (target >= 0).sum().float(),
         }
         return MaskedOutput(tokens, mask, prediction, target, losses)
 

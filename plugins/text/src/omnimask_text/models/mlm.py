@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omnimask import Decoder, MaskedOutput, Target, Tokens
+from omnimask import LOSS_WEIGHT, Decoder, MaskedOutput, Target, Tokens
 from omnimask.model import Batch
 from torch import Tensor, nn
 
@@ -45,7 +45,11 @@ class TokenIdTarget(Target):
         labels = target[mask]
         loss = F.cross_entropy(prediction.float(), labels)
         accuracy = (prediction.argmax(-1) == labels).float().mean()
-        return {"loss": loss, "mlm_accuracy": accuracy.detach()}
+        # A mean over the batch's masked tokens, whose number varies per row: the count goes
+        # with it, so processes and micro-batches are weighed by it (core README, "Losses and
+        # the batch"), as Hugging Face's Trainer does with `num_items_in_batch`.
+        count = torch.tensor(float(labels.numel()), device=loss.device)
+        return {"loss": loss, "mlm_accuracy": accuracy.detach(), LOSS_WEIGHT: count}
 
 
 class MLMModel(TextMaskedModel):

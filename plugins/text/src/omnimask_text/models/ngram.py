@@ -17,7 +17,7 @@ import dataclasses
 
 import torch
 import torch.nn.functional as F
-from omnimask import MaskedOutput, Target, Tokens
+from omnimask import LOSS_WEIGHT, MaskedOutput, Target, Tokens
 from omnimask.model import Batch
 from torch import Tensor, nn
 
@@ -122,7 +122,8 @@ class JointLabelTarget(Target):
         loss = F.cross_entropy(prediction.float(), labels)
         correct = (prediction.argmax(-1) == labels).float()
         is_ngram = labels >= self.vocab_size
-        metrics = {"loss": loss, "mlm_accuracy": correct.mean().detach()}
+        count = torch.tensor(float(labels.numel()), device=loss.device)  # see mlm.MLMTarget
+        metrics = {"loss": loss, "mlm_accuracy": correct.mean().detach(), LOSS_WEIGHT: count}
         metrics["ngram_share"] = is_ngram.float().mean().detach()
         if bool(is_ngram.any()):
             metrics["ngram_accuracy"] = correct[is_ngram].mean().detach()
