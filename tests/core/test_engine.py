@@ -565,3 +565,18 @@ def test_configure_fills_data_derived_values_before_the_model_and_the_saved_conf
     _, newest = list_checkpoints(run / "checkpoints")[0]
     weights = load((newest / "model.safetensors").read_bytes())
     assert weights["encoder.body.0.weight"].shape == (32, 4)
+
+
+def test_the_random_init_baseline_is_the_model_the_run_started_from(tmp_path) -> None:  # noqa: ANN001
+    from omnimask.evaluation import initial_model
+
+    run = tmp_path / "run"
+    train(run, "train.steps=1", "train.lr=1e-12", "train.warmup_steps=0")
+    recipe = ToyRecipe()
+    config = from_yaml((run / "config.yaml").read_text(), type(recipe.config()))
+    started = initial_model(recipe, config).state_dict()
+    trained = load(final_weights(run))
+    for key, value in trained.items():  # one step at lr 1e-12 moves no weight by 1e-6
+        torch.testing.assert_close(started[key], value, atol=1e-6, rtol=0)
+    other = initial_model(recipe, apply_overrides(config, ["train.seed=1"])).state_dict()
+    assert any(not torch.allclose(other[k], v, atol=1e-3) for k, v in trained.items())

@@ -143,6 +143,16 @@ def labelled_datasets(
     return train_set, test_set
 
 
+def initial_model(recipe: Recipe, config: RecipeConfig) -> MaskedModel:
+    """The model a run of `config` started from, the random-init side of every comparison:
+    built under process 0's seed, as `Engine.run` builds it (other processes start from process
+    0's weights). The gap then measures pretraining alone, not also another random draw."""
+    from omnimask.seeding import mix_seed
+
+    torch.manual_seed(mix_seed(config.train.seed, 0))
+    return recipe.build_model(config)
+
+
 def evaluate_run(
     run_dir: Path,
     data: str | None = None,
@@ -179,8 +189,7 @@ def evaluate_run(
         )
     config = apply_overrides(run.config, list(overrides)) if overrides else run.config
     seed = config.train.seed
-    torch.manual_seed(seed)
-    baseline = recipe.build_model(config)
+    baseline = initial_model(recipe, config)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     models = {"pretrained": run.model.to(device), "random_init": baseline.to(device)}
     result: dict[str, Any] = {
