@@ -353,6 +353,18 @@ def test_a_batch_of_bad_samples_is_refilled_and_the_run_resumes_exactly(tmp_path
     assert losses(train(resumed, *args)) == losses(whole)
 
 
+def test_resume_with_another_per_process_batch_is_refused_even_for_the_same_global_batch(
+    tmp_path,  # noqa: ANN001
+) -> None:
+    """Batch 8 resumed as 2 micro-batches of 4 is the same global batch, but `train.batch_size`
+    is part of what a run computes: one line names it, rather than a continuation whose
+    exactness would rest on every recipe's loss following the batch contract."""
+    run = tmp_path / "run"
+    train(run, "train.steps=4")
+    with pytest.raises(ResumeError, match=r"train.batch_size: saved 8, now 4"):
+        train(run, "train.steps=8", "train.batch_size=4", "train.grad_accum=2")
+
+
 def test_resume_with_an_incompatible_config_is_refused_and_loses_nothing(tmp_path) -> None:
     run = tmp_path / "run"
     train(run)
