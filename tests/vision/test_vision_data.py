@@ -172,6 +172,10 @@ def _png_shards(folder: Path, count: int, per_shard: int = 3) -> list[Path]:
     return shards
 
 
+def members(dataset: TarShardDataset) -> list[tuple[Path, str, int, int]]:
+    return [dataset.member(i) for i in range(len(dataset))]
+
+
 def _count_tar_opens(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Every `tarfile.open` from now on, by shard name (reading headers starts with one)."""
     opened: list[str] = []
@@ -199,7 +203,7 @@ def test_second_start_reads_the_saved_shard_index_not_the_tar_headers(
     opened.clear()
     second = pretraining_dataset(str(tmp_path), config)
     assert opened == []  # no tar header read at the second start
-    assert second.members == first.members and len(second) == 9
+    assert members(second) == members(first) and len(second) == 9
     torch.testing.assert_close(second[4]["image"], first[4]["image"])
 
 
@@ -225,12 +229,12 @@ def test_a_damaged_shard_index_is_rebuilt_with_one_warning(
 ) -> None:
     _png_shards(tmp_path, 2)
     config = ImageConfig(size=SIZE, flip=False)
-    expected = pretraining_dataset(str(tmp_path), config).members
+    expected = members(pretraining_dataset(str(tmp_path), config))
     for index in (tmp_path / ".omnimask-cache").iterdir():
-        index.write_text('{"format": 1, "members": [')  # cut short
+        index.write_text('{"format": 1, "names": [')  # cut short
     opened = _count_tar_opens(monkeypatch)
     with caplog.at_level("WARNING", logger="omnimask"):
-        assert pretraining_dataset(str(tmp_path), config).members == expected
+        assert members(pretraining_dataset(str(tmp_path), config)) == expected
     assert sorted(opened) == ["shard-000.tar", "shard-001.tar"]
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "rebuilt 2 unreadable tar shard index" in warnings[0]
@@ -262,9 +266,9 @@ def test_concurrent_starts_each_write_a_whole_shard_index(tmp_path: Path) -> Non
     config = ImageConfig(size=SIZE, flip=False)
     with ThreadPoolExecutor(8) as pool:
         built = list(pool.map(lambda _: pretraining_dataset(str(tmp_path), config), range(8)))
-    assert all(d.members == built[0].members for d in built) and len(built[0]) == 80
+    assert all(members(d) == members(built[0]) for d in built) and len(built[0]) == 80
     cache = tmp_path / ".omnimask-cache"
     assert sorted(p.name for p in cache.iterdir()) == [
         f"shard-00{i}.tar.index.json" for i in range(4)
     ]
-    assert all(len(json.loads(p.read_text())["members"]) == 40 for p in cache.iterdir())
+    assert all(len(json.loads(p.read_text())["names"]) == 40 for p in cache.iterdir())

@@ -19,6 +19,7 @@ import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -147,11 +148,26 @@ def tar_index_path(shard: Path) -> Path:
     return shard.parent / CACHE_FOLDER / f"{shard.name}.index.json"
 
 
-def scan_tar(shard: Path) -> list[tuple[str, int, int]]:
-    """(name, data offset, size) of every regular file in `shard`: every header is read, which
-    is what the index saves at later starts."""
+class ShardIndex(NamedTuple):
+    """The regular-file members of a tar shard, one column per field: a few lists load and
+    keep far lighter than one tuple per member, which Python's cycle collector walks again and
+    again at the size of a real corpus."""
+
+    names: list[str]
+    offsets: list[int]  # where each member's data starts, in bytes
+    sizes: list[int]
+
+
+def scan_tar(shard: Path) -> ShardIndex:
+    """The members of `shard`, every tar header read: what the saved index spares later starts."""
+    index = ShardIndex([], [], [])
     with tarfile.open(shard) as archive:
-        return [(m.name, m.offset_data, m.size) for m in archive if m.isfile()]
+        for member in archive:
+            if member.isfile():
+                index.names.append(member.name)
+                index.offsets.append(member.offset_data)
+                index.sizes.append(member.size)
+    return index
 
 
 @dataclass
@@ -181,7 +197,7 @@ class TarIndexReport:
             )
 
 
-def shard_members(shard: Path, report: TarIndexReport) -> list[tuple[str, int, int]]:
+def shard_members(shard: Path, report: TarIndexReport) -> ShardIndex:
     """The members of `shard`, from its saved index when that was written for this very file
     (same resolved path, size and modification time), else read from the tar and saved.
 
@@ -191,23 +207,26 @@ def shard_members(shard: Path, report: TarIndexReport) -> list[tuple[str, int, i
     """
     stat = shard.stat()  # before the scan: a shard rewritten meanwhile is re-indexed next time
     key = {"path": str(shard.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    index = tar_index_path(shard)
+    path = tar_index_path(shard)
     try:
-        saved = json.loads(index.read_bytes())
+        saved = json.loads(path.read_bytes())
         if saved["format"] == TAR_INDEX_FORMAT and {k: saved[k] for k in key} == key:
-            return [(name, offset, size) for name, offset, size in saved["members"]]
+            index = ShardIndex(saved["names"], saved["offsets"], saved["sizes"])
+            if len(index.names) == len(index.offsets) == len(index.sizes):
+                return index
+            raise ValueError("columns of different lengths")
         report.stale += 1
     except FileNotFoundError:
         pass
     except (OSError, ValueError, KeyError, TypeError) as error:
-        report.damaged.append(f"{index} ({type(error).__name__}: {error})")
-    members = scan_tar(shard)
-    record = {"format": TAR_INDEX_FORMAT, **key, "members": members}
+        report.damaged.append(f"{path} ({type(error).__name__}: {error})")
+    index = scan_tar(shard)
+    record = {"format": TAR_INDEX_FORMAT, **key, **index._asdict()}
     try:
-        write_atomically(index, json.dumps(record, separators=(",", ":")).encode())
+        write_atomically(path, json.dumps(record, separators=(",", ":")).encode())
     except OSError as error:
-        report.unwritable.append(f"{index} ({error.strerror or error})")
-    return members
+        report.unwritable.append(f"{path} ({error.strerror or error})")
+    return index
 
 
 class TarShardDataset(Dataset):
@@ -222,28 +241,40 @@ class TarShardDataset(Dataset):
 
     def __init__(self, shards: list[Path], transform: Callable[[Image.Image], Tensor]) -> None:
         self.transform = transform
-        self.members: list[tuple[Path, str, int, int]] = []
+        self.shards = list(shards)
+        # Per sample: its shard's position in `shards`, member name, data offset and size;
+        # arrays and a list of strings, not tuples, so a million samples stay cheap to hold and
+        # to send to DataLoader workers.
+        shard_of, self.names, offsets, sizes = [], [], [], []
         report = TarIndexReport()
-        for shard in shards:
+        for number, shard in enumerate(self.shards):
             try:
-                members = shard_members(shard, report)
+                index = shard_members(shard, report)
             except (tarfile.TarError, OSError) as error:
                 raise DataPathError(f"{shard}: not a readable tar shard ({error})") from error
-            self.members += [
-                (shard, name, offset, size)
-                for name, offset, size in members
-                if name.lower().endswith(IMAGE_SUFFIXES)
-            ]
+            images = [i for i, n in enumerate(index.names) if n.lower().endswith(IMAGE_SUFFIXES)]
+            shard_of += [number] * len(images)
+            self.names += [index.names[i] for i in images]
+            offsets += [index.offsets[i] for i in images]
+            sizes += [index.sizes[i] for i in images]
         report.log()
-        if not self.members:
+        if not self.names:
             names = ", ".join(str(s) for s in shards[:3])
             raise DataPathError(f"tar shards {names} hold no {'/'.join(IMAGE_SUFFIXES)} images")
+        self.shard_of = np.asarray(shard_of, dtype=np.int32)
+        self.offsets = np.asarray(offsets, dtype=np.int64)
+        self.sizes = np.asarray(sizes, dtype=np.int64)
+
+    def member(self, index: int) -> tuple[Path, str, int, int]:
+        """(shard, member name, data offset, size) of sample `index`."""
+        shard = self.shards[self.shard_of[index]]
+        return shard, self.names[index], int(self.offsets[index]), int(self.sizes[index])
 
     def __len__(self) -> int:
-        return len(self.members)
+        return len(self.names)
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
-        shard, name, offset, size = self.members[index]
+        shard, name, offset, size = self.member(index)
         source = f"{shard}:{name}"
         try:
             with open(shard, "rb") as handle:
