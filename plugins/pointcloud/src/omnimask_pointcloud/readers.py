@@ -5,7 +5,7 @@ resampled `.txt` files are comma-separated), NPY/NPZ. Meshes: OFF, OBJ, STL (and
 hold faces) are read with open3d and sampled uniformly over their area. Every problem raises
 `BadSampleError` naming the file.
 
-Decoding is the slow part (about 19 ms for a mesh PLY, parsing and sampling), so `load_points`
+Decoding is the slow part (40-70 ms for a mesh, parsing and sampling), so `load_points`
 keeps each file's decoded points as a `.npy` in a `.omnimask-cache` folder beside it, keyed by
 the file's path, size and modification time and by the settings that change the result: each
 file is parsed once, not once per epoch. What a cache entry holds is deterministic (a mesh is
@@ -186,7 +186,9 @@ def sample_mesh(
     """`count` points uniformly over a triangle mesh's area, drawn from `rng`.
 
     Written here instead of open3d's `sample_points_uniformly` because that one draws from
-    open3d's own global RNG, which no seed of ours can reach.
+    open3d's own global RNG, which no seed of ours can reach. `rng` is a legacy `RandomState`
+    because its stream is the one the embedded set's files were generated with (the global
+    NumPy RNG, seeded), so they need not be regenerated.
     """
     if len(faces) == 0:
         raise BadSampleError(source, "the mesh has no faces to sample points from")
