@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import io
+import json
+import os
 import tarfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import omnimask.data
 import pytest
 import torch
 from omnimask.data import BadSampleError, DataPathError, EngineDataset
@@ -153,3 +157,118 @@ def test_embedded_pretraining_set_is_the_unlabelled_digits_train_split(
         with Image.open(files[index]) as image:
             assert np.array_equal(np.asarray(image.convert("L")), train[index])
     assert len(pretraining_dataset(None, ImageConfig(size=SIZE))) == len(files)
+
+
+def _png_shards(folder: Path, count: int, per_shard: int = 3) -> list[Path]:
+    shards = []
+    for number in range(count):
+        members = {}
+        for key in range(per_shard):
+            buffer = io.BytesIO()
+            Image.fromarray(np.full((8, 8, 3), 10 * key + number, np.uint8)).save(buffer, "PNG")
+            members[f"s{number}-{key}.png"] = buffer.getvalue()
+            members[f"s{number}-{key}.cls"] = b"0"
+        shards.append(_shard(folder / f"shard-{number:03d}.tar", members))
+    return shards
+
+
+def members(dataset: TarShardDataset) -> list[tuple[Path, str, int, int]]:
+    return [dataset.member(i) for i in range(len(dataset))]
+
+
+def _count_tar_opens(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every `tarfile.open` from now on, by shard name (reading headers starts with one)."""
+    opened: list[str] = []
+    real_open = tarfile.open
+
+    def counting_open(name, *args, **kwargs):  # noqa: ANN001, ANN202
+        opened.append(Path(name).name)
+        return real_open(name, *args, **kwargs)
+
+    monkeypatch.setattr(tarfile, "open", counting_open)
+    return opened
+
+
+def test_second_start_reads_the_saved_shard_index_not_the_tar_headers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _png_shards(tmp_path, 3)
+    opened = _count_tar_opens(monkeypatch)
+    config = ImageConfig(size=SIZE, flip=False)
+    first = pretraining_dataset(str(tmp_path), config)
+    assert sorted(opened) == ["shard-000.tar", "shard-001.tar", "shard-002.tar"]
+    assert sorted(p.name for p in (tmp_path / ".omnimask-cache").iterdir()) == [
+        f"shard-00{i}.tar.index.json" for i in range(3)
+    ]
+    opened.clear()
+    second = pretraining_dataset(str(tmp_path), config)
+    assert opened == []  # no tar header read at the second start
+    assert members(second) == members(first) and len(second) == 9
+    torch.testing.assert_close(second[4]["image"], first[4]["image"])
+
+
+def test_a_touched_or_rewritten_shard_is_indexed_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shards = _png_shards(tmp_path, 2)
+    config = ImageConfig(size=SIZE, flip=False)
+    pretraining_dataset(str(tmp_path), config)
+    opened = _count_tar_opens(monkeypatch)
+    stat = shards[1].stat()
+    os.utime(shards[1], ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    pretraining_dataset(str(tmp_path), config)
+    assert opened == ["shard-001.tar"]
+    _png_shards(tmp_path, 1, per_shard=5)  # shard-000 rewritten with more samples
+    opened.clear()
+    assert len(pretraining_dataset(str(tmp_path), config)) == 5 + 3
+    assert opened == ["shard-000.tar"]
+
+
+def test_a_damaged_shard_index_is_rebuilt_with_one_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _png_shards(tmp_path, 2)
+    config = ImageConfig(size=SIZE, flip=False)
+    expected = members(pretraining_dataset(str(tmp_path), config))
+    for index in (tmp_path / ".omnimask-cache").iterdir():
+        index.write_text('{"format": 1, "names": [')  # cut short
+    opened = _count_tar_opens(monkeypatch)
+    with caplog.at_level("WARNING", logger="omnimask"):
+        assert members(pretraining_dataset(str(tmp_path), config)) == expected
+    assert sorted(opened) == ["shard-000.tar", "shard-001.tar"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "rebuilt 2 unreadable tar shard index" in warnings[0]
+    opened.clear()
+    pretraining_dataset(str(tmp_path), config)
+    assert opened == []  # the rebuilt indices are whole again
+
+
+def test_an_unwritable_shard_folder_keeps_the_index_in_memory_and_says_so_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _png_shards(tmp_path, 3)
+
+    def read_only(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise PermissionError(30, "Read-only file system")
+
+    monkeypatch.setattr(omnimask.data.tempfile, "mkstemp", read_only)
+    with caplog.at_level("WARNING", logger="omnimask"):
+        dataset = pretraining_dataset(str(tmp_path), ImageConfig(size=SIZE, flip=False))
+    assert len(dataset) == 9 and dataset[8]["image"].shape == (3, SIZE, SIZE)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert "cannot save the index of 3 tar shard(s)" in warnings[0]
+    assert "Read-only file system" in warnings[0] and "kept in memory" in warnings[0]
+
+
+def test_concurrent_starts_each_write_a_whole_shard_index(tmp_path: Path) -> None:
+    _png_shards(tmp_path, 4, per_shard=20)
+    config = ImageConfig(size=SIZE, flip=False)
+    with ThreadPoolExecutor(8) as pool:
+        built = list(pool.map(lambda _: pretraining_dataset(str(tmp_path), config), range(8)))
+    assert all(members(d) == members(built[0]) for d in built) and len(built[0]) == 80
+    cache = tmp_path / ".omnimask-cache"
+    assert sorted(p.name for p in cache.iterdir()) == [
+        f"shard-00{i}.tar.index.json" for i in range(4)
+    ]
+    assert all(len(json.loads(p.read_text())["names"]) == 40 for p in cache.iterdir())

@@ -18,6 +18,10 @@ from omnimask.errors import BadSampleError, DataPathError
 from omnimask.seeding import mix_seed, seeded_rng
 
 BAD_SAMPLE_POLICIES = ("raise", "skip")
+#: The folder beside a user's data where plugins keep what they derive from it (decoded
+#: samples, tar indices), keyed by each source file's size and modification time. Data
+#: listings skip it, so a cached `.npy` is never taken for a sample.
+CACHE_FOLDER = ".omnimask-cache"
 
 
 def check_data_path(path: str | os.PathLike[str], patterns: tuple[str, ...]) -> list[Path]:
@@ -28,7 +32,14 @@ def check_data_path(path: str | os.PathLike[str], patterns: tuple[str, ...]) -> 
     if root.is_file():
         files = [root] if any(root.match(p) for p in patterns) else []
     else:
-        files = sorted({f for p in patterns for f in root.rglob(p) if f.is_file()})
+        files = sorted(
+            {
+                f
+                for p in patterns
+                for f in root.rglob(p)
+                if f.is_file() and CACHE_FOLDER not in f.relative_to(root).parts
+            }
+        )
     if not files:
         raise DataPathError(f"data path {root} holds no files matching {', '.join(patterns)}")
     return files
@@ -62,6 +73,22 @@ def generate_once(final: Path, write: Callable[[Path], None]) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return final
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file in the same folder renamed into place:
+    processes that write the same cache entry at the same time leave one whole file (the last
+    rename wins), and readers never see half of one. Raises `OSError` (a read-only folder, a
+    full disk) with no temporary file left behind; callers decide whether that matters."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 @dataclass

@@ -23,7 +23,13 @@ from omnimask.data import DataPathError, check_data_path, default_data_dir, gene
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from omnimask_pointcloud.readers import PATTERNS, normalize_unit_sphere, read_points, resample
+from omnimask_pointcloud.readers import (
+    MESH_SAMPLES,
+    PATTERNS,
+    load_points,
+    normalize_unit_sphere,
+    resample,
+)
 
 SPLITS = ("train", "test")
 DEFAULT_PER_CLASS = {"train": 48, "test": 32}
@@ -35,9 +41,11 @@ DEFAULT_DATA_VERSION = "v2"
 class PointCloudDataset(Dataset):
     """Files -> `{"points": [num_points, 3] float32, "label": int}` on the unit sphere.
 
-    With `augment` the subset of points is random (the engine seeds it per sample) and the cloud
-    is randomly scaled per axis and shifted, as Point-MAE pretrains; without it the subset
-    depends only on the item index, so evaluation features are reproducible.
+    Each file is decoded once (`readers.load_points`: a mesh becomes a fixed sampling of
+    `MESH_SAMPLES` surface points, cached beside it). With `augment` the subset of points drawn
+    from it at each access is random (the engine seeds it per sample) and the cloud is randomly
+    scaled per axis and shifted, as Point-MAE pretrains; without it the subset depends only on
+    the item index, so evaluation features are reproducible.
     """
 
     def __init__(
@@ -75,7 +83,7 @@ class PointCloudDataset(Dataset):
         return sample
 
     def _load(self, path: Path) -> np.ndarray:
-        points = read_points(path, mesh_samples=max(self.num_points, DEFAULT_POINTS_PER_FILE))
+        points = load_points(path, mesh_samples=max(self.num_points, MESH_SAMPLES))
         return normalize_unit_sphere(resample(points, self.num_points, self.group_size, path))
 
 
@@ -203,9 +211,9 @@ def write_relief_dataset(root: Path) -> None:
                 if split == "test":
                     o3d.io.write_triangle_mesh(str(stem.with_suffix(".off")), mesh)
                     continue
-                np.random.seed(int(rng.integers(2**31)))
+                draw = np.random.RandomState(int(rng.integers(2**31)))
                 vertices, faces = np.asarray(mesh.vertices), np.asarray(mesh.triangles)
-                points = sample_mesh(vertices, faces, DEFAULT_POINTS_PER_FILE, stem)
+                points = sample_mesh(vertices, faces, DEFAULT_POINTS_PER_FILE, stem, draw)
                 cloud = o3d.geometry.PointCloud(
                     o3d.utility.Vector3dVector(points.astype(np.float64))
                 )

@@ -4,28 +4,47 @@ Point files: PLY, PCD (open3d), XYZ/TXT/PTS (plain text, the first three columns
 resampled `.txt` files are comma-separated), NPY/NPZ. Meshes: OFF, OBJ, STL (and PLY files that
 hold faces) are read with open3d and sampled uniformly over their area. Every problem raises
 `BadSampleError` naming the file.
+
+Decoding is the slow part (40-70 ms for a mesh, parsing and sampling), so `load_points`
+keeps each file's decoded points as a `.npy` in a `.omnimask-cache` folder beside it, keyed by
+the file's path, size and modification time and by the settings that change the result: each
+file is parsed once, not once per epoch. What a cache entry holds is deterministic (a mesh is
+sampled with a generator seeded by the file's bytes); the randomness of training lies in the
+subset each access draws from it (`resample`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from omnimask.data import BadSampleError
+from omnimask.data import CACHE_FOLDER, BadSampleError, write_atomically
+
+logger = logging.getLogger("omnimask")
 
 POINT_SUFFIXES = (".pcd", ".xyz", ".txt", ".pts", ".npy", ".npz")
 MESH_SUFFIXES = (".off", ".obj", ".stl")
 #: PLY holds either a point cloud or a mesh; the reader looks for faces.
 SUFFIXES = (".ply", *POINT_SUFFIXES, *MESH_SUFFIXES)
 PATTERNS = tuple(f"*{suffix}" for suffix in SUFFIXES)
+#: points sampled on a mesh's surface, from which each access draws its subset: as many as the
+#: ModelNet clouds resampled from meshes that Point-BERT and Point-MAE pretrain on.
+MESH_SAMPLES = 8192
+#: bump when reading or sampling changes, so older decoded-cache entries are not reused.
+DECODED_CACHE_FORMAT = 1
 
 
-def read_points(path: str | Path, mesh_samples: int = 2048) -> np.ndarray:
+def read_points(path: str | Path, mesh_samples: int = MESH_SAMPLES) -> np.ndarray:
     """The points of `path` as a finite, non-empty `[N, 3]` float32 array.
 
-    Meshes are sampled to `mesh_samples` points with the global NumPy RNG (which the engine seeds
-    per sample, so a resumed run samples the same points).
+    Meshes are sampled to `mesh_samples` points with a generator seeded by the file's bytes
+    (`file_seed`), so a file always gives the same points, whichever process reads it, and the
+    result can be cached (`load_points`).
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -40,7 +59,8 @@ def read_points(path: str | Path, mesh_samples: int = 2048) -> np.ndarray:
         if ply is not None:
             _check_ply_complete(path, ply)
         if suffix in MESH_SUFFIXES or (ply is not None and ply.has_faces):
-            points = sample_mesh(*_read_mesh(path), mesh_samples, path)
+            rng = np.random.RandomState(file_seed(path))
+            points = sample_mesh(*_read_mesh(path), mesh_samples, path, rng)
         elif suffix in (".ply", ".pcd"):
             points = _read_open3d_points(path)
         elif suffix in (".npy", ".npz"):
@@ -52,6 +72,69 @@ def read_points(path: str | Path, mesh_samples: int = 2048) -> np.ndarray:
     except (OSError, ValueError, UnicodeDecodeError) as error:
         raise BadSampleError(path, f"unreadable: {error}") from None
     return check_points(points, path)
+
+
+def file_seed(path: Path) -> int:
+    """A 32-bit seed from the bytes of `path`: the same mesh samples the same points wherever
+    it is copied to, and an edited one samples anew."""
+    return int.from_bytes(hashlib.sha1(path.read_bytes()).digest()[:4], "little")
+
+
+#: cache folders a write failed in, this process: warned about once, not tried again.
+_UNWRITABLE: set[Path] = set()
+
+
+def decoded_cache_path(path: Path, mesh_samples: int) -> Path:
+    """Where `load_points` keeps the decoded points of `path`: `.omnimask-cache/` beside it,
+    named by a digest of the resolved path, size, modification time and the read settings
+    (`mesh_samples` counts only for files that can hold a mesh), as the medical plugin keys
+    its NIfTI cache. A changed file gets a new name, so a stale entry is never read."""
+    stat = path.stat()
+    samples = mesh_samples if path.suffix.lower() in (".ply", *MESH_SUFFIXES) else None
+    key = [DECODED_CACHE_FORMAT, str(path.resolve()), stat.st_size, stat.st_mtime_ns, samples]
+    digest = hashlib.sha1(json.dumps(key).encode()).hexdigest()[:20]
+    return path.parent / CACHE_FOLDER / f"{path.name}-{digest}.npy"
+
+
+def load_points(path: str | Path, mesh_samples: int = MESH_SAMPLES) -> np.ndarray:
+    """`read_points(path, mesh_samples)`, decoded once and read back from the cache after
+    (`decoded_cache_path`); `.npy` files are already that fast and are read directly.
+
+    The cache is written through a renamed temporary file, so DataLoader workers and processes
+    that decode the same file at once each leave a whole entry. A damaged entry is decoded
+    again; a folder where entries cannot be written (read-only data) is reported once per
+    process, and its files are then decoded at every access as without a cache.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".npy" or not path.is_file():
+        return read_points(path, mesh_samples)  # which names a missing file
+    cached = decoded_cache_path(path, mesh_samples)
+    try:
+        points = np.load(cached, allow_pickle=False)
+        if points.dtype == np.float32 and points.ndim == 2 and points.shape[1] == 3:
+            return points
+        raise ValueError(f"holds a {points.dtype} array of shape {points.shape}")
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as error:
+        logger.warning(
+            "decoding %s again: its cache entry %s is unreadable (%s)", path, cached, error
+        )
+    points = read_points(path, mesh_samples)
+    if cached.parent not in _UNWRITABLE:
+        buffer = io.BytesIO()
+        np.save(buffer, points)
+        try:
+            write_atomically(cached, buffer.getvalue())
+        except OSError as error:
+            _UNWRITABLE.add(cached.parent)
+            logger.warning(
+                "cannot cache decoded point clouds in %s (%s): files there are decoded again "
+                "at every access",
+                cached.parent,
+                error.strerror or error,
+            )
+    return points
 
 
 def check_points(points: np.ndarray, source: str | Path) -> np.ndarray:
@@ -94,12 +177,18 @@ def resample(points: np.ndarray, count: int, minimum: int, source: str | Path) -
 
 
 def sample_mesh(
-    vertices: np.ndarray, faces: np.ndarray, count: int, source: str | Path
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    count: int,
+    source: str | Path,
+    rng: np.random.RandomState,
 ) -> np.ndarray:
-    """`count` points uniformly over a triangle mesh's area.
+    """`count` points uniformly over a triangle mesh's area, drawn from `rng`.
 
     Written here instead of open3d's `sample_points_uniformly` because that one draws from
-    open3d's own global RNG, which the engine's per-sample seeding cannot reach.
+    open3d's own global RNG, which no seed of ours can reach. `rng` is a legacy `RandomState`
+    because its stream is the one the embedded set's files were generated with (the global
+    NumPy RNG, seeded), so they need not be regenerated.
     """
     if len(faces) == 0:
         raise BadSampleError(source, "the mesh has no faces to sample points from")
@@ -110,8 +199,8 @@ def sample_mesh(
     )
     if not areas.sum() > 0:
         raise BadSampleError(source, "the mesh's faces all have zero area")
-    chosen = np.random.choice(len(faces), size=count, p=areas / areas.sum())
-    u, v = np.random.rand(2, count)
+    chosen = rng.choice(len(faces), size=count, p=areas / areas.sum())
+    u, v = rng.rand(2, count)
     flip = u + v > 1  # reflect into the triangle so the barycentric draw stays uniform
     u[flip], v[flip] = 1 - u[flip], 1 - v[flip]
     tri = corners[chosen]

@@ -13,24 +13,31 @@ photograph crops never did: see the plugin README, "Does pretraining help?").
 from __future__ import annotations
 
 import io
+import json
+import logging
 import tarfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from omnimask.data import (
+    CACHE_FOLDER,
     BadSampleError,
     DataPathError,
     check_data_path,
     default_data_dir,
     generate_once,
+    write_atomically,
 )
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
+
+logger = logging.getLogger("omnimask")
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 IMAGE_PATTERNS = tuple(f"*{s}" for s in IMAGE_SUFFIXES) + tuple(
@@ -130,36 +137,144 @@ class ImageFileDataset(Dataset):
         return sample
 
 
+#: bump when the index layout changes, so older indices are rebuilt rather than misread.
+TAR_INDEX_FORMAT = 1
+
+
+def tar_index_path(shard: Path) -> Path:
+    """Where the member index of `shard` is kept: `.omnimask-cache/<shard>.index.json` in the
+    shard's folder (the medical plugin's cache folder), shared by every process and node that
+    reads the shard."""
+    return shard.parent / CACHE_FOLDER / f"{shard.name}.index.json"
+
+
+class ShardIndex(NamedTuple):
+    """The regular-file members of a tar shard, one column per field: a few lists load and
+    keep far lighter than one tuple per member, which Python's cycle collector walks again and
+    again at the size of a real corpus."""
+
+    names: list[str]
+    offsets: list[int]  # where each member's data starts, in bytes
+    sizes: list[int]
+
+
+def scan_tar(shard: Path) -> ShardIndex:
+    """The members of `shard`, every tar header read: what the saved index spares later starts."""
+    index = ShardIndex([], [], [])
+    with tarfile.open(shard) as archive:
+        for member in archive:
+            if member.isfile():
+                index.names.append(member.name)
+                index.offsets.append(member.offset_data)
+                index.sizes.append(member.size)
+    return index
+
+
+@dataclass
+class TarIndexReport:
+    """What happened to the shard indices while a dataset was built: one log line per kind,
+    not one per shard."""
+
+    stale: int = 0
+    damaged: list[str] = field(default_factory=list)
+    unwritable: list[str] = field(default_factory=list)
+
+    def log(self) -> None:
+        if self.stale:
+            logger.info("re-indexed %d tar shard(s) changed since they were indexed", self.stale)
+        if self.damaged:
+            logger.warning(
+                "rebuilt %d unreadable tar shard index(es), e.g. %s",
+                len(self.damaged),
+                self.damaged[0],
+            )
+        if self.unwritable:
+            logger.warning(
+                "cannot save the index of %d tar shard(s), e.g. %s: kept in memory for this run, "
+                "so the next start reads every header of these shards again",
+                len(self.unwritable),
+                self.unwritable[0],
+            )
+
+
+def shard_members(shard: Path, report: TarIndexReport) -> ShardIndex:
+    """The members of `shard`, from its saved index when that was written for this very file
+    (same resolved path, size and modification time), else read from the tar and saved.
+
+    A damaged index is rebuilt; one that cannot be saved (a read-only data folder) costs the
+    next start a re-read, never this run. The index is written through a renamed temporary
+    file, so processes that start together each write a whole one and none reads half of one.
+    """
+    stat = shard.stat()  # before the scan: a shard rewritten meanwhile is re-indexed next time
+    key = {"path": str(shard.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    path = tar_index_path(shard)
+    try:
+        saved = json.loads(path.read_bytes())
+        if saved["format"] == TAR_INDEX_FORMAT and {k: saved[k] for k in key} == key:
+            index = ShardIndex(saved["names"], saved["offsets"], saved["sizes"])
+            if len(index.names) == len(index.offsets) == len(index.sizes):
+                return index
+            raise ValueError("columns of different lengths")
+        report.stale += 1
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        report.damaged.append(f"{path} ({type(error).__name__}: {error})")
+    index = scan_tar(shard)
+    record = {"format": TAR_INDEX_FORMAT, **key, **index._asdict()}
+    try:
+        write_atomically(path, json.dumps(record, separators=(",", ":")).encode())
+    except OSError as error:
+        report.unwritable.append(f"{path} ({error.strerror or error})")
+    return index
+
+
 class TarShardDataset(Dataset):
     """WebDataset tar shards (`key.jpg`, `key.png`, `key.webp` members) with random access.
 
     The engine needs a map-style dataset (resumable index order, per-sample seeds), while the
-    `webdataset` library streams; so the shards are indexed once with `tarfile` (member offsets)
-    and each sample is read by seeking to its bytes. Files are opened lazily per worker process.
+    `webdataset` library streams and keeps no index; so each shard's members (name, offset,
+    size) are listed once with `tarfile` and saved beside it (`shard_members`), and each sample
+    is read by seeking to its bytes. A later start, or another process, reads the saved index
+    instead of every tar header. Files are opened lazily per worker process.
     """
 
     def __init__(self, shards: list[Path], transform: Callable[[Image.Image], Tensor]) -> None:
         self.transform = transform
-        self.members: list[tuple[Path, str, int, int]] = []
-        for shard in shards:
+        self.shards = list(shards)
+        # Per sample: its shard's position in `shards`, member name, data offset and size;
+        # arrays and a list of strings, not tuples, so a million samples stay cheap to hold and
+        # to send to DataLoader workers.
+        shard_of, self.names, offsets, sizes = [], [], [], []
+        report = TarIndexReport()
+        for number, shard in enumerate(self.shards):
             try:
-                with tarfile.open(shard) as archive:
-                    for member in archive:
-                        if member.isfile() and member.name.lower().endswith(IMAGE_SUFFIXES):
-                            self.members.append(
-                                (shard, member.name, member.offset_data, member.size)
-                            )
+                index = shard_members(shard, report)
             except (tarfile.TarError, OSError) as error:
                 raise DataPathError(f"{shard}: not a readable tar shard ({error})") from error
-        if not self.members:
+            images = [i for i, n in enumerate(index.names) if n.lower().endswith(IMAGE_SUFFIXES)]
+            shard_of += [number] * len(images)
+            self.names += [index.names[i] for i in images]
+            offsets += [index.offsets[i] for i in images]
+            sizes += [index.sizes[i] for i in images]
+        report.log()
+        if not self.names:
             names = ", ".join(str(s) for s in shards[:3])
             raise DataPathError(f"tar shards {names} hold no {'/'.join(IMAGE_SUFFIXES)} images")
+        self.shard_of = np.asarray(shard_of, dtype=np.int32)
+        self.offsets = np.asarray(offsets, dtype=np.int64)
+        self.sizes = np.asarray(sizes, dtype=np.int64)
+
+    def member(self, index: int) -> tuple[Path, str, int, int]:
+        """(shard, member name, data offset, size) of sample `index`."""
+        shard = self.shards[self.shard_of[index]]
+        return shard, self.names[index], int(self.offsets[index]), int(self.sizes[index])
 
     def __len__(self) -> int:
-        return len(self.members)
+        return len(self.names)
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
-        shard, name, offset, size = self.members[index]
+        shard, name, offset, size = self.member(index)
         source = f"{shard}:{name}"
         try:
             with open(shard, "rb") as handle:
