@@ -435,6 +435,7 @@ def test_two_processes_match_one_process_with_the_doubled_batch(tmp_path, maskin
     )
     launch = [BIN / "accelerate", "launch", "--multi_gpu", "--num_processes", "2"]
     launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launch += ["--main_process_port", str(free_port())]  # tests run side by side (xdist)
     subprocess.run(
         [*launch, RUN_TOY, tmp_path / "two", *args, "train.batch_size=4"], check=True, env=env
     )
