@@ -44,7 +44,7 @@ def test_each_epoch_is_full_batches_of_distinct_samples_from_the_plain_permutati
     for epoch in range(3):
         indices = [i for batch in batches for i, e in batch if e == epoch]
         assert len(indices) == len(set(indices)) == 8 * (count // 8)
-        assert sorted(indices) == sorted(plain._order(epoch)[: 8 * (count // 8)])
+        assert sorted(indices) == sorted(plain.order(epoch, range(8 * (count // 8))).tolist())
     left_out = [set(range(count)) - {i for b in batches for i, e in b if e == n} for n in range(3)]
     assert all(len(s) == count % 8 for s in left_out)
     if count % 8:
@@ -62,7 +62,7 @@ def test_bucketed_batches_cut_padding_and_are_the_sorted_cut_of_each_mega_batch(
     assert bucketed_padding < 0.4 * plain_padding
     # Brute-force reference: each mega-batch (64 consecutive entries of the epoch's permutation),
     # sorted by length and cut into 8 batches, gives the same length profile as the sampler.
-    order = plain._order(0)
+    order = plain.order(0, range(512)).tolist()
     batches = as_indices(sampler)
     for start in range(0, 512, 64):
         mega = set(order[start : start + 64])
