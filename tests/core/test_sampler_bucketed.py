@@ -147,3 +147,18 @@ def test_bucketing_without_sample_lengths_is_a_config_error(tmp_path) -> None:
     with pytest.raises(ConfigError, match="gives none"):
         train(ToyRecipe(), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_bucketed_sampler_computes_each_mega_batch_once(monkeypatch) -> None:  # noqa: ANN001
+    """Consecutive batches stay within one mega-batch (in shuffled order), so a sampler computes
+    each of an epoch's mega-batches once rather than one per batch."""
+    lengths = skewed_lengths(200)
+    sampler = bucketed(lengths, 8, stop=50)  # 25 batches per epoch: mega-batches of 4, 4, ..., 1
+    computed = []
+    original = sampler._lengths_of
+    monkeypatch.setattr(sampler, "_lengths_of", lambda i: computed.append(1) or original(i))
+    batches = [[i for i, _ in batch] for batch in sampler]
+    assert len(computed) == 2 * 7
+    lengths_of = lambda batch: sorted(lengths[i] for i in batch)  # noqa: E731
+    firsts = [lengths_of(b) for b in batches[:4]]
+    assert firsts != sorted(firsts)  # the mega-batch's batches are not in length order

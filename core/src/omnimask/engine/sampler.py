@@ -10,10 +10,10 @@ same samples.
 variable-length data (speech, text) pads each batch to a length close to that of all its samples.
 
 Neither stores an epoch's permutation: `SeededPermutation` computes the sample at any position of
-it, so a sampler holds O(1) memory per process (O(K x G) for the bucketed one) at any data set
-size. Earlier versions drew each epoch with `torch.randperm`, a different order: a run started
-with one of them and resumed with this one sees other samples from the resumed step on, so it is
-not bit-exact with the uninterrupted old run.
+it, so a sampler holds O(1) memory per process (O(bucket_batches x G) for the bucketed one) at
+any data set size. Earlier versions drew each epoch with `torch.randperm`, a different order: a
+run started with one of them and resumed with this one sees other samples from the resumed step
+on, so it is not bit-exact with the uninterrupted old run.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ _ROUNDS = 8
 # SplitMix64's finaliser constants (as in `omnimask.seeding.mix_seed`).
 _MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX_2 = np.uint64(0x94D049BB133111EB)
-#: salt of the key of the bucketed sampler's batch order, apart from its sample order.
+#: salt of the keys of the bucketed sampler's batch orders, apart from its sample orders.
 _BATCH_ORDER = 1
 
 
@@ -134,7 +134,7 @@ class ResumableBatchSampler(Sampler[list[tuple[int, int]]]):
         positions = np.arange(first, first + self.batch_size, dtype=np.int64)
         epochs, offsets = np.divmod(positions, self.num_samples)
         indices = np.empty_like(offsets)
-        for epoch in np.unique(epochs).tolist():  # more than one only across an epoch's end
+        for epoch in range(int(epochs[0]), int(epochs[-1]) + 1):  # two across an epoch's end
             chosen = epochs == epoch
             indices[chosen] = self.order(epoch, offsets[chosen])
         return list(zip(indices.tolist(), epochs.tolist()))
@@ -151,14 +151,20 @@ class BucketedBatchSampler(ResumableBatchSampler):
     `ResumableBatchSampler` uses for epoch e), whose first `batches_per_epoch * G` positions are
     cut into mega-batches of `bucket_batches * G` samples (the last one may be shorter, always a
     multiple of G); each mega-batch is sorted by length (stable: equal lengths keep their permuted
-    order) and cut into global batches of G; then a second permutation, of the epoch's batches and
-    keyed by (seed, e) too, shuffles their order, so long and short batches alternate. Process r
-    takes the r-th slice of a global batch, as in `ResumableBatchSampler`. Batch k is batch
-    `k % batches_per_epoch` of epoch `k // batches_per_epoch`: it depends only on
-    (seed, k, lengths), which keeps resumption and multi-process runs exact. Only the mega-batch
-    that holds the batch asked for is computed (and kept until another one is asked for), so the
-    sampler holds O(bucket_batches x G) memory besides the caller's `lengths`, which it reads
-    without copying.
+    order) and cut into global batches of G, and a permutation keyed by (seed, e, mega-batch)
+    shuffles the order of its batches, so long and short batches alternate. The epoch takes its
+    mega-batches in turn. Process r takes the r-th slice of a global batch, as in
+    `ResumableBatchSampler`. Batch k is batch `k % batches_per_epoch` of epoch
+    `k // batches_per_epoch`: it depends only on (seed, k, lengths), which keeps resumption and
+    multi-process runs exact.
+
+    Memory: only the mega-batch that holds the batch asked for is computed, and kept for the next
+    batches, so the sampler holds O(bucket_batches x G) besides the caller's `lengths`, which it
+    reads without copying. Batches stay within their mega-batch (rather than the epoch's batches
+    being shuffled together, as before issue #18) so that each mega-batch is computed once:
+    consecutive batches from different mega-batches would cost a mega-batch per batch (K x G
+    permuted positions, their lengths and a sort: about 40 ms at K x G = 131k). The mega-batches'
+    contents are random draws of the epoch's permutation already, so their order needs no shuffle.
 
     Partial batches: an epoch is `batches_per_epoch = num_samples // G` full global batches, and
     the last `num_samples % G` samples of its permutation wait for a later epoch (a different
@@ -225,10 +231,11 @@ class BucketedBatchSampler(ResumableBatchSampler):
 
     def batch_keys(self, batch_index: int) -> list[tuple[int, int]]:
         epoch, slot = divmod(batch_index, self.batches_per_epoch)
-        if self.shuffle:
-            key = mix_seed(self.seed, epoch, _BATCH_ORDER)
-            slot = int(SeededPermutation(self.batches_per_epoch, key)([slot])[0])
         mega, within = divmod(slot, self.bucket_batches)
+        if self.shuffle:  # the order of the mega-batch's batches
+            count = min(self.bucket_batches, self.batches_per_epoch - mega * self.bucket_batches)
+            key = mix_seed(self.seed, epoch, _BATCH_ORDER, mega)
+            within = int(SeededPermutation(count, key)([within])[0])
         first = within * self.global_batch_size + self.rank * self.batch_size
         indices = self.mega_batch(epoch, mega)[first : first + self.batch_size]
         return [(index, epoch) for index in indices.tolist()]
