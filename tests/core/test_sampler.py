@@ -72,6 +72,21 @@ def test_seeded_permutation_rejects_positions_outside_its_range() -> None:
         SeededPermutation(0, key=0)
 
 
+def test_batches_do_not_depend_on_where_a_run_starts_or_how_it_is_split() -> None:
+    """Batches are computed a window at a time; a resumed or split run sees the same ones."""
+    whole = list(ResumableBatchSampler(5000, 24, seed=2, start=0, stop=700))  # 3+ epochs
+    for start in (1, 63, 64, 65, 208, 415):
+        resumed = ResumableBatchSampler(5000, 24, seed=2, start=start, stop=700)
+        assert list(resumed) == whole[start:]
+    ranks = [
+        list(ResumableBatchSampler(5000, 8, seed=2, start=5, stop=700, num_replicas=3, rank=r))
+        for r in range(3)
+    ]
+    assert [a + b + c for a, b, c in zip(*ranks, strict=True)] == whole[5:]
+    first_epoch = [index for batch in whole[:209] for index, epoch in batch if epoch == 0]
+    assert sorted(first_epoch) == list(range(5000))
+
+
 def resident_bytes() -> int:
     """This process's resident memory (Linux)."""
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")

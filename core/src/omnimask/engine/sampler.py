@@ -30,6 +30,7 @@ _ROUNDS = 8
 # SplitMix64's finaliser constants (as in `omnimask.seeding.mix_seed`).
 _MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX_2 = np.uint64(0x94D049BB133111EB)
+_WINDOW = 64
 #: salt of the keys of the bucketed sampler's batch orders, apart from its sample orders.
 _BATCH_ORDER = 1
 
@@ -113,6 +114,10 @@ class ResumableBatchSampler(Sampler[list[tuple[int, int]]]):
         self.shuffle = shuffle
         self.num_replicas = num_replicas
         self.rank = rank
+        # Batches computed at once (within one epoch's length): a pass of the permutation over a
+        # few positions costs what it costs over thousands, so one batch at a time costs ~10x.
+        self._window = max(1, min(_WINDOW, num_samples // self.global_batch_size))
+        self._window_cache: tuple[int, np.ndarray, np.ndarray] | None = None
 
     @property
     def global_batch_size(self) -> int:
@@ -130,14 +135,23 @@ class ResumableBatchSampler(Sampler[list[tuple[int, int]]]):
 
     def batch_keys(self, batch_index: int) -> list[tuple[int, int]]:
         """This process's `(index, epoch)` keys of global batch `batch_index`."""
-        first = batch_index * self.global_batch_size + self.rank * self.batch_size
-        positions = np.arange(first, first + self.batch_size, dtype=np.int64)
+        row = batch_index % self._window
+        if self._window_cache is None or self._window_cache[0] != batch_index - row:
+            self._window_cache = (batch_index - row, *self._keys_from(batch_index - row))
+        _, indices, epochs = self._window_cache
+        return list(zip(indices[row].tolist(), epochs[row].tolist()))
+
+    def _keys_from(self, batch_index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Indices and epochs of this process's slices of `_window` batches from `batch_index`."""
+        batches = np.arange(batch_index, batch_index + self._window, dtype=np.int64)
+        first = batches * self.global_batch_size + self.rank * self.batch_size
+        positions = first[:, None] + np.arange(self.batch_size)
         epochs, offsets = np.divmod(positions, self.num_samples)
         indices = np.empty_like(offsets)
-        for epoch in range(int(epochs[0]), int(epochs[-1]) + 1):  # two across an epoch's end
+        for epoch in range(int(epochs[0, 0]), int(epochs[-1, -1]) + 1):
             chosen = epochs == epoch
             indices[chosen] = self.order(epoch, offsets[chosen])
-        return list(zip(indices.tolist(), epochs.tolist()))
+        return indices, epochs
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         for batch_index in range(self.start, self.stop):
