@@ -30,7 +30,7 @@ _ROUNDS = 8
 # SplitMix64's finaliser constants (as in `omnimask.seeding.mix_seed`).
 _MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX_2 = np.uint64(0x94D049BB133111EB)
-_WINDOW = 64
+_WINDOW_POSITIONS = 16_384
 #: salt of the keys of the bucketed sampler's batch orders, apart from its sample orders.
 _BATCH_ORDER = 1
 
@@ -114,9 +114,10 @@ class ResumableBatchSampler(Sampler[list[tuple[int, int]]]):
         self.shuffle = shuffle
         self.num_replicas = num_replicas
         self.rank = rank
-        # Batches computed at once (within one epoch's length): a pass of the permutation over a
-        # few positions costs what it costs over thousands, so one batch at a time costs ~10x.
-        self._window = max(1, min(_WINDOW, num_samples // self.global_batch_size))
+        # Batches computed at once (about 16k positions, within one epoch's length): a pass of the
+        # permutation over a few positions costs what it costs over thousands.
+        window = min(_WINDOW_POSITIONS // batch_size, num_samples // self.global_batch_size)
+        self._window = max(1, window)
         self._window_cache: tuple[int, np.ndarray, np.ndarray] | None = None
 
     @property
