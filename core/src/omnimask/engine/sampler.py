@@ -52,8 +52,8 @@ class SeededPermutation:
     and XORs one with a keyed hash of the other, which can be undone whatever the hash, so it is a
     bijection. A position whose image lands at or past `size` goes through the network again
     (cycle-walking) until it lands inside; following the cycle of a point of [0, size) always
-    comes back into it, so the result is a bijection of [0, size). 2^b < 4 x size, so a position
-    takes fewer than 4 passes on average. Round keys are `mix_seed(key, round)`.
+    comes back into it, so the result is a bijection of [0, size). 2^b <= 4 x size, so a position
+    takes at most 4 passes on average. Round keys are `mix_seed(key, round)`.
 
     Not a library: the O(1)-memory permutations on PyPI (smallperm, pygfc) are small compiled
     packages that map one position per call, and the order they give may change with their
