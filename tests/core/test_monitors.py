@@ -128,8 +128,9 @@ def test_engine_warns_once_when_a_learning_rate_kills_the_encoder(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="omnimask"):
-        metrics = _toy_run(tmp_path / "run", "train.lr=10", "model.activation=relu")
-    assert metrics[19]["health/embedding_std"] < 1e-3  # every ReLU is dead by the end
+        metrics = _toy_run(tmp_path / "run", "train.lr=30", "model.activation=relu")
+    # Most ReLUs are dead by the end (all of them, for some sample orders): from about 0.1.
+    assert metrics[19]["health/embedding_std"] < 1e-2
     events = _collapse_events(tmp_path / "run")
     assert len(events) == 1 and "embeddings look collapsed" in events[0]
     warnings = [r for r in caplog.records if "look collapsed" in r.getMessage()]

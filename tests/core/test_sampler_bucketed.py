@@ -44,7 +44,7 @@ def test_each_epoch_is_full_batches_of_distinct_samples_from_the_plain_permutati
     for epoch in range(3):
         indices = [i for batch in batches for i, e in batch if e == epoch]
         assert len(indices) == len(set(indices)) == 8 * (count // 8)
-        assert sorted(indices) == sorted(plain._order(epoch)[: 8 * (count // 8)])
+        assert sorted(indices) == sorted(plain.order(epoch, range(8 * (count // 8))).tolist())
     left_out = [set(range(count)) - {i for b in batches for i, e in b if e == n} for n in range(3)]
     assert all(len(s) == count % 8 for s in left_out)
     if count % 8:
@@ -62,7 +62,7 @@ def test_bucketed_batches_cut_padding_and_are_the_sorted_cut_of_each_mega_batch(
     assert bucketed_padding < 0.4 * plain_padding
     # Brute-force reference: each mega-batch (64 consecutive entries of the epoch's permutation),
     # sorted by length and cut into 8 batches, gives the same length profile as the sampler.
-    order = plain._order(0)
+    order = plain.order(0, range(512)).tolist()
     batches = as_indices(sampler)
     for start in range(0, 512, 64):
         mega = set(order[start : start + 64])
@@ -147,3 +147,18 @@ def test_bucketing_without_sample_lengths_is_a_config_error(tmp_path) -> None:
     with pytest.raises(ConfigError, match="gives none"):
         train(ToyRecipe(), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_bucketed_sampler_computes_each_mega_batch_once(monkeypatch) -> None:  # noqa: ANN001
+    """Consecutive batches stay within one mega-batch (in shuffled order), so a sampler computes
+    each of an epoch's mega-batches once rather than one per batch."""
+    lengths = skewed_lengths(200)
+    sampler = bucketed(lengths, 8, stop=50)  # 25 batches per epoch: mega-batches of 4, 4, ..., 1
+    computed = []
+    original = sampler._lengths_of
+    monkeypatch.setattr(sampler, "_lengths_of", lambda i: computed.append(1) or original(i))
+    batches = [[i for i, _ in batch] for batch in sampler]
+    assert len(computed) == 2 * 7
+    lengths_of = lambda batch: sorted(lengths[i] for i in batch)  # noqa: E731
+    firsts = [lengths_of(b) for b in batches[:4]]
+    assert firsts != sorted(firsts)  # the mega-batch's batches are not in length order
