@@ -7,7 +7,12 @@
    (peak RSS over the RSS after imports and after the lengths exist). Each measurement runs in a
    fresh process, so one's memory does not hide another's; `ratio` is old / new.
 
-    python benchmarks/data_scale.py [--sizes 1000000 10000000 100000000] [--batches 100]
+2. Text corpora (`data_scale_text.py`): peak RSS of the streaming token cache for a 10 MB and a
+   1 GB generated corpus, and its tokens/s against `datasets.Dataset.map`.
+3. Tar shards and meshes (`tar_and_mesh_cache.py`): first against later starts over indexed
+   shards, and mesh loads decoded every access against the decoded cache.
+
+    python benchmarks/data_scale.py [--parts sampler text cache] [--sizes 1000000 100000000]
 
 Linux only (reads /proc/self/status and resets the peak through /proc/self/clear_refs).
 """
@@ -103,6 +108,12 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=100, help="timed after the first")
     parser.add_argument("--old-rev", default=OLD_REV)
     parser.add_argument("--child", nargs=3, metavar=("IMPL", "KIND", "SAMPLES"))
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=("sampler", "text", "cache"),
+        default=["sampler", "text", "cache"],
+    )
     args = parser.parse_args()
     if args.child:
         args.implementation, args.kind, args.samples = (
@@ -111,6 +122,11 @@ def main() -> None:
             int(args.child[2]),
         )
         print(json.dumps(measure(args)))
+        return
+    for part, script in (("text", "data_scale_text.py"), ("cache", "tar_and_mesh_cache.py")):
+        if part in args.parts:  # their lines go straight to this run's output
+            subprocess.run([sys.executable, str(Path(__file__).parent / script)], check=True)
+    if "sampler" not in args.parts:
         return
     setting = {
         "batch_size": args.batch_size,
