@@ -15,7 +15,8 @@ def unlabelled_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
     root = tmp_path_factory.mktemp("unlabelled")
     folder = root / "clouds"
     folder.mkdir()
-    for path in sorted(ensure_default_data().rglob("train/*"))[::25][:8]:
+    clouds = [p for p in sorted(ensure_default_data().rglob("train/*")) if p.is_file()]
+    for path in clouds[::25][:8]:
         shutil.copy(path, folder / f"{path.parent.parent.name}_{path.name}")
     run = root / "run"
     overrides = ["train.steps=2", "train.batch_size=4", "train.progress=false"]

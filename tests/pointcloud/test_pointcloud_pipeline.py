@@ -77,7 +77,8 @@ def small_labelled_copy(root: Path) -> Path:
     for name in ("bumps", "dimples", "ridges"):
         for split, count in (("train", 6), ("test", 2)):
             (root / name / split).mkdir(parents=True)
-            for path in sorted((source / name / split).iterdir())[:count]:
+            clouds = [p for p in sorted((source / name / split).iterdir()) if p.is_file()]
+            for path in clouds[:count]:
                 shutil.copy(path, root / name / split / path.name)
     return root
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from omnimask.data import BadSampleError
 from omnimask.patching import unpatchify
-from omnimask.plugins import discover, get_recipe
+from omnimask.plugins import discover, get_recipe, recipe_entry
 from omnimask.testing import run_conformance
 from omnimask_timeseries.data import (
     CLASS_NAMES,
@@ -287,7 +287,8 @@ def test_eval_sets_are_labelled_centre_crops(
 
 def test_plugin_is_discovered() -> None:
     spec = discover().plugins["timeseries"]
-    assert spec.recipes == {"timeseries/mae": "omnimask_timeseries.recipe:TimeSeriesMAE"}
+    assert list(spec.recipes) == ["timeseries/mae"]
+    assert recipe_entry(spec, "timeseries/mae").target == "omnimask_timeseries.recipe:TimeSeriesMAE"
     assert isinstance(get_recipe("timeseries/mae"), TimeSeriesMAE)
 
 
