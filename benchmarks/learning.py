@@ -57,6 +57,7 @@ COVERED_RECIPES = (
     "pointcloud/point_mae",
     "pointcloud/point_bert",
     "text/electra",
+    "audio/w2v_bert",
 )
 
 

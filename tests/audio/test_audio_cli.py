@@ -13,8 +13,8 @@ from omnimask.visualize import sample_batch
 from PIL import Image
 from transformers import AutoModel
 
-#: Effective codes in use (of the demo's 64) below which the codebook counts as collapsed.
-PERPLEXITY_FLOOR = 8.0
+#: Effective codes in use (of the demo's 8) below which the codebook counts as collapsed.
+PERPLEXITY_FLOOR = 4.0
 
 
 @pytest.fixture(scope="module")

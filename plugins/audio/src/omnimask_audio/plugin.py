@@ -14,7 +14,7 @@ spec = PluginSpec(
             summary=(
                 "w2v-BERT: contrastive (wav2vec 2.0) + masked code prediction on log-mel fbanks"
             ),
-            presets=("demo", "paper"),
+            presets=("demo", "proof", "paper"),
         ),
     },
 )

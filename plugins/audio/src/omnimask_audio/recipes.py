@@ -12,7 +12,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from omnimask_audio.audio import AudioFolder, pad_collate
-from omnimask_audio.config import W2VBertConfig, demo, paper
+from omnimask_audio.config import W2VBertConfig, demo, paper, proof
 
 
 class W2VBertRecipe(Recipe):
@@ -23,7 +23,7 @@ class W2VBertRecipe(Recipe):
     )
     summary = "w2v-BERT: contrastive (wav2vec 2.0) + masked code prediction on log-mel fbanks"
     config_class = W2VBertConfig
-    presets = {"demo": demo, "paper": paper}
+    presets = {"demo": demo, "proof": proof, "paper": paper}
     batch_coupled_terms = {
         "loss": "holds the diversity loss",
         "diversity_loss": "the perplexity of the codebook's mean softmax over the batch, per "

@@ -4,8 +4,9 @@ Speech is a glottal source shaped by the vocal tract. Here the source is a Rosen
 train whose pitch follows a contour (declination plus a slow wobble and jitter), and the tract is a
 cascade of three formant resonators (Klatt's second-order sections) switched between vowels, one
 syllable after another, with pauses of breath noise between them. Each clip has one "voice" (a
-pitch range and a vocal-tract length). Files are written as real WAV and FLAC, so the corpus goes
-through the same reader as users' data.
+pitch range and a vocal-tract length). The pretraining clips' vowels follow a Markov chain
+(`PHONOTACTICS`), as a language's sounds follow each other. Files are written as real WAV and FLAC,
+so the corpus goes through the same reader as users' data.
 
 The labelled set for `omnimask eval` asks for the order of three vowels (`ORDERED_VOWELS`): every
 labelled clip says /a/, /i/ and /u/ once each, in one of their six orders, in a random voice. Each
@@ -26,7 +27,7 @@ import soundfile
 from omnimask.data import default_data_dir, generate_once
 
 SAMPLE_RATE = 16000
-CORPUS_VERSION = "speech-v2"
+CORPUS_VERSION = "speech-v3"
 #: (name, median pitch in Hz, formant scale): a shorter vocal tract raises every formant.
 VOICES = (("bass", 95.0, 1.0), ("tenor", 135.0, 1.06), ("alto", 205.0, 1.16), ("child", 280.0, 1.3))
 #: Peterson & Barney's average formants (F1, F2, F3) of adult male vowels, in Hz.
@@ -38,6 +39,14 @@ VOWELS = {
     "u": (300.0, 870.0, 2240.0),
 }
 BANDWIDTHS = (60.0, 90.0, 150.0)
+#: Phonotactics of the pretraining clips: the vowel after each vowel is its preferred successor
+#: here `PREFERRED_SHARE` of the time, any other vowel (itself included) otherwise. Speech is not
+#: a string of independent sounds (phone n-grams, words), and w2v-BERT's MLM module is a model of
+#: exactly that dependence over the quantizer's units: with independent vowels (corpus v2) a
+#: masked vowel cannot be told from its neighbours, the pretext task rewards no context, and
+#: pretraining lost the order information random init has (plugin README).
+PHONOTACTICS = {"a": "e", "e": "i", "i": "o", "o": "u", "u": "a"}
+PREFERRED_SHARE = 0.5
 #: the vowels whose order labels the evaluation clips: the corners of the vowel triangle, told
 #: apart in every voice.
 ORDERED_VOWELS = ("a", "i", "u")
@@ -101,14 +110,27 @@ def formant_filter(signal: np.ndarray, formants: tuple[float, ...], taps: int = 
     return np.fft.irfft(spectrum, size)[: len(signal)]
 
 
+def vowel_sequence(rng: np.random.Generator, count: int) -> tuple[str, ...]:
+    """`count` vowels from a first-order Markov chain (`PHONOTACTICS`): the first uniform, each
+    next one drawn given the one before."""
+    names = list(VOWELS)
+    vowels = [str(rng.choice(names))]
+    for _ in range(count - 1):
+        preferred = PHONOTACTICS[vowels[-1]]
+        rest = (1.0 - PREFERRED_SHARE) / (len(names) - 1)
+        probs = [PREFERRED_SHARE if name == preferred else rest for name in names]
+        vowels.append(str(rng.choice(names, p=probs)))
+    return tuple(vowels)
+
+
 def synthesize(
     voice: int, rng: np.random.Generator, vowels: tuple[str, ...] | None = None
 ) -> Utterance:
-    """One clip of `vowels` (by default 3-6 random ones) as syllables with pauses, in voice
-    `voice`, about 0.7-2.6 s long."""
+    """One clip of `vowels` (by default 3-6 from `vowel_sequence`) as syllables with pauses, in
+    voice `voice`, about 0.7-2.6 s long."""
     _, median_pitch, scale = VOICES[voice]
     if vowels is None:
-        vowels = tuple(str(v) for v in rng.choice(list(VOWELS), size=int(rng.integers(3, 7))))
+        vowels = vowel_sequence(rng, int(rng.integers(3, 7)))
     syllables = len(vowels)
     durations = rng.uniform(0.18, 0.35, size=syllables)
     pauses = rng.uniform(0.03, 0.12, size=syllables + 1)

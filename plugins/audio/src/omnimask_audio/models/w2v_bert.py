@@ -293,6 +293,10 @@ class W2VBertTarget(Target):
         logits[:, 1:] = logits[:, 1:].masked_fill(same, float("-inf"))
         zeros = torch.zeros(len(logits), dtype=torch.long, device=logits.device)
         contrastive = F.cross_entropy(logits, zeros) if len(logits) else logits.sum()
+        # The share of masked frames whose own target wins (a tie with a distractor is a miss):
+        # how well the contrastive module does its job, beside its loss.
+        hits = (logits[:, 0] > logits[:, 1:].amax(1)).float()
+        picked = hits.mean() if len(hits) else hits.sum()
         size = self.quantizer.codebooks * self.quantizer.codebook_size
         diversity = (size - target.prob_perplexity) / size
         code_logits = prediction["code_logits"].flatten(0, 1)  # [M * G, V]
@@ -306,6 +310,7 @@ class W2VBertTarget(Target):
             "loss": contrastive + self.diversity_weight * diversity + self.mlm_weight * mlm,
             LOSS_WEIGHT: mask.sum().float(),
             "contrastive_loss": contrastive.detach(),
+            "contrastive_accuracy": picked.detach(),
             "diversity_loss": diversity.detach(),
             "mlm_loss": mlm.detach(),
             "mlm_accuracy": accuracy.detach(),
