@@ -9,7 +9,10 @@
    Target: the engine at most 5% slower.
 2. Samples/s of the recipe's data pipeline (through the engine's seeded, indexed dataset wrapper)
    against the training step rate: the loader must outrun the model.
-3. Start-up, in fresh interpreters, as ratios to `python -c "import torch"`: `omnimask --help`,
+3. `--only loader --recipe R1 R2 ...`: per recipe, at its preset's own batch size, the data
+   pipeline's samples/s (0 and 2 workers) against the samples/s of its training steps (the
+   engine's logged rate over `--steps` steps after 10 warm-up ones). Target: at least 2x.
+4. Start-up, in fresh interpreters, as ratios to `python -c "import torch"`: `omnimask --help`,
    `plugins` and `recipes` (which import no torch), and `omnimask pretrain` until its first
    training step is logged.
 
@@ -149,22 +152,41 @@ def startup(recipe: str, preset: str, rounds: int) -> None:
     emit("pretrain_first_step_over_import_torch", first / torch_import, recipe=recipe, **info)
 
 
+def loader_headroom(recipe_name: str, preset: str, steps: int) -> None:
+    """The data pipeline's rate against the training step rate, at the preset's batch size."""
+    recipe = get_recipe(recipe_name)
+    config = apply_overrides(recipe.config(preset), ["train.warmup_steps=1"])
+    batch = config.train.batch_size
+    step_rate = batch / statistics.median(engine_step_times(recipe, config, steps))
+    info = {"recipe": recipe_name, "preset": preset, "batch": batch}
+    emit("train_samples_per_s", step_rate, **info)
+    for workers in (0, 2):
+        rate = loader_samples_per_s(recipe, config, workers, batches=10)
+        emit("loader_samples_per_s", rate, workers=workers, **info)
+        emit("loader_over_train_ratio", rate / step_rate, workers=workers, target=">= 2", **info)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--recipe", default="timeseries/mae")
+    parser.add_argument("--recipe", nargs="+", default=["timeseries/mae"])
     parser.add_argument("--preset", default="demo")
     parser.add_argument("--steps", type=int, default=60, help="timed steps per round (x10)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--only", choices=("steps", "startup"), help="one part of the benchmark")
+    parser.add_argument("--only", choices=("steps", "startup", "loader"), help="one part")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.only == "loader":
+        for name in args.recipe:
+            loader_headroom(name, args.preset, args.steps)
+        return
+    args.recipe = args.recipe[0]
     if args.only != "steps":
         startup(args.recipe, args.preset, args.rounds)
     if args.only == "startup":
         return
-    if args.threads:
-        torch.set_num_threads(args.threads)
     recipe = get_recipe(args.recipe)
     config = apply_overrides(
         recipe.config(args.preset),
