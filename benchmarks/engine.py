@@ -105,10 +105,12 @@ def loader_samples_per_s(recipe, config, workers: int, batches: int) -> float:  
     loader = DataLoader(
         dataset, batch_sampler=keys, collate_fn=engine_collate(recipe.collate), num_workers=workers
     )
+    stream = iter(loader)
+    next(stream)  # workers started and warm: a run's steady state, not its start-up
     start = time.perf_counter()
-    for _ in loader:
+    for _ in stream:
         pass
-    return batches * size / (time.perf_counter() - start)
+    return (batches - 1) * size / (time.perf_counter() - start)
 
 
 def wall_seconds(command: list[str]) -> float:
@@ -161,7 +163,7 @@ def loader_headroom(recipe_name: str, preset: str, steps: int) -> None:
     info = {"recipe": recipe_name, "preset": preset, "batch": batch}
     emit("train_samples_per_s", step_rate, **info)
     for workers in (0, 2):
-        rate = loader_samples_per_s(recipe, config, workers, batches=10)
+        rate = loader_samples_per_s(recipe, config, workers, batches=40)
         emit("loader_samples_per_s", rate, workers=workers, **info)
         emit("loader_over_train_ratio", rate / step_rate, workers=workers, target=">= 2", **info)
 
