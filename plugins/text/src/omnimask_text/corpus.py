@@ -64,13 +64,15 @@ class Document:
     text: str
 
 
-def decode_utf8(path: Path, data: bytes) -> str:
-    """`data` as text; invalid UTF-8 raises `BadSampleError` naming the file and byte offset."""
+def decode_utf8(path: Path, data: bytes, start: int = 0) -> str:
+    """`data`, which starts at byte `start` of `path`, as text; invalid UTF-8 raises
+    `BadSampleError` naming the file and the byte offset in it."""
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
+        offset = start + error.start
         raise BadSampleError(
-            path, f"invalid UTF-8 at byte offset {error.start} ({error.reason})"
+            path, f"invalid UTF-8 at byte offset {offset} ({error.reason})"
         ) from None
 
 
@@ -102,7 +104,7 @@ def iter_file(path: Path, field: str, skipped: list[str] | None = None) -> Itera
                 continue
             blank = False
             try:
-                documents = _jsonl_document(path, number, _decode_line(path, raw, start), field)
+                documents = _jsonl_document(path, number, decode_utf8(path, raw, start), field)
             except BadSampleError as error:
                 if skipped is None:
                     raise
@@ -115,18 +117,6 @@ def iter_file(path: Path, field: str, skipped: list[str] | None = None) -> Itera
         raise BadSampleError(path, "empty file (no text)")
     if not found:
         raise BadSampleError(path, f"no non-empty {field!r} text in any line")
-
-
-def _decode_line(path: Path, raw: bytes, start: int) -> str:
-    """A line that starts at byte `start` of `path`, as text (`decode_utf8`'s error, with the
-    offset in the file)."""
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        offset = start + error.start
-        raise BadSampleError(
-            path, f"invalid UTF-8 at byte offset {offset} ({error.reason})"
-        ) from None
 
 
 def _jsonl_document(path: Path, number: int, line: str, field: str) -> list[Document]:

@@ -37,7 +37,7 @@ from omnimask_text.corpus import (
 )
 from omnimask_text.lexicon import NgramLexicon, build_lexicon
 from omnimask_text.models.build import SpecialIds
-from omnimask_text.tokens import TokenRows, framed_chunks, pack_layout, token_cache
+from omnimask_text.tokens import TokenRows, framed_chunks, token_cache
 from omnimask_text.vocab import (
     CLS,
     SEP,
@@ -136,15 +136,11 @@ def load_lexicon(config: MLMConfig, tokenizer: Tokenizer) -> NgramLexicon:
 
 
 def pack(chunks: Sequence[list[int]], seq_len: int) -> list[tuple[list[int], list[int]]]:
-    """`(ids, sequence ids)` rows of `chunks` packed by `tokens.pack_layout` (best fit)."""
-    order, starts = pack_layout(np.asarray([len(c) for c in chunks]), seq_len)
-    rows = []
-    for first, last in zip(starts[:-1].tolist(), starts[1:].tolist()):
-        row_chunks = [chunks[c] for c in order[first:last].tolist()]
-        ids = [token for chunk in row_chunks for token in chunk]
-        sequence_ids = [n + 1 for n, chunk in enumerate(row_chunks) for _ in chunk]
-        rows.append((ids, sequence_ids))
-    return rows
+    """`(ids, sequence ids)` rows of `chunks` packed by `tokens.pack_layout` (best fit), as
+    `TokenRows` assembles them."""
+    rows = TokenRows.from_chunks(chunks, packing=True, seq_len=seq_len, digest=0)
+    items = (rows[i] for i in range(len(rows)))
+    return [(i["input_ids"].tolist(), i["sequence_ids"].tolist()) for i in items]
 
 
 def tokenize_documents(

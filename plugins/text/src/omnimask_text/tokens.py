@@ -172,11 +172,6 @@ class TokenRows(Dataset):
     def __len__(self) -> int:
         return self._len
 
-    def row_length(self, index: int) -> int:
-        arrays = self.arrays
-        chunks = arrays["order"][arrays["starts"][index] : arrays["starts"][index + 1]]
-        return int((arrays["offsets"][chunks + 1] - arrays["offsets"][chunks]).sum())
-
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         arrays = self.arrays
         chunks = arrays["order"][arrays["starts"][index] : arrays["starts"][index + 1]]
