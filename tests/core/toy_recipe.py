@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from omnimask import (
@@ -23,11 +24,16 @@ from omnimask import (
     Tokens,
 )
 from omnimask.data import BadSampleError, check_data_path
+from omnimask.shards import open_shard_set
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 
 class ToyData(Dataset):
+    """64 fixed token sets, with noise drawn at each access; shardable (`omnimask.shards`)."""
+
+    record_kind = "toy.values/1"
+
     def __init__(
         self, bad: tuple[int, ...] = (), nan: tuple[int, ...] = (), delay: float = 0.0
     ) -> None:
@@ -37,14 +43,20 @@ class ToyData(Dataset):
     def __len__(self) -> int:
         return len(self.values)
 
-    def __getitem__(self, index: int) -> dict[str, Tensor]:
-        time.sleep(self.delay)  # lets a test kill the run at a known step
+    def record(self, index: int) -> dict[str, Any]:
         if index in self.bad:
             raise BadSampleError(f"toy/{index}.npy", "corrupt")
-        values = self.values[index] + 0.01 * torch.randn(8, 4)  # augmentation: global RNG
-        if index in self.nan:
+        return {"values": self.values[index].numpy(), "index": index}
+
+    def sample(self, record: dict[str, Any]) -> dict[str, Tensor]:
+        time.sleep(self.delay)  # lets a test kill the run at a known step
+        values = torch.from_numpy(record["values"]) + 0.01 * torch.randn(8, 4)  # augmentation
+        if record["index"] in self.nan:
             values = values * float("nan")
         return {"values": values}
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        return self.sample(self.record(index))
 
 
 class LabelledToyData(Dataset):
@@ -180,9 +192,13 @@ class ToyRecipe(Recipe):
         )
 
     def build_dataset(self, config: ToyConfig) -> Dataset:
+        data = ToyData(tuple(config.bad), tuple(config.nan), config.delay)
+        shards = open_shard_set(config.data.path, ToyData.record_kind, config.data.shard_cache)
+        if shards is not None:
+            return shards.dataset(data.sample)
         if config.data.path is not None:
             check_data_path(config.data.path, ("*.npy",))
-        return ToyData(tuple(config.bad), tuple(config.nan), config.delay)
+        return data
 
     def build_eval_datasets(self, config: ToyConfig, path: str | None = None):
         return LabelledToyData(40, seed=2), LabelledToyData(20, seed=3)

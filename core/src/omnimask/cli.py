@@ -1,7 +1,7 @@
 """The `omnimask` command line.
 
     omnimask plugins | recipes [--show NAME] | pretrain RECIPE [--preset P] [--data PATH] [k=v...]
-    omnimask prepare RECIPE [--preset P] [--data PATH] [k=v...]
+    omnimask prepare RECIPE [--preset P] [--data PATH] [--out SHARDS] [k=v...]
     omnimask eval RUN | visualize RUN | export RUN --format F | bench RECIPE
 
 Every user-facing failure (unknown recipe, bad override, bad data, a run that cannot be resumed)
@@ -120,7 +120,9 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 def build_config(recipe_name: str, preset: str, data: str | None, overrides: Sequence[str]):  # noqa: ANN201
     """The recipe and its config. A missing data path and a recipe that does not exist are
     reported before the recipe's module (and torch) is imported."""
-    if data is not None and not Path(data).exists():
+    from omnimask.shards import is_remote
+
+    if data is not None and not is_remote(data) and not Path(data).exists():
         raise DataPathError(f"data path {data} does not exist")
     recipe = get_recipe(recipe_name)  # an unknown name fails before any import
     from omnimask.config import apply_overrides
@@ -148,14 +150,33 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 def cmd_prepare(args: argparse.Namespace) -> int:
     """Build the recipe's training set once (and with it every cache it keeps: a trained
     tokenizer, token files, decoded volumes), so that the processes of a run, on one machine or
-    many, start from it instead of each building it."""
+    many, start from it instead of each building it. With `--out`, also write it as a shard set
+    (`omnimask.shards`) that `pretrain --data OUT` reads, from a shared folder or a bucket."""
     recipe, config = build_config(args.recipe, args.preset, args.data, args.overrides)
     dataset = recipe.build_dataset(config)
     skipped = len(getattr(dataset, "skipped_at_load", ()))
-    print(
-        f"{args.recipe}: {len(dataset)} training samples ready"
-        + (f" ({skipped} bad inputs left out)" if skipped else "")
+    if args.out is None:
+        print(
+            f"{args.recipe}: {len(dataset)} training samples ready"
+            + (f" ({skipped} bad inputs left out)" if skipped else "")
+        )
+        return 0
+    from omnimask.shards import write_shard_set
+
+    report = write_shard_set(
+        recipe.name,
+        dataset,
+        args.out,
+        source=args.data,
+        on_bad_sample=config.data.on_bad_sample,
+        chunk_bytes=args.chunk_bytes,
     )
+    skipped += len(report.skipped)
+    print(
+        f"{args.recipe}: {report.samples} samples written to {report.out} (LitData shards)"
+        + (f"; {skipped} bad inputs left out, e.g. {report.skipped[0]}" if report.skipped else "")
+    )
+    print(f"next: omnimask pretrain {args.recipe} --data {report.out}")
     return 0
 
 
@@ -247,9 +268,18 @@ def parser() -> argparse.ArgumentParser:
     pretrain.set_defaults(func=cmd_pretrain)
 
     prepare = sub.add_parser(
-        "prepare", help="build a recipe's data caches once (tokenizer, token files, ...)"
+        "prepare", help="build a recipe's data caches once, or write its data as shards (--out)"
     )
     recipe_arguments(prepare)
+    prepare.add_argument(
+        "--out",
+        type=Path,
+        help="also write the training set as shards (LitData) in this new folder, for "
+        "`pretrain --data OUT` from a shared folder or, once uploaded, a bucket",
+    )
+    prepare.add_argument(
+        "--chunk-bytes", default="64MB", help="size of one shard file (default 64MB)"
+    )
     prepare.set_defaults(func=cmd_prepare)
 
     evaluate = sub.add_parser(

@@ -82,6 +82,9 @@ class DataConfig:
     # > 0: length-bucketed batches (recipes whose `sample_lengths` gives lengths): samples are
     # sorted by length within groups of this many global batches, cutting padding.
     bucket_batches: int = 0
+    # where chunks of a shard set on object storage (`path: s3://...`) are kept; default
+    # `$OMNIMASK_DATA_DIR/shards/<hash of the URL>` (`omnimask.shards`)
+    shard_cache: str | None = None
 
 
 @dataclass

@@ -1,0 +1,362 @@
+"""Shard sets: a recipe's training set written once as LitData chunks (`omnimask prepare --out`),
+then read by `pretrain` from a local or shared folder, or from object storage.
+
+A shard holds each sample's *record*: what the recipe reads and decodes from the user's files,
+before any random augmentation (the encoded image, a mesh's surface points, a resampled CT
+volume). The random part (crop, point subset, flips) stays in the recipe and is drawn when the
+sample is read, under the engine's per-sample seed, so a run on shards augments exactly as one
+on the raw folder does, epoch after epoch. A recipe's training set opts in by implementing
+`ShardableDataset`; its `build_dataset` then reads a shard set through `open_shard_set`.
+
+Why LitData (root README, "Shards"): its chunks are read by index (`StreamingDataset[i]`), so
+the engine's own sampler keeps its (seed, step) -> samples contract, which makes a run exact on
+resume and the same for any number of processes; it reads S3, GCS, Azure and Hugging Face
+buckets, and serves a local folder as a remote one (`local:`), which the tests use; it is
+actively maintained by Lightning AI. Its writer (`BinaryWriter`) stores numpy arrays, bytes,
+strings and numbers as they are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from omnimask.errors import BadSampleError, DataPathError
+
+#: What marks a folder as a finished shard set: written last, so a `prepare` that was killed or
+#: failed leaves no folder that `pretrain` would take for one.
+MANIFEST = "omnimask.json"
+#: bump when the manifest or record layout changes, so older shard sets are refused, not misread.
+MANIFEST_FORMAT = 1
+#: Object-storage locations LitData reads (`local:` serves a folder as if it were remote).
+REMOTE_PREFIXES = ("s3://", "gs://", "azure://", "r2://", "hf://", "local:")
+DEFAULT_CHUNK_BYTES = "64MB"
+#: LitData's own index of a folder's chunks
+LITDATA_INDEX = "index.json"
+#: how long a reader waits for a chunk another process is downloading
+CHUNK_WAIT_SECONDS = 600.0
+
+# LitData asks PyPI for a newer version of itself when it is first used; nothing may download at
+# run time (and a cluster node often has no route out), so that check is off unless asked for.
+os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")
+
+
+@runtime_checkable
+class ShardableDataset(Protocol):
+    """A training set that `omnimask prepare --out` can write as shards.
+
+    `dataset[i]` must equal `dataset.sample(dataset.record(i))` under the same seeded RNG:
+    `record` reads and decodes, deterministically (it may raise `BadSampleError`); `sample` does
+    the random rest. A record is a flat dict of numpy arrays, bytes, strings and numbers.
+    `record_kind` names the record layout and its version ("pointcloud.points/1"): every recipe
+    whose training set reads that kind can train on the same shards, and a changed layout
+    (another version) is refused rather than misread.
+    """
+
+    record_kind: str
+
+    def __len__(self) -> int: ...
+
+    def record(self, index: int) -> dict[str, Any]: ...
+
+    def sample(self, record: dict[str, Any]) -> dict[str, Any]: ...
+
+
+def verbatim_serializers() -> dict[str, Any]:
+    """LitData serializers that store strings and bytes as they are.
+
+    LitData's own guess by content: a string naming an existing `.ply` or `.tif` file is stored
+    as that file's contents, and bytes that look like an image may be decoded on reading. A
+    record's source name or encoded image must come back unchanged, so these two take
+    precedence (LitData tries the serializers it is given first), for writing and reading.
+    """
+    from litdata.streaming.serializers import BytesSerializer, StringSerializer
+
+    class VerbatimString(StringSerializer):
+        def can_serialize(self, data: Any) -> bool:
+            return isinstance(data, str)
+
+    class VerbatimBytes(BytesSerializer):
+        def can_serialize(self, item: Any) -> bool:
+            return isinstance(item, (bytes, bytearray))
+
+        def serialize(self, item: bytes) -> tuple[bytes, str | None]:
+            return bytes(item), None
+
+    return {"omnimask_str": VerbatimString(), "omnimask_bytes": VerbatimBytes()}
+
+
+def is_remote(path: str) -> bool:
+    return path.startswith(REMOTE_PREFIXES)
+
+
+@dataclass
+class ShardSet:
+    """A finished shard set: where it is, and what its manifest says."""
+
+    location: str  # a folder, or an object-storage URL (`s3://bucket/prefix`, `local:/folder`)
+    record_kind: str
+    samples: int
+    #: what the recipe's `sample` needs besides the records (normalisation statistics...),
+    #: from the training set's `shard_attributes()` when the shards were written
+    attributes: dict[str, Any] = field(default_factory=dict)
+    cache_dir: str | None = None  # where chunks read from object storage are kept
+
+    def dataset(self, sample: Callable[[dict[str, Any]], dict[str, Any]]) -> ShardDataset:
+        """The training set: record `i` of the shards, through the recipe's `sample`."""
+        return ShardDataset(self, sample)
+
+
+def default_cache_dir(location: str) -> str:
+    """Where chunks of a remote shard set are kept: one folder per URL under
+    `$OMNIMASK_DATA_DIR` (or `~/.cache/omnimask`), shared by the runs that read it."""
+    base = os.environ.get("OMNIMASK_DATA_DIR") or Path.home() / ".cache" / "omnimask"
+    digest = hashlib.sha256(location.encode()).hexdigest()[:16]
+    return str(Path(base) / "shards" / digest)
+
+
+def read_manifest(location: str, cache_dir: str) -> dict[str, Any]:
+    """The manifest of the shard set at `location`, fetched through LitData's downloader when
+    the set is remote. Raises `DataPathError` naming the location when there is none."""
+    if is_remote(location):
+        from litdata.streaming.downloader import get_downloader
+
+        local = Path(cache_dir) / MANIFEST
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.unlink(missing_ok=True)  # the set may have been rewritten since the last run
+        try:
+            get_downloader(location, cache_dir, []).download_file(
+                f"{location.rstrip('/')}/{MANIFEST}", str(local)
+            )
+            text = local.read_text()
+        except Exception as error:  # noqa: BLE001 - each storage backend raises its own types
+            raise DataPathError(
+                f"{location}: no shard set there ({MANIFEST} cannot be read: "
+                f"{type(error).__name__}: {error})"
+            ) from error
+    else:
+        path = Path(location) / MANIFEST
+        try:
+            text = path.read_text()
+        except OSError as error:
+            raise DataPathError(
+                f"{location}: not a finished shard set ({MANIFEST} cannot be read: "
+                f"{error.strerror or error}; run `omnimask prepare RECIPE --out` again)"
+            ) from error
+    try:
+        manifest = json.loads(text)
+        if not isinstance(manifest, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as error:
+        raise DataPathError(f"{location}/{MANIFEST}: damaged ({error})") from error
+    return manifest
+
+
+def open_shard_set(
+    path: str | None, record_kind: str, cache_dir: str | None = None
+) -> ShardSet | None:
+    """The shard set at `path` (a folder holding `omnimask.json`, or an object-storage URL),
+    checked to hold `record_kind` records; None when `path` is raw data for the recipe to read
+    itself."""
+    if path is None:
+        return None
+    if not is_remote(path) and not (Path(path) / MANIFEST).is_file():
+        if (Path(path) / LITDATA_INDEX).is_file():  # chunks without the manifest written last
+            raise DataPathError(
+                f"{path}: not a finished shard set (LitData chunks without {MANIFEST}: its "
+                "`omnimask prepare --out` did not complete, or the folder was written by "
+                "another tool); write it again with `omnimask prepare RECIPE --out`"
+            )
+        return None
+    location = path if is_remote(path) else str(Path(path).resolve())
+    cache = (cache_dir or default_cache_dir(location)) if is_remote(path) else None
+    manifest = read_manifest(location, cache or "")
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise DataPathError(
+            f"{path}: shard format {manifest.get('format')!r}, this omnimask reads format "
+            f"{MANIFEST_FORMAT}; write the shards again with `omnimask prepare --out`"
+        )
+    if manifest.get("record_kind") != record_kind:
+        raise DataPathError(
+            f"{path}: its shards hold {manifest.get('record_kind')!r} records (written for "
+            f"{manifest.get('recipe')}), this recipe reads {record_kind!r}; prepare shards for it"
+        )
+    return ShardSet(
+        location, record_kind, int(manifest["samples"]), dict(manifest["attributes"]), cache
+    )
+
+
+class ShardDataset:
+    """Record `i` of a shard set, made a training sample by the recipe's `sample`: a map-style
+    data set (`__len__`, `__getitem__`), importable without torch like this whole module, so
+    the CLI can tell a shard set's URL from a missing folder before its heavy imports.
+
+    Random access (LitData's `StreamingDataset[i]`), so the engine's sampler decides the order
+    as it does for a folder. The LitData reader is opened lazily in each process and DataLoader
+    worker (it holds open files and download threads, which do not cross a fork or a pickle).
+    """
+
+    def __init__(self, shards: ShardSet, sample: Callable[[dict[str, Any]], dict[str, Any]]):
+        self.shards, self.sample = shards, sample
+        self._reader: Any = None
+
+    def __len__(self) -> int:
+        return self.shards.samples
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_reader": None}
+
+    def reader(self) -> Any:
+        if self._reader is None:
+            from litdata import StreamingDataset
+            from litdata.streaming.resolver import Dir
+
+            location = self.shards.location
+            source = (
+                Dir(path=self.shards.cache_dir, url=location) if is_remote(location) else location
+            )
+            self._reader = StreamingDataset(source, serializers=verbatim_serializers())
+            if len(self._reader) != self.shards.samples:
+                raise DataPathError(
+                    f"{location}: its chunk index lists {len(self._reader)} samples, its "
+                    f"{MANIFEST} {self.shards.samples}; the set was changed after it was written"
+                )
+        return self._reader
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        record = self.read(index)
+        # LitData hands bytes back as memoryviews of its chunk buffer
+        record = {k: bytes(v) if isinstance(v, memoryview) else v for k, v in record.items()}
+        return self.sample(record)
+
+    def read(self, index: int) -> dict[str, Any]:
+        """Record `index`, waiting for a chunk that another process is fetching.
+
+        Backends without range reads (`local:`, and a fallback of some others) copy a whole
+        chunk into the cache; a DataLoader worker that finds another one copying it skips the
+        copy and then fails to open the file, so that case is retried until the copy lands."""
+        reader = self.reader()
+        waited = 0.0
+        while True:
+            try:
+                return reader[index]
+            except FileNotFoundError as error:
+                if not is_remote(self.shards.location) or waited >= CHUNK_WAIT_SECONDS:
+                    raise BadSampleError(
+                        f"{self.shards.location} (sample {index})", f"cannot be read ({error})"
+                    ) from error
+            except (OSError, ValueError, RuntimeError) as error:
+                raise BadSampleError(
+                    f"{self.shards.location} (sample {index})", f"cannot be read ({error})"
+                ) from error
+            time.sleep(0.05)
+            waited += 0.05
+
+
+def share_like_a_new_folder(folder: Path) -> None:
+    """Give `folder` and its files the permissions a plain `mkdir` and `open` would (the
+    umask's), not the owner-only ones of a temporary folder and file: the processes of other
+    users and nodes read a shard set from a shared file system."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for file in folder.iterdir():
+        file.chmod(0o666 & ~umask)
+
+
+@dataclass
+class WriteReport:
+    """What `write_shard_set` wrote: the number of samples and the bad inputs left out."""
+
+    out: Path
+    samples: int
+    skipped: list[str]
+
+
+def write_shard_set(
+    recipe: str,
+    dataset: Any,
+    out: Path,
+    *,
+    source: str | None,
+    on_bad_sample: str = "raise",
+    chunk_bytes: str = DEFAULT_CHUNK_BYTES,
+) -> WriteReport:
+    """Write every record of `dataset` (a `ShardableDataset`) to the new folder `out`.
+
+    The shards are written to a staging folder beside `out`, the manifest last, and the folder
+    renamed into place: a write that fails (a bad sample under `raise`, a full disk) or is
+    killed leaves no `out` and touches nothing else. An existing non-empty `out` is refused.
+    """
+    from litdata.streaming.writer import BinaryWriter
+    from tqdm.auto import tqdm
+
+    from omnimask.data import BAD_SAMPLE_POLICIES, write_atomically
+
+    if not isinstance(dataset, ShardableDataset):
+        raise DataPathError(
+            f"recipe {recipe} cannot write shards: its training set "
+            f"({type(dataset).__name__}) does not split reading from augmentation "
+            "(`omnimask.shards.ShardableDataset`)"
+        )
+    if on_bad_sample not in BAD_SAMPLE_POLICIES:
+        raise DataPathError(f"data.on_bad_sample must be one of {BAD_SAMPLE_POLICIES}")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DataPathError(f"{out} already exists and is not empty: give a new folder to --out")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-staging-", dir=out.parent))
+    except OSError as error:
+        raise DataPathError(f"cannot write {out}: {error.strerror or error}") from error
+    skipped: list[str] = []
+    try:
+        writer = BinaryWriter(
+            str(staging), chunk_bytes=chunk_bytes, serializers=verbatim_serializers()
+        )
+        written = 0
+        for index in tqdm(range(len(dataset)), f"{recipe}: shards", unit="sample", disable=None):
+            try:
+                record = dataset.record(index)
+            except BadSampleError as error:
+                if on_bad_sample == "raise":
+                    raise
+                skipped.append(str(error))
+                continue
+            writer[written] = record
+            written += 1
+        if not written:
+            raise DataPathError(f"{source}: no sample could be read, so no shards were written")
+        writer.done()
+        writer.merge()
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "recipe": recipe,
+            "record_kind": dataset.record_kind,
+            "samples": written,
+            "skipped": len(skipped),
+            "attributes": getattr(dataset, "shard_attributes", dict)(),
+            "source": source,
+            "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        write_atomically(staging / MANIFEST, json.dumps(manifest, indent=1).encode())
+        share_like_a_new_folder(staging)
+        if out.is_dir():
+            out.rmdir()  # empty (checked above); a rename cannot replace it
+        staging.rename(out)
+    except OSError as error:
+        raise DataPathError(
+            f"cannot write shards to {out}: {error.strerror or error} (nothing was kept)"
+        ) from error
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return WriteReport(out, written, skipped)
