@@ -23,6 +23,8 @@ from omnimask.export import export_model, load_safetensors_export
 from omnimask.model import LOSS_WEIGHT, MaskedModel
 from omnimask.plugins import discover, get_recipe, recipe_entry
 from omnimask.recipe import Recipe, RecipeConfig
+from omnimask.seeding import mix_seed, seeded_rng
+from omnimask.shards import ShardableDataset, write_shard_set
 from omnimask.visualize import sample_batch
 
 BATCH_SIZE = 4
@@ -248,6 +250,71 @@ def check_compiles_like_eager(s: Subject) -> None:
         )
 
 
+#: samples of the embedded data that `check_shards_reproduce_the_data` writes and reads back
+SHARD_SAMPLES = 3
+
+
+class FirstRecords:
+    """The first `count` samples of a `ShardableDataset`, as one (for a small shard set)."""
+
+    def __init__(self, dataset: ShardableDataset, count: int) -> None:
+        self.dataset, self.count = dataset, min(count, len(dataset))
+        self.record_kind = dataset.record_kind
+
+    def __len__(self) -> int:
+        return self.count
+
+    def record(self, index: int) -> dict[str, Any]:
+        return self.dataset.record(index)
+
+    def sample(self, record: dict[str, Any]) -> dict[str, Any]:
+        return self.dataset.sample(record)
+
+    def shard_attributes(self) -> dict[str, Any]:
+        return getattr(self.dataset, "shard_attributes", dict)()
+
+
+def _assert_same_sample(name: str, actual: Any, expected: Any, where: str) -> None:
+    if isinstance(expected, dict):
+        assert isinstance(actual, dict) and actual.keys() == expected.keys(), (
+            f"{name}: {where} has keys {sorted(actual)}, the raw sample {sorted(expected)}"
+        )
+        for key in expected:
+            _assert_same_sample(name, actual[key], expected[key], f"{where}[{key!r}]")
+    elif isinstance(expected, torch.Tensor):
+        torch.testing.assert_close(actual, expected, rtol=0, atol=0, msg=f"{name}: {where}")
+    else:
+        assert actual == expected, f"{name}: {where} is {actual!r}, the raw sample {expected!r}"
+
+
+def check_shards_reproduce_the_data(s: Subject) -> None:
+    """`omnimask prepare --out` can write the recipe's training set as shards, and the recipe
+    reads them back (`build_dataset` with `data.path` at the shards) into exactly the samples
+    the raw data gives under the same per-sample seeds: what makes a run on shards the run on
+    the raw data, resumable the same way."""
+    config = copy.deepcopy(s.config)
+    raw = s.recipe.build_dataset(config)
+    assert isinstance(raw, ShardableDataset), (
+        f"{s.name}: its training set ({type(raw).__name__}) has no `record`/`sample`/"
+        "`record_kind` (omnimask.shards.ShardableDataset), so it cannot be written as shards"
+    )
+    first = FirstRecords(raw, SHARD_SAMPLES)
+    seeds = [mix_seed(7, 0, index) for index in range(len(first))]
+    expected = []
+    for index, seed in enumerate(seeds):
+        with seeded_rng(seed):
+            expected.append(raw[index])
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "shards"
+        write_shard_set(s.name, first, out, source=None)
+        config.data.path = str(out)
+        shards = s.recipe.build_dataset(config)
+        assert len(shards) == len(first), f"{s.name}: {len(shards)} samples read back"
+        for index, seed in enumerate(seeds):
+            with seeded_rng(seed):
+                _assert_same_sample(s.name, shards[index], expected[index], f"shard {index}")
+
+
 CHECKS: tuple[Callable[[Subject], None], ...] = (
     check_builds_from_spec,
     check_masks_reproducible,
@@ -258,6 +325,7 @@ CHECKS: tuple[Callable[[Subject], None], ...] = (
     check_loss_independent_of_batch_split,
     check_draws_a_figure,
     check_compiles_like_eager,
+    check_shards_reproduce_the_data,
 )
 
 

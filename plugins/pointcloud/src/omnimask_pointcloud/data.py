@@ -16,10 +16,17 @@ tell its classes apart.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from omnimask.data import DataPathError, check_data_path, default_data_dir, generate_once
+from omnimask.data import (
+    BadSampleError,
+    DataPathError,
+    check_data_path,
+    default_data_dir,
+    generate_once,
+)
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -36,6 +43,8 @@ DEFAULT_PER_CLASS = {"train": 48, "test": 32}
 DEFAULT_POINTS_PER_FILE = 2048
 #: bump when the generator changes, so an old cache is not reused.
 DEFAULT_DATA_VERSION = "v2"
+#: the record layout of `PointCloudDataset` in shards (`omnimask.shards`); bump when it changes
+POINTS_RECORD = "pointcloud.points/1"
 
 
 class PointCloudDataset(Dataset):
@@ -47,6 +56,8 @@ class PointCloudDataset(Dataset):
     scaled per axis and shifted, as Point-MAE pretrains; without it the subset depends only on
     the item index, so evaluation features are reproducible.
     """
+
+    record_kind = POINTS_RECORD
 
     def __init__(
         self,
@@ -62,29 +73,44 @@ class PointCloudDataset(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> dict[str, Tensor | int]:
+    def record(self, index: int) -> dict[str, Any]:
+        """File `index` decoded (`readers.load_points`), before any random draw: what a shard
+        keeps (`omnimask.shards`)."""
         path = self.files[index]
-        if self.augment:
-            points = self._load(path)
-        else:
-            state = np.random.get_state()
-            np.random.seed(index)
-            try:
-                points = self._load(path)
-            finally:
-                np.random.set_state(state)
+        points = load_points(path, mesh_samples=max(self.num_points, MESH_SAMPLES))
+        if len(points) < self.group_size:  # every patch of it would repeat points
+            raise BadSampleError(
+                path, f"only {len(points)} points, fewer than the group size {self.group_size}"
+            )
+        record: dict[str, Any] = {"points": points.astype(np.float32), "source": str(path)}
+        if self.labels is not None:
+            record["label"] = self.labels[index]
+        return record
+
+    def sample(self, record: dict[str, Any]) -> dict[str, Tensor | int]:
+        """The random rest: `num_points` of the record's points, on the unit sphere, scaled
+        per axis and shifted under `augment`."""
+        points = normalize_unit_sphere(
+            resample(record["points"], self.num_points, self.group_size, record["source"])
+        )
         if self.augment:
             points = points * np.random.uniform(2 / 3, 3 / 2, size=(1, 3)) + np.random.uniform(
                 -0.2, 0.2, size=(1, 3)
             )
         sample: dict[str, Tensor | int] = {"points": torch.from_numpy(points.astype(np.float32))}
-        if self.labels is not None:
-            sample["label"] = self.labels[index]
+        if "label" in record:
+            sample["label"] = record["label"]
         return sample
 
-    def _load(self, path: Path) -> np.ndarray:
-        points = load_points(path, mesh_samples=max(self.num_points, MESH_SAMPLES))
-        return normalize_unit_sphere(resample(points, self.num_points, self.group_size, path))
+    def __getitem__(self, index: int) -> dict[str, Tensor | int]:
+        if self.augment:
+            return self.sample(self.record(index))
+        state = np.random.get_state()
+        np.random.seed(index)
+        try:
+            return self.sample(self.record(index))
+        finally:
+            np.random.set_state(state)
 
 
 def data_root(path: str | None) -> Path:

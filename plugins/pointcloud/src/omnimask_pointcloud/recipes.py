@@ -11,11 +11,17 @@ import numpy as np
 import torch
 from omnimask import MaskedModel, Recipe, RecipeConfig
 from omnimask.masking import RandomMasker
+from omnimask.shards import open_shard_set
 from torch.utils.data import Dataset
 
 from omnimask_pointcloud import config as presets
 from omnimask_pointcloud.config import DVAEArchitecture, DVAEConfig, PointBERTConfig, PointMAEConfig
-from omnimask_pointcloud.data import PointCloudDataset, labelled_splits, pretraining_files
+from omnimask_pointcloud.data import (
+    POINTS_RECORD,
+    PointCloudDataset,
+    labelled_splits,
+    pretraining_files,
+)
 from omnimask_pointcloud.figures import Panel, draw_panels, patch_points
 from omnimask_pointcloud.masking import PointBlockMasker
 from omnimask_pointcloud.models.dvae import (
@@ -50,10 +56,14 @@ class PointCloudRecipe(Recipe):
     )
 
     def build_dataset(self, config: RecipeConfig) -> Dataset:
-        files = pretraining_files(config.data.path)
-        return PointCloudDataset(
-            files, None, config.patches.num_points, config.patches.group_size, augment=True
-        )
+        def clouds(files: list[Path]) -> PointCloudDataset:
+            patches = config.patches
+            return PointCloudDataset(files, None, patches.num_points, patches.group_size, True)
+
+        shards = open_shard_set(config.data.path, POINTS_RECORD, config.data.shard_cache)
+        if shards is not None:  # written by `omnimask prepare --out`
+            return shards.dataset(clouds([]).sample)
+        return clouds(pretraining_files(config.data.path))
 
     def build_eval_datasets(
         self, config: RecipeConfig, path: str | None = None
