@@ -19,7 +19,7 @@ import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ from omnimask.data import (
     generate_once,
     write_atomically,
 )
+from omnimask.shards import open_shard_set
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -111,7 +112,28 @@ def denormalize(images: Tensor) -> Tensor:
     return (images * std + mean).clamp(0, 1)
 
 
-class ImageFileDataset(Dataset):
+class EncodedImages(Dataset):
+    """What every image set shares: a record is the image file's bytes as stored (PNG, JPEG,
+    WebP), so a shard of it is as small as the file; `sample` decodes and transforms it (the
+    random crop and flip of pretraining), under the engine's per-sample seed."""
+
+    #: the record layout in shards (`omnimask.shards`); bump when it changes
+    record_kind = "vision.encoded_image/1"
+
+    def __init__(self, transform: Callable[[Image.Image], Tensor]) -> None:
+        self.transform = transform
+
+    def sample(self, record: dict[str, Any]) -> dict[str, Tensor]:
+        sample = {"image": self.transform(decode_image(record["image"], record["source"]))}
+        if "label" in record:
+            sample["label"] = torch.tensor(record["label"])
+        return sample
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        return self.sample(self.record(index))  # type: ignore[attr-defined]  # subclasses read
+
+
+class ImageFileDataset(EncodedImages):
     """Image files -> `{"image": [3, S, S]}` (plus `"label"` when labels are given)."""
 
     def __init__(
@@ -120,21 +142,22 @@ class ImageFileDataset(Dataset):
         transform: Callable[[Image.Image], Tensor],
         labels: list[int] | None = None,
     ) -> None:
-        self.files, self.transform, self.labels = files, transform, labels
+        super().__init__(transform)
+        self.files, self.labels = files, labels
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> dict[str, Tensor]:
+    def record(self, index: int) -> dict[str, Any]:
         path = self.files[index]
         try:
             data = path.read_bytes()
         except OSError as error:
             raise BadSampleError(path, f"cannot read file ({error.strerror or error})") from error
-        sample = {"image": self.transform(decode_image(data, str(path)))}
+        record: dict[str, Any] = {"image": data, "source": str(path)}
         if self.labels is not None:
-            sample["label"] = torch.tensor(self.labels[index])
-        return sample
+            record["label"] = self.labels[index]
+        return record
 
 
 #: bump when the index layout changes, so older indices are rebuilt rather than misread.
@@ -229,7 +252,7 @@ def shard_members(shard: Path, report: TarIndexReport) -> ShardIndex:
     return index
 
 
-class TarShardDataset(Dataset):
+class TarShardDataset(EncodedImages):
     """WebDataset tar shards (`key.jpg`, `key.png`, `key.webp` members) with random access.
 
     The engine needs a map-style dataset (resumable index order, per-sample seeds), while the
@@ -240,7 +263,7 @@ class TarShardDataset(Dataset):
     """
 
     def __init__(self, shards: list[Path], transform: Callable[[Image.Image], Tensor]) -> None:
-        self.transform = transform
+        super().__init__(transform)
         self.shards = list(shards)
         # Per sample: its shard's position in `shards`, member name, data offset and size;
         # arrays and a list of strings, not tuples, so a million samples stay cheap to hold and
@@ -273,7 +296,7 @@ class TarShardDataset(Dataset):
     def __len__(self) -> int:
         return len(self.names)
 
-    def __getitem__(self, index: int) -> dict[str, Tensor]:
+    def record(self, index: int) -> dict[str, Any]:
         shard, name, offset, size = self.member(index)
         source = f"{shard}:{name}"
         try:
@@ -284,14 +307,19 @@ class TarShardDataset(Dataset):
             raise BadSampleError(source, f"cannot read member ({error})") from error
         if len(data) != size:
             raise BadSampleError(source, f"truncated: {len(data)} of {size} bytes")
-        return {"image": self.transform(decode_image(data, source))}
+        return {"image": data, "source": source}
 
 
-def pretraining_dataset(path: str | None, image: ImageConfig) -> Dataset:
-    """The unlabelled set at `path` (image folder, or a folder/file of .tar shards), or the
-    embedded default images."""
-    root = Path(path) if path is not None else ensure_default_images()
+def pretraining_dataset(
+    path: str | None, image: ImageConfig, shard_cache: str | None = None
+) -> Dataset:
+    """The unlabelled set at `path` (image folder, a folder/file of .tar shards, or a shard set
+    of `omnimask prepare --out`), or the embedded default images."""
     transform = train_transform(image)
+    shards = open_shard_set(path, EncodedImages.record_kind, shard_cache)
+    if shards is not None:  # written by `omnimask prepare --out`
+        return shards.dataset(EncodedImages(transform).sample)
+    root = Path(path) if path is not None else ensure_default_images()
     if root.is_file() and root.suffix == ".tar" or root.is_dir() and any(root.rglob("*.tar")):
         return TarShardDataset(check_data_path(root, SHARD_PATTERNS), transform)
     return ImageFileDataset(check_data_path(root, IMAGE_PATTERNS), transform)

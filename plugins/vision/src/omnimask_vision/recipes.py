@@ -52,7 +52,7 @@ class ImageRecipe(Recipe):
     export_formats = ("timm",)
 
     def build_dataset(self, config: Any) -> Dataset:
-        return pretraining_dataset(config.data.path, config.image)
+        return pretraining_dataset(config.data.path, config.image, config.data.shard_cache)
 
     def build_eval_datasets(self, config: Any, path: str | None = None) -> tuple[Dataset, Dataset]:
         return labelled_datasets(path, config.image.size)
