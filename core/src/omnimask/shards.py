@@ -111,6 +111,20 @@ class ShardSet:
     attributes: dict[str, Any] = field(default_factory=dict)
     cache_dir: str | None = None  # where chunks read from object storage are kept
 
+    def require(self, settings: dict[str, Any]) -> None:
+        """Refuse shards whose records were decoded under other `settings` (config values that
+        change a record, as the training set's `shard_attributes` wrote them) than this run's:
+        the run would silently train on other data than its config says."""
+        for key, value in settings.items():
+            wanted = json.loads(json.dumps(value))  # tuples as the manifest holds them: lists
+            written = self.attributes.get(key)
+            if written != wanted:
+                raise DataPathError(
+                    f"{self.location}: its records were decoded with {key}={written}, this run "
+                    f"asks for {wanted}; set it back, or write the shards again with "
+                    "`omnimask prepare --out`"
+                )
+
     def dataset(self, sample: Callable[[dict[str, Any]], dict[str, Any]]) -> ShardDataset:
         """The training set: record `i` of the shards, through the recipe's `sample`."""
         return ShardDataset(self, sample)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from omnimask.data import DataPathError, check_data_path
 from torch.utils.data import Dataset
@@ -19,9 +21,20 @@ from omnimask_medical.nifti import (
 from omnimask_medical.phantoms import default_dataset
 
 
+def decoding_settings(ct: CTConfig) -> dict[str, Any]:
+    """The `data.ct` values that change a preprocessed volume (not where it is cached)."""
+    return {
+        f"data.ct.{name}": getattr(ct, name)
+        for name in ("spacing", "window", "foreground_hu", "channel", "modality")
+    }
+
+
 class CTVolumes(Dataset):
     """`{"volume": [1, S, S, S]}` crops of preprocessed volumes (random crops for pretraining,
     centred ones for evaluation), with `"label"` when labels are given."""
+
+    #: the record layout in shards (`omnimask.shards`); bump when it changes
+    record_kind = "medical.volume/1"
 
     def __init__(
         self, files: list[Path], ct: CTConfig, crop: int, *, random: bool = True,
@@ -32,13 +45,27 @@ class CTVolumes(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        volume = load_volume(self.files[index], self.ct)
+    def record(self, index: int) -> dict[str, Any]:
+        """The whole volume, reoriented, resampled and windowed (`load_volume`): what a shard
+        keeps, so the crop is still drawn afresh at each access."""
+        record: dict[str, Any] = {"volume": np.asarray(load_volume(self.files[index], self.ct))}
+        if self.labels is not None:
+            record["label"] = self.labels[index]
+        return record
+
+    def shard_attributes(self) -> dict[str, Any]:
+        return decoding_settings(self.ct)
+
+    def sample(self, record: dict[str, Any]) -> dict[str, torch.Tensor]:
+        volume = record["volume"]
         crop = random_crop(volume, self.crop) if self.random else center_crop(volume, self.crop)
         sample = {"volume": torch.from_numpy(crop).unsqueeze(0)}
-        if self.labels is not None:
-            sample["label"] = torch.tensor(self.labels[index])
+        if "label" in record:
+            sample["label"] = torch.tensor(record["label"])
         return sample
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.sample(self.record(index))
 
 
 #: Folders whose NIfTI files are label maps, never training images (`images/` + `labels/`).

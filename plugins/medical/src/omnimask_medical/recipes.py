@@ -8,6 +8,7 @@ from typing import ClassVar
 from omnimask import MaskedModel, Recipe
 from omnimask.config import ConfigError
 from omnimask.masking import RandomMasker
+from omnimask.shards import open_shard_set
 from torch.utils.data import Dataset
 
 from omnimask_medical import config as presets
@@ -15,6 +16,7 @@ from omnimask_medical.config import MambaMIMConfig
 from omnimask_medical.data import (
     CTSegmentation,
     CTVolumes,
+    decoding_settings,
     labelled_datasets,
     pretraining_files,
     segmentation_splits,
@@ -62,7 +64,12 @@ class MambaMIMRecipe(Recipe):
         )
 
     def build_dataset(self, config: MambaMIMConfig) -> Dataset:
-        return CTVolumes(pretraining_files(config.data.path), config.data.ct, config.data.crop)
+        data = config.data
+        shards = open_shard_set(data.path, CTVolumes.record_kind, data.shard_cache)
+        if shards is not None:  # written by `omnimask prepare --out`
+            shards.require(decoding_settings(data.ct))
+            return shards.dataset(CTVolumes([], data.ct, data.crop).sample)
+        return CTVolumes(pretraining_files(data.path), data.ct, data.crop)
 
     def build_eval_datasets(
         self, config: MambaMIMConfig, path: str | None = None

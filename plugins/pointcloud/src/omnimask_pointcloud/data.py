@@ -77,7 +77,7 @@ class PointCloudDataset(Dataset):
         """File `index` decoded (`readers.load_points`), before any random draw: what a shard
         keeps (`omnimask.shards`)."""
         path = self.files[index]
-        points = load_points(path, mesh_samples=max(self.num_points, MESH_SAMPLES))
+        points = load_points(path, mesh_samples=self.mesh_samples)
         if len(points) < self.group_size:  # every patch of it would repeat points
             raise BadSampleError(
                 path, f"only {len(points)} points, fewer than the group size {self.group_size}"
@@ -86,6 +86,14 @@ class PointCloudDataset(Dataset):
         if self.labels is not None:
             record["label"] = self.labels[index]
         return record
+
+    def shard_attributes(self) -> dict[str, Any]:
+        return {"mesh_samples": self.mesh_samples}
+
+    @property
+    def mesh_samples(self) -> int:
+        """Surface points a mesh is decoded into (`readers.load_points`)."""
+        return max(self.num_points, MESH_SAMPLES)
 
     def sample(self, record: dict[str, Any]) -> dict[str, Tensor | int]:
         """The random rest: `num_points` of the record's points, on the unit sphere, scaled
