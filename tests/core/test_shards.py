@@ -223,3 +223,28 @@ def test_a_training_set_that_cannot_be_sharded_is_refused_in_one_line(
         "not split reading from augmentation (`omnimask.shards.ShardableDataset`)"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_record_sizes_are_kept_for_length_buckets_and_fetched_from_a_bucket(
+    tmp_path: Path,
+) -> None:
+    class Clips:
+        record_kind = "test.clips/1"
+
+        def __len__(self) -> int:
+            return 4
+
+        def record(self, index: int) -> dict:
+            return {"wave": np.zeros(10 * (index + 1), dtype=np.float32)}
+
+        def record_size(self, record: dict) -> int:
+            return len(record["wave"])
+
+        def sample(self, record: dict) -> dict:
+            return record
+
+    write_shard_set("test/clips", Clips(), tmp_path / "out", source=None)
+    local = open_shard_set(str(tmp_path / "out"), "test.clips/1")
+    bucket = open_shard_set(f"local:{tmp_path / 'out'}", "test.clips/1", str(tmp_path / "c"))
+    for shard_set in (local, bucket):
+        np.testing.assert_array_equal(shard_set.sizes(), [10, 20, 30, 40])

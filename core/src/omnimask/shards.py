@@ -37,6 +37,8 @@ from omnimask.errors import BadSampleError, DataPathError
 MANIFEST = "omnimask.json"
 #: bump when the manifest or record layout changes, so older shard sets are refused, not misread.
 MANIFEST_FORMAT = 1
+#: each record's `record_size`, when the training set defines one (numpy int64 array)
+SIZES = "sizes.npy"
 #: Object-storage locations LitData reads (`local:` serves a folder as if it were remote).
 REMOTE_PREFIXES = ("s3://", "gs://", "azure://", "r2://", "hf://", "local:")
 DEFAULT_CHUNK_BYTES = "64MB"
@@ -60,6 +62,10 @@ class ShardableDataset(Protocol):
     `record_kind` names the record layout and its version ("pointcloud.points/1"): every recipe
     whose training set reads that kind can train on the same shards, and a changed layout
     (another version) is refused rather than misread.
+
+    Optional: `shard_attributes()`, JSON values that `sample` needs or that changed how records
+    were decoded (checked on reading with `ShardSet.require`); `record_size(record)`, a length
+    per record (audio samples...) kept in `sizes.npy` for length-bucketed batches.
     """
 
     record_kind: str
@@ -110,6 +116,7 @@ class ShardSet:
     #: from the training set's `shard_attributes()` when the shards were written
     attributes: dict[str, Any] = field(default_factory=dict)
     cache_dir: str | None = None  # where chunks read from object storage are kept
+    has_sizes: bool = False  # whether `sizes.npy` holds each record's `record_size`
 
     def require(self, settings: dict[str, Any]) -> None:
         """Refuse shards whose records were decoded under other `settings` (config values that
@@ -125,6 +132,22 @@ class ShardSet:
                     "`omnimask prepare --out`"
                 )
 
+    def sizes(self) -> Any:
+        """Each record's `record_size` (a numpy array), as written with the shards; raises
+        `DataPathError` when the training set that wrote them gave none."""
+        import numpy as np
+
+        if not self.has_sizes:
+            raise DataPathError(f"{self.location}: its records were written without sizes")
+        path = Path(self.location) / SIZES
+        if is_remote(self.location):
+            path = Path(self.cache_dir or "") / SIZES
+            fetch(self.location, SIZES, path)
+        sizes = np.load(path)
+        if len(sizes) != self.samples:
+            raise DataPathError(f"{path}: {len(sizes)} sizes for {self.samples} samples")
+        return sizes
+
     def dataset(self, sample: Callable[[dict[str, Any]], dict[str, Any]]) -> ShardDataset:
         """The training set: record `i` of the shards, through the recipe's `sample`."""
         return ShardDataset(self, sample)
@@ -138,19 +161,25 @@ def default_cache_dir(location: str) -> str:
     return str(Path(base) / "shards" / digest)
 
 
+def fetch(location: str, name: str, local: Path) -> None:
+    """Copy file `name` of the remote shard set at `location` to `local`, through LitData's
+    downloader for that storage (the one that reads its chunks)."""
+    from litdata.streaming.downloader import get_downloader
+
+    local.parent.mkdir(parents=True, exist_ok=True)
+    local.unlink(missing_ok=True)  # the set may have been rewritten since the last run
+    get_downloader(location, str(local.parent), []).download_file(
+        f"{location.rstrip('/')}/{name}", str(local)
+    )
+
+
 def read_manifest(location: str, cache_dir: str) -> dict[str, Any]:
     """The manifest of the shard set at `location`, fetched through LitData's downloader when
     the set is remote. Raises `DataPathError` naming the location when there is none."""
     if is_remote(location):
-        from litdata.streaming.downloader import get_downloader
-
         local = Path(cache_dir) / MANIFEST
-        local.parent.mkdir(parents=True, exist_ok=True)
-        local.unlink(missing_ok=True)  # the set may have been rewritten since the last run
         try:
-            get_downloader(location, cache_dir, []).download_file(
-                f"{location.rstrip('/')}/{MANIFEST}", str(local)
-            )
+            fetch(location, MANIFEST, local)
             text = local.read_text()
         except Exception as error:  # noqa: BLE001 - each storage backend raises its own types
             raise DataPathError(
@@ -204,9 +233,9 @@ def open_shard_set(
             f"{path}: its shards hold {manifest.get('record_kind')!r} records (written for "
             f"{manifest.get('recipe')}), this recipe reads {record_kind!r}; prepare shards for it"
         )
-    return ShardSet(
-        location, record_kind, int(manifest["samples"]), dict(manifest["attributes"]), cache
-    )
+    attributes = dict(manifest["attributes"])
+    samples, sizes = int(manifest["samples"]), bool(manifest.get("sizes"))
+    return ShardSet(location, record_kind, samples, attributes, cache, sizes)
 
 
 class ShardDataset:
@@ -311,6 +340,7 @@ def write_shard_set(
     renamed into place: a write that fails (a bad sample under `raise`, a full disk) or is
     killed leaves no `out` and touches nothing else. An existing non-empty `out` is refused.
     """
+    import numpy as np
     from litdata.streaming.writer import BinaryWriter
     from tqdm.auto import tqdm
 
@@ -333,6 +363,8 @@ def write_shard_set(
     except OSError as error:
         raise DataPathError(f"cannot write {out}: {error.strerror or error}") from error
     skipped: list[str] = []
+    record_size = getattr(dataset, "record_size", None)
+    sizes: list[int] = []
     try:
         writer = BinaryWriter(
             str(staging), chunk_bytes=chunk_bytes, serializers=verbatim_serializers()
@@ -348,16 +380,21 @@ def write_shard_set(
                 continue
             writer[written] = record
             written += 1
+            if record_size is not None:
+                sizes.append(record_size(record))
         if not written:
             raise DataPathError(f"{source}: no sample could be read, so no shards were written")
         writer.done()
         writer.merge()
+        if record_size is not None:
+            np.save(staging / SIZES, np.asarray(sizes, dtype=np.int64))
         manifest = {
             "format": MANIFEST_FORMAT,
             "recipe": recipe,
             "record_kind": dataset.record_kind,
             "samples": written,
             "skipped": len(skipped),
+            "sizes": record_size is not None,
             "attributes": getattr(dataset, "shard_attributes", dict)(),
             "source": source,
             "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),

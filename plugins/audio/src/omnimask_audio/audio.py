@@ -123,18 +123,44 @@ class AudioFolder(Dataset):
             self.classes = classes
             self.labels = [classes.index(file.parent.name) for file in self.files]
 
+    #: the record layout in shards (`omnimask.shards`); bump when it changes
+    record_kind = "audio.waveform/1"
+
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def record(self, index: int) -> dict[str, Any]:
+        """The clip decoded and resampled to `audio.sample_rate`: what a shard keeps."""
         path = self.files[index]
-        wave = load_audio(path, self.config.sample_rate)
-        if self.crop:
-            wave = random_crop(wave, round(self.config.max_seconds * self.config.sample_rate))
-        sample: dict[str, Any] = {"features": speech_features(wave, self.config, path)}
+        record = {"wave": load_audio(path, self.config.sample_rate).numpy(), "source": str(path)}
         if self.labels is not None:
-            sample["label"] = self.labels[index]
-        return sample
+            record["label"] = self.labels[index]
+        return record
+
+    def shard_attributes(self) -> dict[str, Any]:
+        return {"audio.sample_rate": self.config.sample_rate}
+
+    def record_size(self, record: dict[str, Any]) -> int:
+        """Samples of the waveform: what `sample_lengths` needs to bucket shards by length."""
+        return len(record["wave"])
+
+    def sample(self, record: dict[str, Any]) -> dict[str, Any]:
+        return clip_sample(record, self.config, self.crop)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.sample(self.record(index))
+
+
+def clip_sample(record: dict[str, Any], config: AudioConfig, crop: bool) -> dict[str, Any]:
+    """A clip's record -> `{"features": [frames, bins]}`, from a random crop of at most
+    `audio.max_seconds` when `crop` (drawn under the engine's per-sample seed)."""
+    wave = torch.as_tensor(record["wave"])
+    if crop:
+        wave = random_crop(wave, round(config.max_seconds * config.sample_rate))
+    sample: dict[str, Any] = {"features": speech_features(wave, config, record["source"])}
+    if "label" in record:
+        sample["label"] = record["label"]
+    return sample
 
 
 def pad_collate(samples: list[dict[str, Any]]) -> dict[str, Any]:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from omnimask import MaskedModel, Recipe
 from omnimask.data import DataPathError
+from omnimask.shards import ShardDataset, open_shard_set
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from omnimask_audio.audio import AudioFolder, pad_collate
+from omnimask_audio.audio import AudioFolder, clip_sample, pad_collate
 from omnimask_audio.config import W2VBertConfig, demo, paper, proof
 
 
@@ -39,6 +41,10 @@ class W2VBertRecipe(Recipe):
         return build_w2v_bert(config.model, config.mask, config.audio.num_mel_bins)
 
     def build_dataset(self, config: W2VBertConfig) -> Dataset:
+        shards = open_shard_set(config.data.path, AudioFolder.record_kind, config.data.shard_cache)
+        if shards is not None:  # written by `omnimask prepare --out`
+            shards.require({"audio.sample_rate": config.audio.sample_rate})
+            return shards.dataset(partial(clip_sample, config=config.audio, crop=True))
         if config.data.path is not None:
             return AudioFolder(config.data.path, config.audio)
         from omnimask_audio.synth import default_corpus
@@ -48,8 +54,11 @@ class W2VBertRecipe(Recipe):
     def sample_lengths(self, dataset: Dataset, config: W2VBertConfig) -> list[int]:
         """Filterbank frames of each clip, computed from the file headers (no decoding; cached
         on disk for large corpora): what `pad_collate` pads, for length-bucketed batches."""
-        from omnimask_audio.lengths import clip_feature_lengths
+        from omnimask_audio.lengths import clip_feature_lengths, feature_frames
 
+        if isinstance(dataset, ShardDataset):  # waveform lengths, kept with the shards
+            audio, rate = config.audio, config.audio.sample_rate
+            return [feature_frames(int(n), rate, audio, True) for n in dataset.shards.sizes()]
         if not isinstance(dataset, AudioFolder):
             raise TypeError(f"audio/w2v_bert reads lengths of an AudioFolder, not {dataset!r}")
         return clip_feature_lengths(dataset.files, dataset.config, dataset.crop, dataset.root)
