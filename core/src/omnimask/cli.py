@@ -154,6 +154,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     (`omnimask.shards`) that `pretrain --data OUT` reads, from a shared folder or a bucket."""
     recipe, config = build_config(args.recipe, args.preset, args.data, args.overrides)
     dataset = recipe.build_dataset(config)
+    recipe.configure(config, dataset)  # values from the data (channels...), as a run sets them
     skipped = len(getattr(dataset, "skipped_at_load", ()))
     if args.out is None:
         print(

@@ -307,3 +307,30 @@ def test_channels_zero_are_read_from_the_data_and_saved(tmp_path: Path) -> None:
     args = ["model.channels=0", "train.steps=2", "train.progress=false"]
     assert main(["pretrain", "timeseries/mae", "--run-dir", str(run), *args]) == 0
     assert load_run(run).config.model.channels == DEFAULT_CHANNELS
+
+
+def test_shards_of_the_series_train_the_same_run_and_carry_the_channel_count(
+    tmp_path: Path,
+) -> None:
+    """`omnimask prepare --out`: the core writes the training set as shards (`record`), and a
+    run on them (`sample`) is the run on the files, `model.channels=0` included."""
+    import json
+
+    from omnimask.cli import main
+    from omnimask.runs import load_run
+    from omnimask_timeseries.data import DEFAULT_CHANNELS
+
+    shards = tmp_path / "shards"
+    assert main(["prepare", "timeseries/mae", "--out", str(shards), "model.channels=0"]) == 0
+    args = ["model.channels=0", "train.steps=3", "train.log_every=1", "train.progress=false"]
+    runs = {"files": tmp_path / "files", "shards": tmp_path / "on_shards"}
+    assert main(["pretrain", "timeseries/mae", "--run-dir", str(runs["files"]), *args]) == 0
+    assert main(["pretrain", "timeseries/mae", "--data", str(shards),
+                 "--run-dir", str(runs["shards"]), *args]) == 0  # fmt: skip
+    losses = {
+        name: [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
+               if '"loss"' in line]
+        for name, run in runs.items()
+    }  # fmt: skip
+    assert losses["shards"] == losses["files"] and len(losses["files"]) == 3
+    assert load_run(runs["shards"]).config.model.channels == DEFAULT_CHANNELS

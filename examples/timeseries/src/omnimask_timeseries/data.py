@@ -18,6 +18,7 @@ import csv
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -187,17 +188,39 @@ class SeriesDataset(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> dict[str, Tensor]:
-        series = read_series(self.files[index], self.channels, self.window)
+    #: the record layout in shards (`omnimask prepare --out`, `omnimask.shards`): a plugin
+    #: whose training set splits reading (`record`) from random augmentation (`sample`) gets
+    #: shards for corpora beyond one disk from the core, with no code of its own
+    record_kind = "timeseries.series/1"
+
+    def record(self, index: int) -> dict[str, Any]:
+        """The whole checked series: what a shard keeps (the window is drawn at access)."""
+        record: dict[str, Any] = {
+            "series": read_series(self.files[index], self.channels, self.window)
+        }
+        if self.labels is not None:
+            record["label"] = self.labels[index]
+        return record
+
+    def shard_attributes(self) -> dict[str, Any]:
+        return {"model.channels": self.channels}
+
+    def sample(self, record: dict[str, Any]) -> dict[str, Tensor]:
+        series = record["series"]
         slack = series.shape[1] - self.window
+        if slack < 0:  # shards written for a shorter window
+            raise BadSampleError("shard record", f"{series.shape[1]} steps < window {self.window}")
         if self.crop == "random":
             start = int(torch.randint(0, slack + 1, ()))
         else:
             start = slack // 2
         item = {"series": torch.from_numpy(series[:, start : start + self.window].copy())}
-        if self.labels is not None:
-            item["label"] = torch.tensor(self.labels[index])
+        if "label" in record:
+            item["label"] = torch.tensor(record["label"])
         return item
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        return self.sample(self.record(index))
 
 
 def read_labels(root: str | os.PathLike[str]) -> dict[str, tuple[list[Path], list[int]]]:

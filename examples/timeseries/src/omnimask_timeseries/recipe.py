@@ -11,6 +11,7 @@ from omnimask import MaskedModel, Recipe, RecipeConfig, Tokens
 from omnimask.config import ConfigError
 from omnimask.masking import RandomMasker
 from omnimask.patching import unpatchify
+from omnimask.shards import ShardDataset, open_shard_set
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -160,6 +161,14 @@ class TimeSeriesMAE(Recipe):
 
     def build_dataset(self, config: TimeSeriesMAEConfig) -> Dataset:
         _check(config)
+        m = config.model
+        shards = open_shard_set(
+            config.data.path, SeriesDataset.record_kind, config.data.shard_cache
+        )
+        if shards is not None:  # written by `omnimask prepare --out`
+            if m.channels:
+                shards.require({"model.channels": m.channels})
+            return shards.dataset(SeriesDataset([], m.channels, m.window).sample)
         if config.data.path is not None:
             files = series_files(config.data.path)
         else:
@@ -167,8 +176,11 @@ class TimeSeriesMAE(Recipe):
         return SeriesDataset(files, config.model.channels, config.model.window)
 
     def configure(self, config: TimeSeriesMAEConfig, dataset: Dataset) -> None:
-        """`model.channels=0`: the channel count of the data's first file, set in the config
-        (saved with the run, so eval and export need no data) and in the data set."""
+        """`model.channels=0`: the channel count of the data's first file (or of the series
+        a shard set was written from), set in the config (saved with the run, so eval and
+        export need no data) and in the data set."""
+        if config.model.channels == 0 and isinstance(dataset, ShardDataset):
+            config.model.channels = dataset.shards.attributes["model.channels"]
         if config.model.channels == 0 and isinstance(dataset, SeriesDataset):
             config.model.channels = dataset.channels = series_channels(dataset.files[0])
 
