@@ -14,8 +14,9 @@ chip whose window cannot be read (a truncated or damaged file): each is logged a
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -99,9 +100,8 @@ class ChipDataset(Dataset):
         check_dtype_kinds(self.pairs, self.infos)
         compute_stats = not config.stats.complete(chips.s1_bands, chips.s2_bands)
         self.chips = self._scan(chips.size, chips.s1_bands, chips.s2_bands, config, compute_stats)
-        stats = config.stats
-        self.s1_mean, self.s1_std = _column(stats.s1_mean), _column(stats.s1_std)
-        self.s2_mean, self.s2_std = _column(stats.s2_mean), _column(stats.s2_std)
+        self.sample = ChipNormalizer(config.stats)
+        self.decoding = decoding_settings(config)
 
     def _scan(
         self, size: int, s1_bands: int, s2_bands: int, config: CromaConfig, compute_stats: bool
@@ -154,21 +154,63 @@ class ChipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.chips)
 
-    def __getitem__(self, index: int) -> dict:
+    #: the record layout in shards (`omnimask.shards`); bump when it changes
+    record_kind = "remote_sensing.chip_pair/1"
+
+    def record(self, index: int) -> dict[str, Any]:
+        """Chip `index` of both sensors as read (dB for S1), before normalisation."""
         ref = self.chips[index]
         pair, info = self.pairs[ref.pair], self.infos[ref.pair]
         chip = read_chip(pair, info, ref.window, self.s1_linear)
-        s1 = np.where(chip.valid, (chip.s1 - self.s1_mean) / self.s1_std, 0.0)
-        s2 = np.where(chip.valid, (chip.s2 - self.s2_mean) / self.s2_std, 0.0)
+        record = {
+            "s1": chip.s1,
+            "s2": chip.s2,
+            "valid": chip.valid,
+            "crs": chip.crs.to_wkt(),
+            "transform": np.asarray(tuple(chip.transform)[:6], dtype=np.float64),
+        }
+        if pair.label is not None:
+            record["label"] = pair.label
+        return record
+
+    def shard_attributes(self) -> dict[str, Any]:
+        """What shaped the records, and the band statistics, which a run on the shards uses
+        when its config has none (as a run on the scenes computes them)."""
+        return {**self.decoding, "stats": asdict(self.sample.stats)}
+
+    def __getitem__(self, index: int) -> dict:
+        return self.sample(self.record(index))
+
+
+def decoding_settings(config: CromaConfig) -> dict[str, Any]:
+    """The `chips.*` values that change a chip record."""
+    chips = config.chips
+    names = ("size", "s1_bands", "s2_bands", "s1_linear")
+    return {f"chips.{name}": getattr(chips, name) for name in names}
+
+
+class ChipNormalizer:
+    """A chip record -> the training sample: each band standardised with the band statistics
+    over valid pixels, nodata set to 0 (and kept out of the loss through `valid`)."""
+
+    def __init__(self, stats: BandStats) -> None:
+        self.stats = stats
+        self.s1_mean, self.s1_std = _column(stats.s1_mean), _column(stats.s1_std)
+        self.s2_mean, self.s2_std = _column(stats.s2_mean), _column(stats.s2_std)
+
+    def __call__(self, record: dict[str, Any]) -> dict:
+        valid = record["valid"]
+        s1 = np.where(valid, (record["s1"] - self.s1_mean) / self.s1_std, 0.0)
+        s2 = np.where(valid, (record["s2"] - self.s2_mean) / self.s2_std, 0.0)
         item = {
             "s1": torch.from_numpy(s1.astype(np.float32)),
             "s2": torch.from_numpy(s2.astype(np.float32)),
-            "valid": torch.from_numpy(chip.valid),
-            "crs": chip.crs.to_wkt(),
-            "transform": torch.tensor(tuple(chip.transform)[:6], dtype=torch.float64),
+            "valid": torch.from_numpy(valid),
+            "crs": record["crs"],
+            "transform": torch.from_numpy(record["transform"]),
         }
-        if pair.label is not None:
-            item["label"] = torch.tensor(pair.label)
+        if "label" in record:
+            item["label"] = torch.tensor(record["label"])
         return item
 
 

@@ -11,10 +11,16 @@ from omnimask.config import ConfigError
 from omnimask.data import DataPathError
 from omnimask.masking import RandomMasker
 from omnimask.model import Batch
+from omnimask.shards import open_shard_set
 from torch.utils.data import Dataset, default_collate
 
-from omnimask_remote_sensing.config import CromaConfig, demo, paper, proof
-from omnimask_remote_sensing.datasets import ChipDataset, labelled_splits
+from omnimask_remote_sensing.config import BandStats, CromaConfig, demo, paper, proof
+from omnimask_remote_sensing.datasets import (
+    ChipDataset,
+    ChipNormalizer,
+    decoding_settings,
+    labelled_splits,
+)
 from omnimask_remote_sensing.export import export_torchgeo, torchgeo_embedder
 from omnimask_remote_sensing.geotiff import find_pairs
 from omnimask_remote_sensing.models.croma import (
@@ -93,6 +99,12 @@ class CromaRecipe(Recipe):
     def build_dataset(self, config: CromaConfig) -> Dataset:
         """Chips of `config.data.path` (or the embedded scenes); fills `config.stats` when empty."""
         check_band_layout(config)
+        shards = open_shard_set(config.data.path, ChipDataset.record_kind, config.data.shard_cache)
+        if shards is not None:  # written by `omnimask prepare --out`
+            shards.require(decoding_settings(config))
+            if not config.stats.complete(config.chips.s1_bands, config.chips.s2_bands):
+                config.stats = BandStats(**shards.attributes["stats"])
+            return shards.dataset(ChipNormalizer(config.stats))
         path = config.data.path if config.data.path is not None else default_data() / "scenes"
         unpaired: list[str] = []
         pairs = find_pairs(path, config.data.on_bad_sample, unpaired)
