@@ -16,12 +16,15 @@ import itertools
 import logging
 import math
 from collections.abc import Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from omnimask.config import ConfigError
 from omnimask.data import check_data_path
+from omnimask.shards import ShardDataset, ShardSet
 from tokenizers import Tokenizer
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
@@ -37,10 +40,11 @@ from omnimask_text.corpus import (
 )
 from omnimask_text.lexicon import NgramLexicon, build_lexicon
 from omnimask_text.models.build import SpecialIds
-from omnimask_text.tokens import TokenRows, framed_chunks, token_cache
+from omnimask_text.tokens import TokenRows, framed_chunks, row_sample, token_cache
 from omnimask_text.vocab import (
     CLS,
     SEP,
+    VocabularyError,
     cached_lexicon_path,
     cached_tokenizer_path,
     continuation_flags,
@@ -180,7 +184,39 @@ def build_text_dataset(config: MLMConfig) -> TokenRows:
         logger.warning("skipped bad corpus input: %s", reason)
     rows = TokenRows(folder, corpus.packing, vocabulary_digest(tokenizer))
     rows.skipped_at_load = list(meta["skipped"])
+    rows.attributes = {**row_settings(config), "tokenizer": tokenizer.to_str()}
     return rows
+
+
+def row_settings(config: MLMConfig) -> dict[str, Any]:
+    """The `corpus.*` values that shape a row."""
+    return {"corpus.seq_len": config.corpus.seq_len, "corpus.packing": config.corpus.packing}
+
+
+def shard_rows(config: MLMConfig, shards: ShardSet) -> ShardDataset:
+    """The rows of a shard set, and `vocab.path` pinned to the tokenizer that made them (kept
+    in the shard set; written to the tokenizer cache, keyed by its digest, on first use)."""
+    shards.require(row_settings(config))
+    tokenizer = Tokenizer.from_str(shards.attributes["tokenizer"])
+    digest = vocabulary_digest(tokenizer)
+    if config.vocab.path:
+        given = vocabulary_digest(load_tokenizer(config.vocab.path))
+        if given != digest:
+            raise VocabularyError(
+                f"{shards.location}: its rows were tokenized with another vocabulary than "
+                f"vocab.path={config.vocab.path}; leave vocab.path unset to use theirs"
+            )
+    else:
+        path = cached_tokenizer_path(f"shards-{digest:x}")
+        if not path.exists():
+            save_atomically(tokenizer, path)
+        config.vocab.path = str(path)
+    if config.mask.strategy == "explicit_ngram" and not config.mask.lexicon:
+        raise ConfigError(
+            "mask.strategy=explicit_ngram builds its n-gram lexicon from the corpus text, which "
+            "shards do not hold: give the corpus's lexicon as mask.lexicon=FILE"
+        )
+    return shards.dataset(partial(row_sample, digest=torch.tensor(digest, dtype=torch.long)))
 
 
 class LabelledTexts(Dataset):

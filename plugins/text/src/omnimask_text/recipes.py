@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 from omnimask import MaskedModel, Recipe
 from omnimask.model import Batch
+from omnimask.shards import open_shard_set
 from torch.utils.data import Dataset
 
 from omnimask_text.config import ElectraRecipeConfig, MLMConfig
@@ -19,6 +20,7 @@ from omnimask_text.dataset import (
     lexicon_path,
     load_lexicon,
     resolve_tokenizer,
+    shard_rows,
     tokenizer_path,
 )
 from omnimask_text.masking import ExplicitNgramMasker, MLMMasker
@@ -26,6 +28,7 @@ from omnimask_text.models.build import SpecialIds, build_mlm
 from omnimask_text.models.common import HFEncoder, TextTokenizer
 from omnimask_text.models.mlm import MLMHead, MLMModel, TokenIdTarget, head_parts
 from omnimask_text.models.ngram import ExplicitNgramModel, JointLabelTarget, JointMLMHead
+from omnimask_text.tokens import TokenRows
 from omnimask_text.vocab import continuation_flags, vocabulary_digest
 
 
@@ -210,6 +213,9 @@ class TextRecipe(Recipe):
         saved config names the exact vocabulary: `load_run` then needs no corpus, and Hugging
         Face's WordPiece trainer, which breaks frequency ties differently from run to run,
         never has to be re-run for an existing run."""
+        shards = open_shard_set(config.data.path, TokenRows.record_kind, config.data.shard_cache)
+        if shards is not None:  # written by `omnimask prepare --out`
+            return shard_rows(config, shards)
         config.vocab.path = str(tokenizer_path(config))
         if config.mask.strategy == "explicit_ngram":
             config.mask.lexicon = str(lexicon_path(config))

@@ -144,6 +144,8 @@ class TokenRows(Dataset):
         self.digest = torch.tensor(digest, dtype=torch.long)
         self._arrays = arrays if isinstance(arrays, dict) else None
         self.skipped_at_load: list[str] = []  # bad files / lines left out (engine counts them)
+        #: what shards of these rows carry (`build_text_dataset`: the tokenizer, the row shape)
+        self.attributes: dict[str, Any] = {}
         self._len = len(self.arrays["starts"]) - 1
 
     @classmethod
@@ -172,18 +174,36 @@ class TokenRows(Dataset):
     def __len__(self) -> int:
         return self._len
 
-    def __getitem__(self, index: int) -> dict[str, Tensor]:
+    #: the record layout in shards (`omnimask.shards`); bump when it changes
+    record_kind = "text.token_row/1"
+
+    def record(self, index: int) -> dict[str, Any]:
+        """Row `index`: its token ids and the number of the chunk each belongs to."""
         arrays = self.arrays
         chunks = arrays["order"][arrays["starts"][index] : arrays["starts"][index + 1]]
         offsets, tokens = arrays["offsets"], arrays["tokens"]
         pieces = [tokens[offsets[c] : offsets[c + 1]] for c in chunks.tolist()]
         ids = np.concatenate(pieces).astype(np.int64)
         sequence_ids = np.repeat(np.arange(1, len(pieces) + 1), [len(p) for p in pieces])
-        return {
-            "input_ids": torch.from_numpy(ids),
-            "sequence_ids": torch.from_numpy(sequence_ids.astype(np.int64)),
-            "vocab_digest": self.digest,
-        }
+        return {"input_ids": ids, "sequence_ids": sequence_ids.astype(np.int64)}
+
+    def shard_attributes(self) -> dict[str, Any]:
+        return self.attributes
+
+    def sample(self, record: dict[str, Any]) -> dict[str, Tensor]:
+        return row_sample(record, self.digest)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        return self.sample(self.record(index))
+
+
+def row_sample(record: dict[str, Any], digest: Tensor) -> dict[str, Tensor]:
+    """A row's record as the tensors `collate_rows` takes (masking happens in the model)."""
+    return {
+        "input_ids": torch.from_numpy(record["input_ids"]),
+        "sequence_ids": torch.from_numpy(record["sequence_ids"]),
+        "vocab_digest": digest,
+    }
 
 
 def row_layout(lengths: np.ndarray, packing: bool, seq_len: int) -> tuple[np.ndarray, np.ndarray]:

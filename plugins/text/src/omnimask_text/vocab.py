@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from omnimask.config import ConfigError
 from omnimask.data import default_data_dir
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
@@ -30,8 +31,8 @@ SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)
 CONTINUATION_PREFIX = "##"
 
 
-class VocabularyError(ValueError):
-    """A tokenizer that cannot be used for this model."""
+class VocabularyError(ConfigError):
+    """A tokenizer that cannot be used for this model (a user error: one line from the CLI)."""
 
 
 def build_untrained(lowercase: bool) -> Tokenizer:

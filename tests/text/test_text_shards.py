@@ -1,0 +1,48 @@
+"""Token rows as shards (`omnimask prepare --out`): a run on them is the run on the corpus, with
+the tokenizer that made them (kept in the shard set), and what shards cannot serve is refused in
+one line."""
+
+import json
+from pathlib import Path
+
+import pytest
+from omnimask.cli import main
+from omnimask.runs import load_run
+from omnimask_text.vocab import load_tokenizer, vocabulary_digest
+
+FAST = ["train.steps=2", "train.log_every=1", "train.progress=false"]
+
+
+def losses(run: Path) -> list[float]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [record["loss"] for record in map(json.loads, lines) if "loss" in record]
+
+
+def test_a_run_on_token_shards_is_the_run_on_the_corpus(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shards, raw, sharded = tmp_path / "shards", tmp_path / "raw", tmp_path / "sharded"
+    assert main(["prepare", "text/mlm", "--out", str(shards)]) == 0
+    assert main(["pretrain", "text/mlm", "--run-dir", str(raw), *FAST]) == 0
+    assert main(["pretrain", "text/mlm", "--data", str(shards),
+                 "--run-dir", str(sharded), *FAST]) == 0  # fmt: skip
+    assert losses(sharded) == losses(raw) and len(losses(raw)) == 2
+    vocab = [load_tokenizer(load_run(run).config.vocab.path) for run in (raw, sharded)]
+    assert vocabulary_digest(vocab[0]) == vocabulary_digest(vocab[1])
+
+    capsys.readouterr()
+    ngram = ["mask.strategy=explicit_ngram", *FAST]
+    assert main(["pretrain", "text/mlm", "--data", str(shards), *ngram]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "omnimask: error: mask.strategy=explicit_ngram builds its n-gram lexicon from the "
+        "corpus text, which shards do not hold: give the corpus's lexicon as mask.lexicon=FILE"
+    )
+    other = tmp_path / "other.json"
+    vocab[0].add_tokens(["brandnewtoken"])
+    vocab[0].save(str(other))
+    assert main(["pretrain", "text/mlm", "--data", str(shards), f"vocab.path={other}",
+                 *FAST]) == 2  # fmt: skip
+    assert capsys.readouterr().err.strip() == (
+        f"omnimask: error: {shards}: its rows were tokenized with another vocabulary than "
+        f"vocab.path={other}; leave vocab.path unset to use theirs"
+    )
