@@ -192,3 +192,27 @@ def test_frames_sharing_a_timestamp_are_a_bad_sample() -> None:
     check_timestamps(Path("fine.mp4"), np.array([0, 512, 1024]))
     with pytest.raises(BadSampleError, match=r"zeros\.mp4: 4 frames but 1 distinct timestamps"):
         check_timestamps(Path("zeros.mp4"), np.zeros(4, dtype=np.int64))
+
+
+def test_a_shard_record_gives_the_clip_the_source_gives(tmp_path, video_files, frames) -> None:  # noqa: ANN001
+    """`ClipDataset.record` keeps a source's encoded bytes (a video file, or a frame folder's
+    images end to end); `sample` decodes the same clip from them as `[]` does from the file."""
+    folder = tmp_path / "clip_a"
+    folder.mkdir()
+    for t, frame in enumerate(frames[:20]):
+        Image.fromarray(frame).save(folder / f"frame_{t:04d}.png")
+    spec = ClipSpec(num_frames=4, stride=2, size=32, mean=MEAN, std=STD)
+    dataset = ClipDataset([video_files["mp4"], video_files["webm"], folder], spec, train=True)
+    for index in range(len(dataset)):
+        torch.manual_seed(index)
+        expected = dataset[index]["video"]
+        record = dataset.record(index)
+        torch.manual_seed(index)
+        torch.testing.assert_close(dataset.sample(record)["video"], expected, rtol=0, atol=0)
+    assert dataset.record(2)["frame_sizes"].tolist() == [
+        (folder / f"frame_{t:04d}.png").stat().st_size for t in range(20)
+    ]
+    broken = dataset.record(2)
+    broken["data"] = broken["data"][:100]  # the images cut short: the frame is named
+    with pytest.raises(BadSampleError, match=rf"^{folder}/frame_00\d\d.png: unreadable frame"):
+        dataset.sample(broken)

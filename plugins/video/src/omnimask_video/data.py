@@ -11,16 +11,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from omnimask.data import DataPathError, check_data_path
+from omnimask.data import BadSampleError, DataPathError, check_data_path
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from omnimask_video.readers import (
     IMAGE_SUFFIXES,
     VIDEO_SUFFIXES,
+    Encoded,
     FrameFolderReader,
     VideoFileReader,
     open_source,
@@ -69,15 +71,66 @@ class ClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.readers)
 
-    def __getitem__(self, index: int) -> dict[str, Tensor]:
-        spec = self.spec
-        clip = self.readers[index].read(
-            spec.num_frames, spec.stride, spec.size, self.train, spec.short_clip
-        )
-        item = {"video": to_tensor(clip.frames, spec.mean, spec.std)}
+    #: the record layout in shards (`omnimask.shards`); bump when it changes
+    record_kind = "video.encoded_clip/1"
+
+    def record(self, index: int) -> dict[str, Any]:
+        """The source's encoded bytes: the video file, or a frame folder's images end to end
+        (`frame_sizes` cuts them apart). Shards stay the size of the data; frames are decoded
+        at access, as from the files."""
+        reader = self.readers[index]
+        paths = reader.files if isinstance(reader, FrameFolderReader) else [reader.path]
+        try:
+            blobs = [Path(path).read_bytes() for path in paths]
+        except OSError as error:
+            raise BadSampleError(reader.path, f"cannot read ({error.strerror or error})") from None
+        record: dict[str, Any] = {"source": str(reader.path), "data": b"".join(blobs)}
+        if isinstance(reader, FrameFolderReader):
+            record["frame_names"] = "\n".join(Path(path).name for path in paths)
+            record["frame_sizes"] = np.asarray([len(blob) for blob in blobs], dtype=np.int64)
         if self.labels is not None:
-            item["label"] = torch.tensor(self.labels[index])
-        return item
+            record["label"] = self.labels[index]
+        return record
+
+    def sample(self, record: dict[str, Any]) -> dict[str, Tensor]:
+        return clip_sample(record, self.spec, self.train)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        """`sample(record(index))`, from the file through its reader: the stream index is
+        built once per worker, not at every access."""
+        return clip_item(self.readers[index], self.spec, self.train, self.labels, index)
+
+
+def clip_item(
+    reader: VideoFileReader | FrameFolderReader,
+    spec: ClipSpec,
+    train: bool,
+    labels: Sequence[int] | None,
+    index: int,
+) -> dict[str, Tensor]:
+    clip = reader.read(spec.num_frames, spec.stride, spec.size, train, spec.short_clip)
+    item = {"video": to_tensor(clip.frames, spec.mean, spec.std)}
+    if labels is not None:
+        item["label"] = torch.tensor(labels[index])
+    return item
+
+
+def clip_sample(record: dict[str, Any], spec: ClipSpec, train: bool) -> dict[str, Tensor]:
+    """A clip's record (`ClipDataset.record`) -> the training sample."""
+    source, data = record["source"], record["data"]
+    reader: VideoFileReader | FrameFolderReader
+    if "frame_sizes" in record:
+        ends = np.cumsum(record["frame_sizes"]).tolist()
+        names = record["frame_names"].split("\n")
+        frames = [
+            Encoded(f"{source}/{name}", data[start:end])
+            for name, start, end in zip(names, [0, *ends[:-1]], ends)
+        ]
+        reader = FrameFolderReader(source, frames)
+    else:
+        reader = VideoFileReader(Encoded(source, data))
+    labels = [record["label"]] if "label" in record else None
+    return clip_item(reader, spec, train, labels, 0)
 
 
 def to_tensor(frames: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> Tensor:

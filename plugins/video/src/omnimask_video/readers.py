@@ -12,6 +12,7 @@ Every failure to read raises `BadSampleError` naming the file and the problem.
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -87,9 +88,21 @@ class StreamIndex:
         return int(keys[-1]) if len(keys) else 0
 
 
-def _open(path: Path) -> av.container.InputContainer:
+@dataclass(frozen=True)
+class Encoded:
+    """A file's bytes held in memory (a shard record), named as the file was: readers take it
+    where they take a path, and errors name the file it came from."""
+
+    name: str
+    data: bytes
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def _open(path: Path | Encoded) -> av.container.InputContainer:
     try:
-        return av.open(str(path))
+        return av.open(io.BytesIO(path.data) if isinstance(path, Encoded) else str(path))
     except (av.error.FFmpegError, UnicodeDecodeError) as error:
         raise BadSampleError(path, f"not a readable video file ({error})") from None
 
@@ -199,8 +212,8 @@ def decode_frames(
 class VideoFileReader:
     """Clips from one video file; the stream index is built on first use and kept."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
+    def __init__(self, path: str | os.PathLike[str] | Encoded) -> None:
+        self.path = path if isinstance(path, Encoded) else Path(path)
         self._index: StreamIndex | None = None
 
     @property
@@ -230,15 +243,22 @@ class FrameFolderReader:
     A folder has no timestamps, so its frames count as one per nominal frame (fps 1).
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], frames: Sequence[Encoded] | None = None
+    ) -> None:
+        """The images in folder `path`, or `frames` read from it before (a shard record)."""
         self.path = Path(path)
-        self.files = sorted(f for f in self.path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        self.files: Sequence[Path | Encoded] = (
+            frames
+            if frames is not None
+            else sorted(f for f in self.path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        )
         if not self.files:
             raise BadSampleError(self.path, "frame folder holds no images")
 
-    def _load(self, file: Path) -> Image.Image:
+    def _load(self, file: Path | Encoded) -> Image.Image:
         try:
-            with Image.open(file) as image:
+            with Image.open(io.BytesIO(file.data) if isinstance(file, Encoded) else file) as image:
                 return image.convert("RGB")
         except (OSError, UnidentifiedImageError) as error:
             raise BadSampleError(file, f"unreadable frame image ({error})") from None

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from omnimask import MaskedModel, Recipe, RecipeConfig
 from omnimask.masking import TubeMasker
 from omnimask.patching import patch_grid
+from omnimask.shards import open_shard_set
 from torch.utils.data import Dataset
 
-from omnimask_video.data import ClipDataset, ClipSpec, labelled_sources, pretraining_sources
+from omnimask_video.data import (
+    ClipDataset,
+    ClipSpec,
+    clip_sample,
+    labelled_sources,
+    pretraining_sources,
+)
 from omnimask_video.models.videomae import (
     TubeletPixelTarget,
     TubeletTokenizer,
@@ -177,6 +185,9 @@ class VideoMAERecipe(Recipe):
         )
 
     def build_dataset(self, config: VideoMAEConfig) -> Dataset:
+        shards = open_shard_set(config.data.path, ClipDataset.record_kind, config.data.shard_cache)
+        if shards is not None:  # written by `omnimask prepare --out`
+            return shards.dataset(partial(clip_sample, spec=self.clip_spec(config), train=True))
         return ClipDataset(
             pretraining_sources(config.data.path), self.clip_spec(config), train=True
         )
