@@ -12,7 +12,7 @@ spec = PluginSpec(
     name="timeseries",
     modality="multichannel 1-D time series",
     version=version("omnimask-timeseries"),
-    core_api=">=0.2,<0.3",
+    core_api=">=0.2.1,<0.3",
     requires=("torch", "numpy"),
     recipes={
         "timeseries/mae": RecipeEntry(

@@ -5,8 +5,8 @@ from omnimask.plugins import PluginSpec, RecipeEntry
 spec = PluginSpec(
     name="audio",
     modality="audio",
-    version="0.2.0",
-    core_api=">=0.2,<0.3",
+    version="0.2.1",
+    core_api=">=0.2.1,<0.3",
     requires=("torch", "torchaudio", "soundfile", "transformers", "numpy", "matplotlib"),
     recipes={
         "audio/w2v_bert": RecipeEntry(

@@ -5,8 +5,8 @@ from omnimask.plugins import PluginSpec, RecipeEntry
 spec = PluginSpec(
     name="medical",
     modality="3D CT volumes (NIfTI .nii / .nii.gz)",
-    version="0.2.0",
-    core_api=">=0.2,<0.3",
+    version="0.2.1",
+    core_api=">=0.2.1,<0.3",
     requires=("torch", "nibabel", "matplotlib"),
     recipes={
         "medical/mambamim": RecipeEntry(

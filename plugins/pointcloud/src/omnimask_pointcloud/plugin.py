@@ -5,8 +5,8 @@ from omnimask.plugins import PluginSpec, RecipeEntry
 spec = PluginSpec(
     name="pointcloud",
     modality="3D point clouds (PLY, PCD, XYZ, NPY/NPZ; OFF/OBJ/STL meshes sampled to points)",
-    version="0.2.0",
-    core_api=">=0.2,<0.3",
+    version="0.2.1",
+    core_api=">=0.2.1,<0.3",
     requires=("torch", "open3d", "fpsample", "scipy", "matplotlib", "timm"),
     recipes={
         "pointcloud/point_mae": RecipeEntry(

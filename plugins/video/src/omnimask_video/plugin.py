@@ -5,8 +5,8 @@ from omnimask.plugins import PluginSpec, RecipeEntry
 spec = PluginSpec(
     name="video",
     modality="video clips (MP4, WebM, AVI, MKV, MOV files; folders of frame images)",
-    version="0.2.0",
-    core_api=">=0.2,<0.3",
+    version="0.2.1",
+    core_api=">=0.2.1,<0.3",
     requires=("torch", "av", "transformers", "timm", "matplotlib", "PIL"),
     recipes={
         "video/videomae": RecipeEntry(
