@@ -121,6 +121,28 @@ def test_strings_and_bytes_come_back_as_they_were_written(tmp_path: Path) -> Non
     np.testing.assert_array_equal(read["x"], [0.0, 1.0, 2.0])
 
 
+def test_records_of_bytes_and_strings_only_are_read_from_a_bucket(tmp_path: Path) -> None:
+    """Encoded images and their names: LitData's per-sample range reads return such records
+    empty, so remote chunks are fetched whole."""
+
+    class Images:
+        record_kind = "test.images/1"
+
+        def __len__(self) -> int:
+            return 3
+
+        def record(self, index: int) -> dict:
+            return {"image": bytes([index]) * (10 + index), "source": f"img{index}.png"}
+
+        def sample(self, record: dict) -> dict:
+            return record
+
+    write_shard_set("test/images", Images(), tmp_path / "out", source=None)
+    bucket = open_shard_set(f"local:{tmp_path / 'out'}", "test.images/1", str(tmp_path / "c"))
+    dataset = bucket.dataset(lambda record: record)
+    assert [dataset[i] for i in range(3)] == [Images().record(i) for i in range(3)]
+
+
 def test_bad_samples_stop_prepare_in_one_line_or_are_left_out_and_counted(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -268,6 +268,10 @@ class ShardDataset:
                 Dir(path=self.shards.cache_dir, url=location) if is_remote(location) else location
             )
             self._reader = StreamingDataset(source, serializers=verbatim_serializers())
+            # Whole chunks, cached, rather than a byte range per sample: LitData 0.2.76's range
+            # reads misread chunks whose records hold only bytes and strings (every item comes
+            # back empty), and a chunk serves many samples once it is here.
+            self._reader._on_demand_bytes = False
             if len(self._reader) != self.shards.samples:
                 raise DataPathError(
                     f"{location}: its chunk index lists {len(self._reader)} samples, its "
