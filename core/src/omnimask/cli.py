@@ -21,6 +21,7 @@ from pathlib import Path
 # recipe module); the other commands import their heavy modules when they run.
 from omnimask.errors import BadSampleError, ConfigError, DataPathError
 from omnimask.plugins import PluginError, UnknownRecipeError, discover, get_recipe, recipe_entry
+from omnimask.shards import DEFAULT_CHUNK_BYTES, is_remote
 
 #: `omnimask eval --protocol` choices (`omnimask.evaluation.PROTOCOLS`, without importing torch).
 PROTOCOLS = ("linear", "knn", "finetune")
@@ -120,8 +121,6 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 def build_config(recipe_name: str, preset: str, data: str | None, overrides: Sequence[str]):  # noqa: ANN201
     """The recipe and its config. A missing data path and a recipe that does not exist are
     reported before the recipe's module (and torch) is imported."""
-    from omnimask.shards import is_remote
-
     if data is not None and not is_remote(data) and not Path(data).exists():
         raise DataPathError(f"data path {data} does not exist")
     recipe = get_recipe(recipe_name)  # an unknown name fails before any import
@@ -279,7 +278,9 @@ def parser() -> argparse.ArgumentParser:
         "`pretrain --data OUT` from a shared folder or, once uploaded, a bucket",
     )
     prepare.add_argument(
-        "--chunk-bytes", default="64MB", help="size of one shard file (default 64MB)"
+        "--chunk-bytes",
+        default=DEFAULT_CHUNK_BYTES,
+        help=f"size of one shard file (default {DEFAULT_CHUNK_BYTES})",
     )
     prepare.set_defaults(func=cmd_prepare)
 

@@ -22,8 +22,8 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -41,11 +41,10 @@ MANIFEST_FORMAT = 1
 SIZES = "sizes.npy"
 #: Object-storage locations LitData reads (`local:` serves a folder as if it were remote).
 REMOTE_PREFIXES = ("s3://", "gs://", "azure://", "r2://", "hf://", "local:")
+#: LitData's suggested chunk size: large enough for object-storage throughput
 DEFAULT_CHUNK_BYTES = "64MB"
 #: LitData's own index of a folder's chunks
 LITDATA_INDEX = "index.json"
-#: how long a reader waits for a chunk another process is downloading
-CHUNK_WAIT_SECONDS = 600.0
 
 # LitData asks PyPI for a newer version of itself when it is first used; nothing may download at
 # run time (and a cluster node often has no route out), so that check is off unless asked for.
@@ -163,14 +162,20 @@ def default_cache_dir(location: str) -> str:
 
 def fetch(location: str, name: str, local: Path) -> None:
     """Copy file `name` of the remote shard set at `location` to `local`, through LitData's
-    downloader for that storage (the one that reads its chunks)."""
+    downloader for that storage. Written to a temporary name and renamed, so processes that
+    fetch the same file at once each leave a whole one and none reads half of one."""
     from litdata.streaming.downloader import get_downloader
 
     local.parent.mkdir(parents=True, exist_ok=True)
-    local.unlink(missing_ok=True)  # the set may have been rewritten since the last run
-    get_downloader(location, str(local.parent), []).download_file(
-        f"{location.rstrip('/')}/{name}", str(local)
-    )
+    temporary = local.with_name(f".{local.name}.{os.getpid()}.tmp")
+    temporary.unlink(missing_ok=True)
+    try:
+        get_downloader(location, str(local.parent), []).download_file(
+            f"{location.rstrip('/')}/{name}", str(temporary)
+        )
+        os.replace(temporary, local)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def read_manifest(location: str, cache_dir: str) -> dict[str, Any]:
@@ -243,14 +248,19 @@ class ShardDataset:
     data set (`__len__`, `__getitem__`), importable without torch like this whole module, so
     the CLI can tell a shard set's URL from a missing folder before its heavy imports.
 
-    Random access (LitData's `StreamingDataset[i]`), so the engine's sampler decides the order
-    as it does for a folder. The LitData reader is opened lazily in each process and DataLoader
-    worker (it holds open files and download threads, which do not cross a fork or a pickle).
+    Random access (LitData's `StreamingDataset[i]` over a folder, memory-mapped), so the
+    engine's sampler decides the order as it does for raw files. A remote set's chunks are
+    fetched whole, on first use, into the cache folder (LitData's downloader), which is then
+    read as a local set: LitData's own remote reader serves its in-order streaming, and under
+    random access from several DataLoader workers one worker deletes the chunk another is
+    reading (0.2.76). The reader is opened lazily in each process and worker.
     """
 
     def __init__(self, shards: ShardSet, sample: Callable[[dict[str, Any]], dict[str, Any]]):
         self.shards, self.sample = shards, sample
         self._reader: Any = None
+        self._chunks: list[str] = []  # a remote set's chunk files, in index order
+        self._chunk_ends: Any = None  # the sample index each chunk ends before
 
     def __len__(self) -> int:
         return self.shards.samples
@@ -258,20 +268,29 @@ class ShardDataset:
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_reader": None}
 
+    @property
+    def folder(self) -> Path:
+        """Where the chunks are read from: the set's folder, or a remote set's cache."""
+        if is_remote(self.shards.location):
+            return Path(self.shards.cache_dir or default_cache_dir(self.shards.location))
+        return Path(self.shards.location)
+
     def reader(self) -> Any:
         if self._reader is None:
+            import numpy as np
             from litdata import StreamingDataset
-            from litdata.streaming.resolver import Dir
 
             location = self.shards.location
-            source = (
-                Dir(path=self.shards.cache_dir, url=location) if is_remote(location) else location
+            if is_remote(location):
+                fetch(location, LITDATA_INDEX, self.folder / LITDATA_INDEX)
+                chunks = json.loads((self.folder / LITDATA_INDEX).read_text())["chunks"]
+                self._chunks = [chunk["filename"] for chunk in chunks]
+                self._chunk_ends = np.cumsum([chunk["chunk_size"] for chunk in chunks])
+            # batch_decode=0: one record per read. LitData's default decodes a window of the
+            # records that follow, for readers that go through a chunk in order, not ours.
+            self._reader = StreamingDataset(
+                str(self.folder), serializers=verbatim_serializers(), batch_decode=0
             )
-            self._reader = StreamingDataset(source, serializers=verbatim_serializers())
-            # Whole chunks, cached, rather than a byte range per sample: LitData 0.2.76's range
-            # reads misread chunks whose records hold only bytes and strings (every item comes
-            # back empty), and a chunk serves many samples once it is here.
-            self._reader._on_demand_bytes = False
             if len(self._reader) != self.shards.samples:
                 raise DataPathError(
                     f"{location}: its chunk index lists {len(self._reader)} samples, its "
@@ -286,27 +305,19 @@ class ShardDataset:
         return self.sample(record)
 
     def read(self, index: int) -> dict[str, Any]:
-        """Record `index`, waiting for a chunk that another process is fetching.
-
-        Backends without range reads (`local:`, and a fallback of some others) copy a whole
-        chunk into the cache; a DataLoader worker that finds another one copying it skips the
-        copy and then fails to open the file, so that case is retried until the copy lands."""
+        """Record `index`, its chunk fetched first when the set is remote."""
         reader = self.reader()
-        waited = 0.0
-        while True:
-            try:
-                return reader[index]
-            except FileNotFoundError as error:
-                if not is_remote(self.shards.location) or waited >= CHUNK_WAIT_SECONDS:
-                    raise BadSampleError(
-                        f"{self.shards.location} (sample {index})", f"cannot be read ({error})"
-                    ) from error
-            except (OSError, ValueError, RuntimeError) as error:
-                raise BadSampleError(
-                    f"{self.shards.location} (sample {index})", f"cannot be read ({error})"
-                ) from error
-            time.sleep(0.05)
-            waited += 0.05
+        source = f"{self.shards.location} (sample {index})"
+        try:
+            if self._chunks:
+                import numpy as np
+
+                name = self._chunks[int(np.searchsorted(self._chunk_ends, index, "right"))]
+                if not (self.folder / name).is_file():
+                    fetch(self.shards.location, name, self.folder / name)
+            return reader[index]
+        except (OSError, ValueError, RuntimeError, struct.error) as error:
+            raise BadSampleError(source, f"cannot be read ({error})") from error
 
 
 def share_like_a_new_folder(folder: Path) -> None:
