@@ -63,6 +63,28 @@ def test_t_statistic_matches_the_formula_computed_by_hand() -> None:
     assert lexicon.ngrams[0] == (5, 6)  # the planted collocation has the largest t
 
 
+def test_counting_block_by_block_gives_the_counts_of_the_whole_corpus(monkeypatch) -> None:  # noqa: ANN001
+    """The lexicon streams the token cache in blocks cut between chunks (bounded memory); the
+    merged counts and t values equal those of the corpus counted at once."""
+    from omnimask_text import lexicon as module
+
+    rng = np.random.default_rng(1)
+    chunks = [[1, *rng.integers(4, 11, size=rng.integers(2, 9)).tolist(), 2] for _ in range(300)]
+    whole = t_statistics(chunks, SPECIAL, CONTINUATION, max_n=3)
+    monkeypatch.setattr(module, "BLOCK_TOKENS", 17)  # many blocks, none splitting a chunk
+    offsets = np.concatenate([[0], np.cumsum([len(c) for c in chunks])])
+    tokens = np.concatenate([np.asarray(c) for c in chunks])
+    blocks = list(module.cached_blocks(tokens, offsets, 17))
+    assert len(blocks) > 20 and np.concatenate(blocks).tolist() == tokens.tolist()
+    assert all(block[0] == 1 and block[-1] == 2 for block in blocks)  # cut between chunks
+    for parts in (blocks, chunks):
+        streamed = t_statistics(parts, SPECIAL, CONTINUATION, max_n=3)
+        for n, (codes, counts, t) in whole.items():
+            np.testing.assert_array_equal(streamed[n][0], codes)
+            np.testing.assert_array_equal(streamed[n][1], counts)
+            np.testing.assert_allclose(streamed[n][2], t)
+
+
 def test_ngrams_are_word_aligned_and_matched_longest_first() -> None:
     lexicon = NgramLexicon([(4, 5), (4, 5, 6), (7, 9), (5, 7)], VOCAB, 0)
     #          [CLS] 4  5  6  7  9  4  5  7  10 [SEP]

@@ -35,12 +35,11 @@ from omnimask_text.corpus import (
     corpus_files,
     ensure_embedded_data,
     iter_corpus,
-    read_corpus,
     read_labelled,
 )
-from omnimask_text.lexicon import NgramLexicon, build_lexicon
+from omnimask_text.lexicon import NgramLexicon, build_lexicon, cached_blocks
 from omnimask_text.models.build import SpecialIds
-from omnimask_text.tokens import TokenRows, framed_chunks, row_sample, token_cache
+from omnimask_text.tokens import TokenRows, framed_chunks, open_arrays, row_sample, token_cache
 from omnimask_text.vocab import (
     CLS,
     SEP,
@@ -109,15 +108,19 @@ def lexicon_path(config: MLMConfig) -> Path:
     tokenizer = resolve_tokenizer(config)
     files = corpus_files(corpus_path(config), config.corpus.split)
     mask = config.mask
-    settings = f"{mask.lexicon_size}/{mask.lexicon_min_count}/{mask.max_ngram}"
+    # v2: counted over the token cache, within `corpus.seq_len` pieces of long documents
+    settings = (
+        f"v2/{mask.lexicon_size}/{mask.lexicon_min_count}/{mask.max_ngram}/{config.corpus.seq_len}"
+    )
     key = corpus_key(files, config.vocab, f"{config.corpus.field}/{settings}")
     path = cached_lexicon_path(f"{key}-{vocabulary_digest(tokenizer):x}")
     if not path.exists():
-        documents = read_corpus(
-            corpus_path(config), config.corpus.field, config.data.on_bad_sample, config.corpus.split
-        )
-        # The whole document, framed once: n-grams are counted within documents.
-        chunks, _ = tokenize_documents(tokenizer, [d.text for d in documents], 1 << 40)
+        # Streamed from the corpus's token cache (the one training reads, built now if needed):
+        # chunks are framed, so n-grams are counted within documents (and within the
+        # `corpus.seq_len` pieces of a long one), and the corpus is never held in memory.
+        folder, _ = corpus_token_cache(config, tokenizer, [])
+        arrays = open_arrays(folder, config.corpus.packing)
+        chunks = cached_blocks(arrays["tokens"], arrays["offsets"])
         special = np.zeros(tokenizer.get_vocab_size(), dtype=bool)
         special[SpecialIds.of(tokenizer).all()] = True
         lexicon = build_lexicon(
@@ -165,21 +168,29 @@ def build_rows(config: MLMConfig, tokenizer: Tokenizer, texts: Sequence[str]) ->
     return TokenRows.from_chunks(chunks, config.corpus.packing, config.corpus.seq_len, digest)
 
 
-def build_text_dataset(config: MLMConfig) -> TokenRows:
-    """The training rows, from the corpus's token cache (`tokens.token_cache`: tokenized in one
-    streaming pass the first time, memory-mapped afterwards)."""
-    tokenizer = resolve_tokenizer(config)
+def corpus_token_cache(
+    config: MLMConfig, tokenizer: Tokenizer, skipped: list[str]
+) -> tuple[Path, dict[str, Any]]:
+    """The corpus's token cache (`tokens.token_cache`: tokenized in one streaming pass the
+    first time, its bad inputs listed in `skipped`; memory-mapped afterwards) and its metadata."""
     corpus = config.corpus
     files = corpus_files(corpus_path(config), corpus.split)
     settings = f"{corpus.field}/{corpus.split}/{corpus.max_documents}/{config.data.on_bad_sample}"
-    skipped: list[str] = []
-    folder, meta = token_cache(
+    return token_cache(
         corpus_key(files, config.vocab, settings),
         tokenizer,
         lambda: corpus_texts(config, skipped),
         corpus.seq_len,
         skipped,
     )
+
+
+def build_text_dataset(config: MLMConfig) -> TokenRows:
+    """The training rows, from the corpus's token cache (`corpus_token_cache`)."""
+    tokenizer = resolve_tokenizer(config)
+    corpus = config.corpus
+    skipped: list[str] = []
+    folder, meta = corpus_token_cache(config, tokenizer, skipped)
     for reason in meta["skipped"] if not skipped else ():  # cached: say it again
         logger.warning("skipped bad corpus input: %s", reason)
     rows = TokenRows(folder, corpus.packing, vocabulary_digest(tokenizer))

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,27 +142,78 @@ class NgramLexicon:
         return lexicon
 
 
+#: tokens counted at a time: memory follows the number of distinct n-grams, not the corpus
+BLOCK_TOKENS = 1 << 22
+
+
+def token_blocks(chunks: Iterable[Sequence[int]], size: int = BLOCK_TOKENS) -> Iterator[np.ndarray]:
+    """Consecutive chunks joined into arrays of at least `size` tokens (the last may be short);
+    never cut inside a chunk, so no n-gram is lost at a block's edge."""
+    pending: list[np.ndarray] = []
+    held = 0
+    for chunk in chunks:
+        pending.append(np.asarray(chunk, dtype=np.int64))
+        held += len(pending[-1])
+        if held >= size:
+            yield np.concatenate(pending)
+            pending, held = [], 0
+    if pending:
+        yield np.concatenate(pending)
+
+
+def cached_blocks(
+    tokens: np.ndarray, offsets: np.ndarray, size: int = BLOCK_TOKENS
+) -> Iterator[np.ndarray]:
+    """A token cache's tokens (memory-mapped) in blocks of about `size`, cut between chunks
+    (`offsets` are the chunks' starts and the end)."""
+    cuts = np.unique(np.searchsorted(offsets, np.arange(0, offsets[-1], size), "left"))
+    bounds = [int(offsets[c]) for c in cuts] + [int(offsets[-1])]
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        if end > start:
+            yield np.asarray(tokens[start:end], dtype=np.int64)
+
+
+def merge_counts(
+    codes: np.ndarray, counts: np.ndarray, more_codes: np.ndarray, more_counts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Two (sorted distinct codes, counts) tables as one."""
+    merged, inverse = np.unique(np.concatenate([codes, more_codes]), return_inverse=True)
+    total = np.bincount(inverse, weights=np.concatenate([counts, more_counts]))
+    return merged, total.astype(np.int64)
+
+
 def t_statistics(
-    chunks: Sequence[Sequence[int]],
+    chunks: Iterable[Sequence[int]],
     is_special: np.ndarray,
     is_continuation: np.ndarray,
     max_n: int,
 ) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Per n: (codes, counts, t) of every word-aligned n-gram of the chunks."""
+    """Per n: (codes, counts, t) of every word-aligned n-gram of the chunks.
+
+    Counted block by block (`token_blocks`) and merged, so a corpus streamed from the token
+    cache is never held whole; t is computed at the end, from the whole corpus's unigrams."""
     vocab_size = len(is_special)
-    ids = np.concatenate([np.asarray(c, dtype=np.int64) for c in chunks] or [np.empty(0, np.int64)])
-    # Chunks are framed by [CLS] ... [SEP], so a special token separates every pair of them and
-    # no regular n-gram spans two documents.
-    regular = ~is_special[ids]
-    starts_word = ~is_continuation[ids]
-    total = max(int(regular.sum()), 1)
-    unigram = np.bincount(ids[regular], minlength=vocab_size) / total
+    unigram_counts = np.zeros(vocab_size, dtype=np.int64)
+    empty = np.empty(0, dtype=np.int64)
+    tables = {n: (empty, empty) for n in range(2, max_n + 1)}
+    for ids in token_blocks(chunks):
+        # Chunks are framed by [CLS] ... [SEP], so a special token separates every pair of
+        # them and no regular n-gram spans two documents.
+        regular = ~is_special[ids]
+        starts_word = ~is_continuation[ids]
+        unigram_counts += np.bincount(ids[regular], minlength=vocab_size)
+        for n in tables:
+            if len(ids) < n:
+                continue
+            valid = word_aligned_starts(regular, starts_word, n)
+            codes, counts = np.unique(ngram_codes(ids, n, vocab_size)[valid], return_counts=True)
+            tables[n] = merge_counts(*tables[n], codes, counts)
+    total = max(int(unigram_counts.sum()), 1)
+    unigram = unigram_counts / total
     stats = {}
-    for n in range(2, max_n + 1):
-        if len(ids) < n:
+    for n, (codes, counts) in tables.items():
+        if not len(codes):
             continue
-        valid = word_aligned_starts(regular, starts_word, n)
-        codes, counts = np.unique(ngram_codes(ids, n, vocab_size)[valid], return_counts=True)
         expected = np.ones(len(codes))
         rest = codes.copy()
         for _ in range(n):
@@ -182,7 +233,7 @@ def ngram_of_code(code: int, n: int, vocab_size: int) -> tuple[int, ...]:
 
 
 def build_lexicon(
-    chunks: Sequence[Sequence[int]],
+    chunks: Iterable[Sequence[int]],
     is_special: np.ndarray,
     is_continuation: np.ndarray,
     vocab_digest: int,
