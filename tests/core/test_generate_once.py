@@ -16,6 +16,8 @@ from pathlib import Path
 from omnimask.data import generate_once
 
 def write(folder: Path) -> None:
+    with open(Path(sys.argv[1]).parent / "writers.log", "a") as log:
+        log.write(sys.argv[2] + "\\n")
     for index in range(50):
         (folder / f"part{index}.txt").write_text(sys.argv[2])
         time.sleep(0.002)
@@ -34,7 +36,9 @@ def test_concurrent_generators_leave_one_whole_copy(tmp_path: Path) -> None:
     seen = [int(racer.communicate()[0]) for racer in racers]
     assert seen == [50, 50, 50]  # every process saw the whole set
     assert len({(final / f"part{i}.txt").read_text() for i in range(50)}) == 1  # one writer's
-    assert [p.name for p in tmp_path.iterdir()] == ["data-v1"]  # no staging folder left
+    assert len((tmp_path / "writers.log").read_text().split()) == 1  # the others waited
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [".data-v1.lock", "data-v1", "writers.log"]  # no staging folder left
 
 
 def test_a_failed_generation_leaves_nothing_and_a_later_one_writes(tmp_path: Path) -> None:
@@ -46,7 +50,7 @@ def test_a_failed_generation_leaves_nothing_and_a_later_one_writes(tmp_path: Pat
 
     with pytest.raises(OSError, match="disk full"):
         generate_once(final, broken)
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] in ([], [".data-v1.lock"])  # no data, no staging
     calls = []
     generate_once(final, lambda folder: calls.append((folder / "x").write_text("x")))
     generate_once(final, lambda folder: calls.append("again"))

@@ -53,25 +53,34 @@ def default_data_dir(name: str) -> Path:
 
 
 def generate_once(final: Path, write: Callable[[Path], None]) -> Path:
-    """`final`, a folder of generated default data, written by `write(staging)` on first use.
+    """`final`, a folder of generated data (default data, a token cache), written by
+    `write(staging)` on first use.
 
-    `write` fills a staging folder beside `final`, which is then renamed into place: processes
-    that start at the same time never see a half-written set (the first rename wins, the others
-    discard their copy), and a generation that fails or is killed leaves no `final` behind.
-    Put a version in `final`'s name so that a changed generator writes a new folder."""
+    Processes that start at the same time (the ranks of a run) take turns on a lock file beside
+    `final` (`filelock`: released by the system if its holder dies), so one writes and the
+    others wait for its folder instead of each tokenizing the corpus again. `write` fills a
+    staging folder beside `final`, which is then renamed into place: a generation that fails or
+    is killed leaves no `final` behind, and where the file system has no working locks the
+    first rename still wins. Put a version in `final`'s name so that a changed generator writes
+    a new folder."""
+    from filelock import FileLock
+
     if final.is_dir():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-staging-", dir=final.parent))
-    try:
-        write(staging)
+    with FileLock(final.parent / f".{final.name}.lock"):
+        if final.is_dir():  # written by the process that held the lock before
+            return final
+        staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-staging-", dir=final.parent))
         try:
-            staging.rename(final)
-        except OSError:  # another process renamed its copy first
-            if not final.is_dir():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            write(staging)
+            try:
+                staging.rename(final)
+            except OSError:  # another process renamed its copy first
+                if not final.is_dir():
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return final
 
 
