@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from filelock import FileLock
 from omnimask.config import ConfigError
 from omnimask.data import check_data_path
 from omnimask.shards import ShardDataset, ShardSet
@@ -73,16 +74,20 @@ def tokenizer_path(config: MLMConfig) -> Path:
         return Path(config.vocab.path)
     files = corpus_files(corpus_path(config), config.corpus.split)
     path = cached_tokenizer_path(corpus_key(files, config.vocab, config.corpus.field))
-    if not path.exists():
-        total = sum(f.stat().st_size for f in files)
-        stride = max(1, math.ceil(total / config.vocab.train_bytes))
-        logger.info(
-            "training a WordPiece vocabulary on %s of the corpus -> %s",
-            "all" if stride == 1 else f"every {stride}th document",
-            path,
-        )
-        texts = itertools.islice(corpus_texts(config), 0, None, stride)
-        save_atomically(train_wordpiece(texts, config.vocab), path)
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(path.with_name(f".{path.name}.lock")):  # one process of a run trains it
+        if not path.exists():
+            total = sum(f.stat().st_size for f in files)
+            stride = max(1, math.ceil(total / config.vocab.train_bytes))
+            logger.info(
+                "training a WordPiece vocabulary on %s of the corpus -> %s",
+                "all" if stride == 1 else f"every {stride}th document",
+                path,
+            )
+            texts = itertools.islice(corpus_texts(config), 0, None, stride)
+            save_atomically(train_wordpiece(texts, config.vocab), path)
     return path
 
 
