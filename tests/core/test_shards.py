@@ -73,8 +73,13 @@ def test_a_run_on_shards_is_the_run_on_the_raw_data_and_resumes_exactly(
     args = [f"data.path={shards}", "delay=0.01"]
     process = subprocess.Popen([sys.executable, RUN_TOY, killed, *args])
     metrics = killed / "metrics.jsonl"
-    deadline = time.time() + 60
-    while time.time() < deadline and not (metrics.exists() and len(read_metrics(metrics)) >= 6):
+    deadline = time.time() + 120
+
+    def past_the_first_checkpoint() -> bool:
+        checkpoints = [step for step, _ in list_checkpoints(killed / "checkpoints")]
+        return checkpoints == [4] and len(read_metrics(metrics)) >= 6
+
+    while time.time() < deadline and not (metrics.exists() and past_the_first_checkpoint()):
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait()

@@ -171,8 +171,12 @@ def test_two_processes_with_batch_b_optimise_the_loss_of_one_process_with_batch_
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     out = str(tmp_path / "rank")
-    # fork: spawned children would each import torch again (tens of seconds on a busy 2-core box)
-    mp.start_processes(run, args=(2, port, optical, radar, out), nprocs=2, start_method="fork")
+    # forkserver: the children fork from a fresh server (torch imported once, not once per child
+    # as with spawn), not from this process, whose autograd threads (an in-process training run
+    # of an earlier test) a forked child cannot use
+    mp.start_processes(
+        run, args=(2, port, optical, radar, out), nprocs=2, start_method="forkserver"
+    )
     ranks = [torch.load(f"{out}.{rank}", weights_only=True) for rank in range(2)]
 
     whole_optical, whole_radar = (
