@@ -95,3 +95,21 @@ def test_pointcloud_point_bert_key_encoder_and_queue_move_in_training_only(
     assert not torch.equal(model.queue[written], queue_before[written])
     torch.testing.assert_close(model.queue[written].norm(dim=1), torch.ones(rows))
     assert not any(p.requires_grad for p in model.key_encoder.parameters())
+
+
+def test_pointcloud_point_bert_keys_see_a_block_mask_of_their_own(
+    model_and_batch: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Point-BERT's key encoder masks its input too, with a mask drawn apart from the query's."""
+    model, batch = model_and_batch
+    seen = []
+    encode = model.key_encoder.encode
+    monkeypatch.setattr(model.key_encoder, "encode", lambda t, m: seen.append(m) or encode(t, m))
+    model.eval()
+    with torch.no_grad():
+        output = model.predict(batch, torch.Generator().manual_seed(5))
+    (key_mask,) = seen
+    groups = key_mask.shape[1]
+    hidden = key_mask.sum(1)
+    assert ((hidden >= round(0.25 * groups)) & (hidden <= round(0.45 * groups))).all()
+    assert not torch.equal(key_mask, output.mask)

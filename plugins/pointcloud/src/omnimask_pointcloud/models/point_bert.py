@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from omnimask import LOSS_WEIGHT, Decoder, Encoder, MaskedModel, MaskedOutput, Target, Tokens
+from omnimask.seeding import mix_seed
 from torch import Tensor, nn
 
 from omnimask_pointcloud.layers import MiniPointNet, PositionalTransformer, position_mlp
@@ -129,6 +130,16 @@ class DVAECodeTarget(Target):
         return {"loss": loss, "code_accuracy": accuracy.detach(), LOSS_WEIGHT: count}
 
 
+#: Separate the block masks of the mixed cloud and of the key view from the clean query's: masks
+#: are keyed by (step seed, sample id), so the same generator would hide the same draw thrice.
+MIXED_MASK_SALT, KEY_MASK_SALT = 1, 2
+
+
+def salted(generator: torch.Generator, salt: int) -> torch.Generator:
+    """A generator whose seed is the step's mixed with `salt` (`draw_mask` reads only the seed)."""
+    return torch.Generator().manual_seed(mix_seed(generator.initial_seed(), salt))
+
+
 def mix_patches(
     tokens: Tokens, codes: Tensor, generator: torch.Generator
 ) -> tuple[Tokens, Tensor, Tensor]:
@@ -180,13 +191,13 @@ class PointBERTModel(MaskedModel):
         losses = self.target.loss(prediction, codes, mask)
         code_loss = losses["loss"]
         mixed, mixed_codes, share = mix_patches(tokens, codes, generator)
-        mixed_mask = self.draw_mask(mixed, batch, generator)
+        mixed_mask = self.draw_mask(mixed, batch, salted(generator, MIXED_MASK_SALT))
         mixed_features = self.encoder.encode(mixed, mixed_mask)
         mixed_loss = self.target.loss(
             self.decoder(mixed_features[:, 1:], mixed, mixed_mask), mixed_codes, mixed_mask
         )["loss"]
         query = F.normalize(self.head(mixed_features[:, 0]), dim=-1)
-        keys = self.keys(tokens, mask)
+        keys = self.keys(tokens, self.draw_mask(tokens, batch, salted(generator, KEY_MASK_SALT)))
         contrast = self.contrast(query, keys, share)
         if self.training:
             self.enqueue(keys)
@@ -197,9 +208,10 @@ class PointBERTModel(MaskedModel):
 
     @torch.no_grad()
     def keys(self, tokens: Tokens, mask: Tensor) -> Tensor:
-        """The momentum encoder's normalised [CLS] features of the clean clouds (masked as the
-        query's clean view is); in training mode the key weights first move toward the query's
-        (MoCo's momentum update, as Point-BERT does at every forward)."""
+        """The momentum encoder's normalised [CLS] features of the clean clouds under a block
+        mask of their own (Point-BERT's key encoder masks too); in training mode the key weights
+        first move toward the query's (MoCo's momentum update, at every forward as in
+        Point-BERT)."""
         if self.training:
             pairs = ((self.key_encoder, self.encoder), (self.key_head, self.head))
             for key, query in pairs:
