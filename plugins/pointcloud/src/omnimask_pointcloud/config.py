@@ -242,7 +242,7 @@ def point_bert_demo() -> PointBERTConfig:
 
 
 def point_bert_proof() -> PointBERTConfig:
-    """The demo model trained 33x longer (4,000 steps; 10-17 minutes on one CPU thread shared
+    """The demo model trained 33x longer (4,000 steps; 8-13 minutes on one CPU thread shared
     with other jobs: patch mixing runs the encoder three times per step), for
     `benchmarks/learning.py`. Set `dvae_run` to a `pointcloud/point_bert_dvae --preset demo`
     run on the same data: the codes of the untrained fallback dVAE mean nothing."""
