@@ -46,6 +46,20 @@ class BlockMaskConfig:
 
 
 @dataclass
+class PatchMixConfig:
+    """Point-BERT's point-patch mixing and its momentum-contrast term on [CLS]
+    (`cfgs/Mixup_models/Point-BERT.yaml`: `cutmix_loss` on, m 0.999, T 0.07, a queue of 16384,
+    a [CLS] projection of 512). `enabled=false`: masked point modelling alone."""
+
+    enabled: bool = True
+    weight: float = 1.0  # of the contrastive term, beside the two code cross-entropies
+    momentum: float = 0.999
+    temperature: float = 0.07
+    queue_size: int = 16_384
+    head_dim: int = 512
+
+
+@dataclass
 class DVAEArchitecture:
     """Point-BERT's dVAE (`cfgs/ShapeNet55_models/dvae.yaml`, `models/dvae.py`): 8192 codes;
     encoder, code and decoder features of 256; mini-PointNet 128/256/512; DGCNNs with an input
@@ -113,6 +127,7 @@ class PointBERTConfig(RecipeConfig):
     patches: PatchConfig = field(default_factory=PatchConfig)
     encoder: TransformerConfig = field(default_factory=TransformerConfig)
     mask: BlockMaskConfig = field(default_factory=BlockMaskConfig)
+    mix: PatchMixConfig = field(default_factory=PatchMixConfig)
     dvae: DVAEArchitecture = field(default_factory=DVAEArchitecture)
     dvae_run: str = ""
     dvae_seed: int = 0
@@ -161,12 +176,12 @@ def point_mae_demo() -> PointMAEConfig:
 
 
 def point_mae_proof() -> PointMAEConfig:
-    """The demo model trained 67x longer (8,000 steps, 8-10 minutes on one busy CPU
-    thread), for `benchmarks/learning.py`: the embedded reliefs are told apart only once the
-    encoder relates each patch's curvature to where the surface faces, which random features
-    do not (plugin README)."""
+    """The demo model trained 33x longer (4,000 steps, 3-4 minutes on one CPU thread), for
+    `benchmarks/learning.py`: the embedded reliefs are told apart only once the encoder relates
+    each patch's curvature to where the surface faces, which random features do not (plugin
+    README). The 8,000 steps it had before left kNN short of the target (plugin README)."""
     config = point_mae_demo()
-    config.train.steps = config.train.checkpoint_every = 8_000
+    config.train.steps = config.train.checkpoint_every = 4_000
     config.train.warmup_steps = 100
     return config
 
@@ -213,18 +228,24 @@ def dvae_paper() -> DVAEConfig:
 
 
 def point_bert_demo() -> PointBERTConfig:
-    """dvae_run is empty: the documented demo fallback (a seeded, untrained, frozen dVAE)."""
+    """dvae_run is empty: the documented demo fallback (a seeded, untrained, frozen dVAE).
+    Patch mixing scaled down: a queue of 128 clouds (8 batches, less than one epoch of the 192
+    embedded clouds, so it never holds an older key of the cloud being scored), a [CLS]
+    projection of 128 and momentum 0.99 (the key encoder follows within ~100 of the proof
+    preset's 4,000 steps, as 0.999 does within ~1,000 of the paper's ~100k)."""
     config = PointBERTConfig(
-        patches=_demo_patches(), encoder=_demo_transformer(), dvae=_demo_dvae()
-    )
+        patches=_demo_patches(), encoder=_demo_transformer(), dvae=_demo_dvae(),
+        mix=PatchMixConfig(momentum=0.99, queue_size=128, head_dim=128),
+    )  # fmt: skip
     _demo_train(config, steps=120, lr=2e-3)
     return config
 
 
 def point_bert_proof() -> PointBERTConfig:
-    """The demo model trained 33x longer (4,000 steps, about 5 minutes on one busy CPU thread),
-    for `benchmarks/learning.py`. Set `dvae_run` to a `pointcloud/point_bert_dvae --preset
-    demo` run on the same data: the codes of the untrained fallback dVAE mean nothing."""
+    """The demo model trained 33x longer (4,000 steps; 8-13 minutes on one CPU thread shared
+    with other jobs: patch mixing runs the encoder three times per step), for
+    `benchmarks/learning.py`. Set `dvae_run` to a `pointcloud/point_bert_dvae --preset demo`
+    run on the same data: the codes of the untrained fallback dVAE mean nothing."""
     config = point_bert_demo()
     config.train.steps = config.train.checkpoint_every = 4_000
     config.train.warmup_steps = 100

@@ -36,6 +36,7 @@ from omnimask_pointcloud.models.point_bert import (
     DVAECodeTarget,
     FrozenDVAE,
     PointBERTEncoder,
+    PointBERTModel,
 )
 from omnimask_pointcloud.models.point_mae import (
     PatchChamferTarget,
@@ -231,6 +232,12 @@ class PointBERTRecipe(PointCloudRecipe):
     name = "pointcloud/point_bert"
     summary = "Point-BERT stage 2: block-masked point modelling predicting frozen dVAE codes"
     config_class = PointBERTConfig
+    batch_coupled_terms = {
+        "loss": "holds the mixed cloud's terms",
+        "mixed_code_loss": "each cloud is mixed with the cloud mirrored in its batch",
+        "contrast": "the keys of the other clouds of the batch are negatives, and the mirrored "
+        "cloud's key a partial positive",
+    }
     presets = {
         "demo": presets.point_bert_demo,
         "proof": presets.point_bert_proof,
@@ -241,14 +248,18 @@ class PointBERTRecipe(PointCloudRecipe):
     def build_model(self, config: PointBERTConfig) -> MaskedModel:
         if config.dvae_run:  # saved resolved: the run is rebuilt from any working directory
             config.dvae_run = str(Path(config.dvae_run).resolve())
-        enc = config.encoder
-        return MaskedModel(
+        enc, mix = config.encoder, config.mix
+        parts = (
             build_tokenizer(config),
             PointBlockMasker(config.mask.min_ratio, config.mask.max_ratio),
             PointBERTEncoder(enc.dim, enc.depth, enc.heads, enc.pointnet_width, enc.drop_path),
             CodeHead(enc.dim, config.dvae.vocab_size),
             DVAECodeTarget(load_frozen_dvae(config)),
         )
+        if not mix.enabled:
+            return MaskedModel(*parts)
+        return PointBERTModel(*parts, mix.head_dim, mix.momentum, mix.temperature,
+                              mix.queue_size, mix.weight)  # fmt: skip
 
     def reconstructed_patches(self, model: MaskedModel, output, row: int) -> np.ndarray:  # noqa: ANN001
         """Codes: predicted at masked patches, the dVAE's own at visible ones; then decoded."""

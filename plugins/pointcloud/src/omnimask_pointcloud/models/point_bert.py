@@ -3,14 +3,23 @@ learned mask token (positions kept), a Transformer encodes every patch, and a li
 predicts, for each masked patch, the code the frozen stage-1 dVAE gives it (cross-entropy on
 masked patches only).
 
-Not built (the paper's extras): point-patch mixing and its MoCo-style contrastive term.
+With point-patch mixing (`PointBERTModel`, Point-BERT's `cutmix_loss`): each cloud also trades
+a random share of its patches with another cloud of the batch; the mixed cloud is block-masked
+and its codes predicted the same way, and its [CLS] feature must find, against a queue of past
+clouds, the momentum encoder's [CLS] features of both sources, each weighted by its share
+(MoCo-style InfoNCE). Point-BERT's `Point_BERT.forward`: loss = code cross-entropy of the clean
+and of the mixed cloud + the contrastive term.
 """
 
 from __future__ import annotations
 
+import copy
+
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
-from omnimask import LOSS_WEIGHT, Decoder, Encoder, Target, Tokens
+from omnimask import LOSS_WEIGHT, Decoder, Encoder, MaskedModel, MaskedOutput, Target, Tokens
+from omnimask.seeding import mix_seed
 from torch import Tensor, nn
 
 from omnimask_pointcloud.layers import MiniPointNet, PositionalTransformer, position_mlp
@@ -119,3 +128,118 @@ class DVAECodeTarget(Target):
         accuracy = (logits.argmax(-1) == codes).float().mean()
         count = mask.sum().float()
         return {"loss": loss, "code_accuracy": accuracy.detach(), LOSS_WEIGHT: count}
+
+
+#: Separate the block masks of the mixed cloud and of the key view from the clean query's: masks
+#: are keyed by (step seed, sample id), so the same generator would hide the same draw thrice.
+MIXED_MASK_SALT, KEY_MASK_SALT = 1, 2
+
+
+def salted(generator: torch.Generator, salt: int) -> torch.Generator:
+    """A generator whose seed is the step's mixed with `salt` (`draw_mask` reads only the seed)."""
+    return torch.Generator().manual_seed(mix_seed(generator.initial_seed(), salt))
+
+
+def mix_patches(
+    tokens: Tokens, codes: Tensor, generator: torch.Generator
+) -> tuple[Tokens, Tensor, Tensor]:
+    """Point-BERT's point-patch mixing (`_mixup_pc`): cloud i keeps each patch with probability
+    `share_i ~ U(0, 1)` and otherwise takes the patch (points, centre and code) at the same index
+    of the cloud mirrored in the batch (`flip(0)`). Returns the mixed tokens, their codes and the
+    shares `[B]`."""
+    batch, groups = codes.shape
+    share = torch.rand(batch, generator=generator)
+    keep = (torch.rand(batch, groups, generator=generator) < share.unsqueeze(1)).to(codes.device)
+    neighbourhood = tokens.extras["neighbourhood"]
+    mixed = torch.where(keep[..., None, None], neighbourhood, neighbourhood.flip(0))
+    centres = torch.where(keep[..., None], tokens.positions, tokens.positions.flip(0))
+    mixed_tokens = Tokens(values=mixed.flatten(2), positions=centres, grid=None,
+                          extras={"neighbourhood": mixed})  # fmt: skip
+    return mixed_tokens, torch.where(keep, codes, codes.flip(0)), share.to(codes.device)
+
+
+def projection_head(dim: int, out_dim: int) -> nn.Sequential:
+    """[CLS] -> contrastive feature (Point-BERT's `cls_head`: Linear, GELU, Linear)."""
+    return nn.Sequential(nn.Linear(dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
+
+
+class PointBERTModel(MaskedModel):
+    """Masked point modelling plus point-patch mixing and its momentum-contrast term.
+
+    The key encoder and head are momentum copies of the query ones (no gradient); the queue
+    holds the normalised key features of past clouds. Both are updated only in training mode,
+    so evaluation and `embed` read the model without changing it."""
+
+    def __init__(self, tokenizer: nn.Module, masker: nn.Module, encoder: PointBERTEncoder,
+                 decoder: CodeHead, target: DVAECodeTarget, head_dim: int, momentum: float,
+                 temperature: float, queue_size: int, weight: float) -> None:  # fmt: skip
+        super().__init__(tokenizer, masker, encoder, decoder, target)
+        self.head = projection_head(encoder.cls_token.shape[-1], head_dim)
+        self.key_encoder = copy.deepcopy(encoder).requires_grad_(False)
+        self.key_head = copy.deepcopy(self.head).requires_grad_(False)
+        self.momentum, self.temperature, self.weight = momentum, temperature, weight
+        self.register_buffer("queue", F.normalize(torch.randn(queue_size, head_dim), dim=1))
+        self.register_buffer("queue_next", torch.zeros((), dtype=torch.long))
+
+    def predict(self, batch: dict, generator: torch.Generator | None = None) -> MaskedOutput:
+        generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        tokens = self.tokenizer(batch)
+        mask = self.draw_mask(tokens, batch, generator)
+        prediction = self.decoder(self.encoder(tokens, mask), tokens, mask)
+        codes = self.target(batch, tokens)
+        num_tokens = tokens.count_tensor()
+        losses = self.target.loss(prediction, codes, mask)
+        code_loss = losses["loss"]
+        mixed, mixed_codes, share = mix_patches(tokens, codes, generator)
+        mixed_mask = self.draw_mask(mixed, batch, salted(generator, MIXED_MASK_SALT))
+        mixed_features = self.encoder.encode(mixed, mixed_mask)
+        mixed_loss = self.target.loss(
+            self.decoder(mixed_features[:, 1:], mixed, mixed_mask), mixed_codes, mixed_mask
+        )["loss"]
+        query = F.normalize(self.head(mixed_features[:, 0]), dim=-1)
+        keys = self.keys(tokens, self.draw_mask(tokens, batch, salted(generator, KEY_MASK_SALT)))
+        contrast = self.contrast(query, keys, share)
+        if self.training:
+            self.enqueue(keys)
+        loss = code_loss + mixed_loss + self.weight * contrast
+        losses = {**losses, "loss": loss, "code_loss": code_loss, "mixed_code_loss": mixed_loss,
+                  "contrast": contrast, "num_tokens": num_tokens}  # fmt: skip
+        return MaskedOutput(tokens, mask, prediction, codes, losses)
+
+    @torch.no_grad()
+    def keys(self, tokens: Tokens, mask: Tensor) -> Tensor:
+        """The momentum encoder's normalised [CLS] features of the clean clouds under a block
+        mask of their own (Point-BERT's key encoder masks too); in training mode the key weights
+        first move toward the query's (MoCo's momentum update, at every forward as in
+        Point-BERT)."""
+        if self.training:
+            pairs = ((self.key_encoder, self.encoder), (self.key_head, self.head))
+            for key, query in pairs:
+                for k, q in zip(key.parameters(), query.parameters()):
+                    k.lerp_(q.detach(), 1 - self.momentum)
+        return F.normalize(self.key_head(self.key_encoder.encode(tokens, mask)[:, 0]), dim=-1)
+
+    def contrast(self, query: Tensor, keys: Tensor, share: Tensor) -> Tensor:
+        """InfoNCE of each mixed cloud against the keys of the batch and the queue; the key of
+        its own source is the positive with weight `share`, the mirrored source's with
+        `1 - share` (Point-BERT's `cutmix_loss`)."""
+        queue = self.queue.clone()  # enqueue() overwrites it before backward
+        logits = torch.cat([query @ keys.t(), query @ queue.t()], dim=1) / self.temperature
+        own = torch.arange(len(query), device=query.device)
+        to_own = F.cross_entropy(logits, own, reduction="none")
+        to_other = F.cross_entropy(logits, own.flip(0), reduction="none")
+        return (share * to_own + (1 - share) * to_other).mean()
+
+    @torch.no_grad()
+    @torch.compiler.disable
+    def enqueue(self, keys: Tensor) -> None:
+        """Write the keys of every process over the oldest queue entries."""
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            gathered = [torch.empty_like(keys) for _ in range(dist.get_world_size())]
+            dist.all_gather(gathered, keys)
+            keys = torch.cat(gathered)
+        size = self.queue.shape[0]
+        keys = keys[-size:]
+        index = (self.queue_next + torch.arange(len(keys), device=keys.device)) % size
+        self.queue[index] = keys
+        self.queue_next.copy_((self.queue_next + len(keys)) % size)
