@@ -177,7 +177,8 @@ def test_default_data_is_generated_once_in_place(tmp_path: Path) -> None:
     stamp = (first / "labels.csv").stat().st_mtime_ns
     assert default_data(tmp_path) == first
     assert (first / "labels.csv").stat().st_mtime_ns == stamp
-    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no staging folder left
+    # no staging folder left (the lock file of `generate_once` stays, empty)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".{first.name}.lock", first.name]
 
 
 # --- model -----------------------------------------------------------------------------------
