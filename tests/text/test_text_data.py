@@ -322,6 +322,9 @@ def test_chain_direction_is_invisible_to_words_and_unordered_pairs() -> None:
     assert probe((2, 2)) > 0.95
 
 
-def test_unknown_embedded_corpus_is_named() -> None:
-    with pytest.raises(ValueError, match=r"corpus.embedded='poems': expected one of stdlib_docs"):
-        ensure_embedded_data("poems")
+def test_unknown_embedded_corpus_is_one_line_naming_the_setting(capsys) -> None:  # noqa: ANN001
+    from omnimask.cli import main
+
+    assert main(["prepare", "text/mlm", "--preset", "demo", "corpus.embedded=poems"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == "omnimask: error: corpus.embedded='poems': expected one of stdlib_docs, chains"

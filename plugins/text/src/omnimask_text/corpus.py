@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from omnimask.data import BadSampleError, check_data_path, default_data_dir, generate_once
+from omnimask.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -320,7 +321,7 @@ def ensure_embedded_data(name: str = "stdlib_docs") -> Path:
         folder = default_data_dir("text") / f"chains-v{CHAINS_VERSION}"
         return generate_once(folder, write_chain_data)
     if name != "stdlib_docs":
-        raise ValueError(f"corpus.embedded={name!r}: expected one of {', '.join(EMBEDDED)}")
+        raise ConfigError(f"corpus.embedded={name!r}: expected one of {', '.join(EMBEDDED)}")
     return generate_once(embedded_dir(), write_embedded_data)
 
 
