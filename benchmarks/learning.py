@@ -56,6 +56,7 @@ COVERED_RECIPES = (
     "remote_sensing/croma",
     "pointcloud/point_mae",
     "pointcloud/point_bert",
+    "text/mlm",
     "text/electra",
     "audio/w2v_bert",
 )

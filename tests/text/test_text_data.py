@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import random
+from collections import Counter
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -12,9 +13,15 @@ import pytest
 import torch
 from omnimask.data import BadSampleError, DataPathError
 from omnimask_text.corpus import (
+    BACKWARDS,
+    CHAIN_SUCCESSORS,
+    CHAIN_WORDS,
+    FORWARDS,
     IN_ORDER,
     PASSAGE_WORDS,
     SHUFFLED,
+    chain_successors,
+    chain_words,
     ensure_embedded_data,
     read_corpus,
     read_file,
@@ -261,3 +268,63 @@ def test_long_documents_are_cut_between_words(embedded_tokenizer) -> None:  # no
     assert [i for c in chunks for i in c[1:-1]] == [i for e in whole for i in e.ids]
     cut = split_into_chunks([5, 9, 9, 9, 9, 9], 3, [i == 9 for i in range(10)])
     assert cut == [[5, 9, 9], [9, 9, 9]]  # a word longer than a row is cut where it must
+
+
+def chain_language() -> tuple[dict[str, int], list[list[int]]]:
+    """The generator's words (word -> index) and successors, drawn as `write_chain_data` does."""
+    rng = random.Random(0)
+    words = chain_words(rng)
+    return {word: index for index, word in enumerate(words)}, chain_successors(rng)
+
+
+def test_chain_corpus_follows_its_grammar_and_labelled_passages_run_forwards_or_backwards() -> None:
+    index, successors = chain_language()
+    allowed = {(w, v) for w, following in enumerate(successors) for v in following}
+    assert len(allowed) > 0.8 * CHAIN_WORDS * CHAIN_SUCCESSORS  # a sparse grammar: 1/8 of pairs
+    root = ensure_embedded_data("chains")
+    for document in read_corpus(root / "corpus", "text")[:500]:
+        walk = [index[word] for word in document.text.split()]
+        assert all(pair in allowed for pair in zip(walk, walk[1:]))
+    train, test = read_labelled(root / "labelled.jsonl", "text")
+    assert len(train) == 3 * len(test)
+    for text, label in train + test:
+        walk = [index[word] for word in text.split()]
+        forwards = walk if label == FORWARDS else walk[::-1]
+        assert label in (FORWARDS, BACKWARDS)
+        assert all(pair in allowed for pair in zip(forwards, forwards[1:]))
+    every_word = Counter(w for text, _ in train + test for w in text.split())
+    assert len(every_word) == CHAIN_WORDS  # doubly stochastic: every word is visited
+
+
+def test_chain_direction_is_invisible_to_words_and_unordered_pairs() -> None:
+    """Why random init cannot read the chains' label: word counts and unordered neighbour pairs
+    score about chance, while ordered pairs, the grammar, read it perfectly."""
+    from sklearn.feature_extraction.text import CountVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    train, test = read_labelled(ensure_embedded_data("chains") / "labelled.jsonl", "text")
+
+    def unordered_pairs(text: str) -> str:
+        words = text.split()
+        return " ".join("_".join(sorted(pair)) for pair in zip(words, words[1:]))
+
+    def probe(ngrams: tuple[int, int], preprocessor=None) -> float:  # noqa: ANN001
+        counts = CountVectorizer(
+            ngram_range=ngrams, token_pattern=r"\S+", preprocessor=preprocessor
+        )
+        train_x = counts.fit_transform([text for text, _ in train])
+        model = LogisticRegression(max_iter=3000).fit(train_x, [label for _, label in train])
+        test_x = counts.transform([text for text, _ in test])
+        return model.score(test_x, [label for _, label in test])
+
+    assert probe((1, 1)) < 0.6
+    assert probe((1, 1), unordered_pairs) < 0.6
+    assert probe((2, 2)) > 0.95
+
+
+def test_unknown_embedded_corpus_is_one_line_naming_the_setting(capsys) -> None:  # noqa: ANN001
+    from omnimask.cli import main
+
+    assert main(["prepare", "text/mlm", "--preset", "demo", "corpus.embedded=poems"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == "omnimask: error: corpus.embedded='poems': expected one of stdlib_docs, chains"

@@ -34,6 +34,9 @@ class CorpusConfig:
     seq_len: int = 128  # tokens per row, [CLS] and [SEP] included
     packing: bool = True  # pack several documents per row (no padding) instead of one per row
     max_documents: int = 0  # 0 = all
+    # without --data: stdlib_docs (docstrings of the standard library; labelled set: word order)
+    # | chains (a generated word-chain language; labelled set: forwards or backwards)
+    embedded: str = "stdlib_docs"
 
 
 @dataclass

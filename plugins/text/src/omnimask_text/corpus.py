@@ -11,6 +11,9 @@ The embedded corpus needs no download: it is the documentation that ships with P
 the docstrings of standard-library modules, read with `ast` from the `.py` sources under
 sysconfig's stdlib path (parsing, not importing, so no module runs). The labelled set for
 `omnimask eval` asks whether a passage's words are in their written order (`word_order_record`).
+The second embedded corpus, `corpus.embedded=chains`, is generated text in a made-up language
+whose only grammar is which word may follow which (`chain_successors`); its labelled set asks
+whether a passage is written forwards or backwards (`write_chain_data`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from omnimask.data import BadSampleError, check_data_path, default_data_dir, generate_once
+from omnimask.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +60,20 @@ PASSAGE_WORDS = 40
 #: labels of the embedded set.
 IN_ORDER, SHUFFLED = 0, 1
 MIN_DOC_CHARS = 40
+#: the embedded corpora (`corpus.embedded`).
+EMBEDDED = ("stdlib_docs", "chains")
+#: the made-up language's vocabulary: this many two-syllable words.
+CHAIN_WORDS = 64
+#: words that may follow each word.
+CHAIN_SUCCESSORS = 8
+#: words per generated document and per labelled passage (32 tokens with [CLS] and [SEP]).
+CHAIN_PASSAGE_WORDS = 30
+CHAIN_CORPUS_DOCUMENTS = 12_000
+CHAIN_LABELLED_PASSAGES = 800
+#: labels of the chains' labelled set.
+FORWARDS, BACKWARDS = 0, 1
+#: version of the generated chains (bump when the generator changes: a new cache folder).
+CHAINS_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -295,9 +313,15 @@ def word_order_record(doc: str, index: int, rng: random.Random) -> dict[str, obj
     return {"text": " ".join(passage), "label": label, "split": split}
 
 
-def ensure_embedded_data() -> Path:
-    """The embedded data folder, written on first use (`omnimask.data.generate_once`: staged and
-    renamed, so concurrent processes never see half a corpus)."""
+def ensure_embedded_data(name: str = "stdlib_docs") -> Path:
+    """The folder of embedded corpus `name` (one of `EMBEDDED`), written on first use
+    (`omnimask.data.generate_once`: staged and renamed, so concurrent processes never see half
+    a corpus); holds `corpus/docs.jsonl` and `labelled.jsonl`."""
+    if name == "chains":
+        folder = default_data_dir("text") / f"chains-v{CHAINS_VERSION}"
+        return generate_once(folder, write_chain_data)
+    if name != "stdlib_docs":
+        raise ConfigError(f"corpus.embedded={name!r}: expected one of {', '.join(EMBEDDED)}")
     return generate_once(embedded_dir(), write_embedded_data)
 
 
@@ -318,6 +342,63 @@ def write_embedded_data(folder: Path) -> None:
     with open(folder / "labelled.jsonl", "w", encoding="utf-8") as labelled:
         for index, doc in enumerate(docs):
             labelled.write(json.dumps(word_order_record(doc, index, rng)) + "\n")
+
+
+def chain_words(rng: random.Random) -> list[str]:
+    """`CHAIN_WORDS` distinct made-up words of two consonant-vowel syllables ("kabo")."""
+    syllables = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
+    return rng.sample([a + b for a in syllables for b in syllables], CHAIN_WORDS)
+
+
+def chain_successors(rng: random.Random) -> list[list[int]]:
+    """Per word, the `CHAIN_SUCCESSORS` words that may follow it: word w's k-th successor is
+    `permutation_k[w]`, one random permutation of the vocabulary per k.
+
+    The transition matrix is then a mean of permutation matrices (doubly stochastic): every word
+    has as many predecessors as successors, so a random walk visits every word equally often,
+    and so does the walk read backwards (a walk of the transposed matrix)."""
+    permutations = [rng.sample(range(CHAIN_WORDS), CHAIN_WORDS) for _ in range(CHAIN_SUCCESSORS)]
+    return [[p[w] for p in permutations] for w in range(CHAIN_WORDS)]
+
+
+def chain_walk(successors: list[list[int]], length: int, rng: random.Random) -> list[int]:
+    """`length` words: a uniform first word, then each next one drawn uniformly from the
+    current word's successors."""
+    walk = [rng.randrange(len(successors))]
+    for _ in range(length - 1):
+        walk.append(rng.choice(successors[walk[-1]]))
+    return walk
+
+
+def write_chain_data(folder: Path) -> None:
+    """`corpus/docs.jsonl`: `CHAIN_CORPUS_DOCUMENTS` walks of the language, and
+    `labelled.jsonl`: `CHAIN_LABELLED_PASSAGES` new walks, written forwards (label 0) or
+    backwards (label 1) at random, every fourth one test. Deterministic (seed 0).
+
+    Why this task: a passage and its reversal hold the same words and the same pairs of
+    neighbours, and over many passages every word is equally frequent either way, so functions
+    of the bag of words or of the unordered neighbour pairs score chance (a test pins this). What
+    tells them apart is which word of each pair comes first: the language's grammar, an
+    arbitrary 1/8 of all ordered pairs, which only text in the language can teach. Masked
+    language modelling learns it, because predicting a masked word means knowing which words
+    may follow its left neighbour and precede its right one; a random-init encoder has no way
+    to know it. This is the word-order probe of the stdlib corpus without English's give-aways
+    (function words, punctuation) that random features pick up."""
+    rng = random.Random(0)
+    words = chain_words(rng)
+    successors = chain_successors(rng)
+    (folder / "corpus").mkdir()
+    with open(folder / "corpus" / "docs.jsonl", "w", encoding="utf-8") as corpus:
+        for _ in range(CHAIN_CORPUS_DOCUMENTS):
+            walk = chain_walk(successors, CHAIN_PASSAGE_WORDS, rng)
+            corpus.write(json.dumps({"text": " ".join(words[w] for w in walk)}) + "\n")
+    with open(folder / "labelled.jsonl", "w", encoding="utf-8") as labelled:
+        for index in range(CHAIN_LABELLED_PASSAGES):
+            walk = chain_walk(successors, CHAIN_PASSAGE_WORDS, rng)
+            label = rng.choice((FORWARDS, BACKWARDS))
+            text = " ".join(words[w] for w in (walk[::-1] if label == BACKWARDS else walk))
+            split = "test" if index % 4 == 3 else "train"
+            labelled.write(json.dumps({"text": text, "label": label, "split": split}) + "\n")
 
 
 def read_labelled(path: Path, field: str) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:

@@ -59,7 +59,9 @@ logger = logging.getLogger(__name__)
 
 
 def corpus_path(config: MLMConfig) -> Path:
-    return Path(config.data.path) if config.data.path else ensure_embedded_data() / "corpus"
+    if config.data.path:
+        return Path(config.data.path)
+    return ensure_embedded_data(config.corpus.embedded) / "corpus"
 
 
 def resolve_tokenizer(config: MLMConfig) -> Tokenizer:
@@ -254,7 +256,7 @@ def build_labelled(config: MLMConfig, path: str | None) -> tuple[LabelledTexts, 
     Each document is embedded from its first `seq_len` tokens (one vector per document; the
     rest is left out on purpose, as a probe needs one row per label)."""
     tokenizer = resolve_tokenizer(config)
-    source = Path(path) if path else ensure_embedded_data() / "labelled.jsonl"
+    source = Path(path) if path else ensure_embedded_data(config.corpus.embedded) / "labelled.jsonl"
     file = check_data_path(source, ("*.jsonl",))[0]
     seq_len = config.corpus.seq_len
     cls, sep = tokenizer.token_to_id(CLS), tokenizer.token_to_id(SEP)

@@ -17,6 +17,7 @@ spec = PluginSpec(
             ),
             presets=(
                 "demo",
+                "proof",
                 "demo_modernbert",
                 "paper",
                 "whole_word",
