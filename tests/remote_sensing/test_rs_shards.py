@@ -2,31 +2,24 @@
 access with the band statistics the shard set carries, so a run on shards is the run on the
 GeoTIFFs (statistics included), and shards of other chips are refused in one line."""
 
-import json
 from pathlib import Path
 
 import pytest
 from omnimask.cli import main
 from omnimask.runs import load_run
+from omnimask.testing import logged_losses, train_on_files_and_on_shards
 
 FAST = ["train.steps=2", "train.log_every=1", "train.progress=false"]
-
-
-def losses(run: Path) -> list[float]:
-    lines = (run / "metrics.jsonl").read_text().splitlines()
-    return [record["loss"] for record in map(json.loads, lines) if "loss" in record]
 
 
 def test_a_run_on_chip_shards_is_the_run_on_the_scenes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    shards, raw, sharded = tmp_path / "shards", tmp_path / "raw", tmp_path / "sharded"
-    assert main(["prepare", "remote_sensing/croma", "--out", str(shards)]) == 0
-    assert main(["pretrain", "remote_sensing/croma", "--run-dir", str(raw), *FAST]) == 0
-    assert main(["pretrain", "remote_sensing/croma", "--data", str(shards),
-                 "--run-dir", str(sharded), *FAST]) == 0  # fmt: skip
-    assert losses(sharded) == losses(raw) and len(losses(raw)) == 2
-    assert load_run(sharded).config.stats == load_run(raw).config.stats
+    runs = train_on_files_and_on_shards("remote_sensing/croma", tmp_path, *FAST)
+    assert logged_losses(runs.on_shards) == logged_losses(runs.on_files)
+    assert len(logged_losses(runs.on_files)) == 2
+    assert load_run(runs.on_shards).config.stats == load_run(runs.on_files).config.stats
+    shards = runs.shards
 
     capsys.readouterr()
     assert main(["pretrain", "remote_sensing/croma", "--data", str(shards),

@@ -2,33 +2,28 @@
 the tokenizer that made them (kept in the shard set), and what shards cannot serve is refused in
 one line."""
 
-import json
 from pathlib import Path
 
 import pytest
 from omnimask.cli import main
 from omnimask.runs import load_run
+from omnimask.testing import logged_losses, train_on_files_and_on_shards
 from omnimask_text.vocab import load_tokenizer, vocabulary_digest
 
 FAST = ["train.steps=2", "train.log_every=1", "train.progress=false"]
 
 
-def losses(run: Path) -> list[float]:
-    lines = (run / "metrics.jsonl").read_text().splitlines()
-    return [record["loss"] for record in map(json.loads, lines) if "loss" in record]
-
-
 def test_a_run_on_token_shards_is_the_run_on_the_corpus(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    shards, raw, sharded = tmp_path / "shards", tmp_path / "raw", tmp_path / "sharded"
-    assert main(["prepare", "text/mlm", "--out", str(shards)]) == 0
-    assert main(["pretrain", "text/mlm", "--run-dir", str(raw), *FAST]) == 0
-    assert main(["pretrain", "text/mlm", "--data", str(shards),
-                 "--run-dir", str(sharded), *FAST]) == 0  # fmt: skip
-    assert losses(sharded) == losses(raw) and len(losses(raw)) == 2
-    vocab = [load_tokenizer(load_run(run).config.vocab.path) for run in (raw, sharded)]
+    runs = train_on_files_and_on_shards("text/mlm", tmp_path, *FAST)
+    assert logged_losses(runs.on_shards) == logged_losses(runs.on_files)
+    assert len(logged_losses(runs.on_files)) == 2
+    vocab = [
+        load_tokenizer(load_run(run).config.vocab.path) for run in (runs.on_files, runs.on_shards)
+    ]
     assert vocabulary_digest(vocab[0]) == vocabulary_digest(vocab[1])
+    shards = runs.shards
 
     capsys.readouterr()
     ngram = ["mask.strategy=explicit_ngram", *FAST]

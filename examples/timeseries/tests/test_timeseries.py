@@ -315,23 +315,12 @@ def test_shards_of_the_series_train_the_same_run_and_carry_the_channel_count(
 ) -> None:
     """`omnimask prepare --out`: the core writes the training set as shards (`record`), and a
     run on them (`sample`) is the run on the files, `model.channels=0` included."""
-    import json
-
-    from omnimask.cli import main
     from omnimask.runs import load_run
+    from omnimask.testing import logged_losses, train_on_files_and_on_shards
     from omnimask_timeseries.data import DEFAULT_CHANNELS
 
-    shards = tmp_path / "shards"
-    assert main(["prepare", "timeseries/mae", "--out", str(shards), "model.channels=0"]) == 0
     args = ["model.channels=0", "train.steps=3", "train.log_every=1", "train.progress=false"]
-    runs = {"files": tmp_path / "files", "shards": tmp_path / "on_shards"}
-    assert main(["pretrain", "timeseries/mae", "--run-dir", str(runs["files"]), *args]) == 0
-    assert main(["pretrain", "timeseries/mae", "--data", str(shards),
-                 "--run-dir", str(runs["shards"]), *args]) == 0  # fmt: skip
-    losses = {
-        name: [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
-               if '"loss"' in line]
-        for name, run in runs.items()
-    }  # fmt: skip
-    assert losses["shards"] == losses["files"] and len(losses["files"]) == 3
-    assert load_run(runs["shards"]).config.model.channels == DEFAULT_CHANNELS
+    runs = train_on_files_and_on_shards("timeseries/mae", tmp_path, *args)
+    assert logged_losses(runs.on_shards) == logged_losses(runs.on_files)
+    assert len(logged_losses(runs.on_files)) == 3
+    assert load_run(runs.on_shards).config.model.channels == DEFAULT_CHANNELS
