@@ -154,10 +154,11 @@ class ShardSet:
 
 def default_cache_dir(location: str) -> str:
     """Where chunks of a remote shard set are kept: one folder per URL under
-    `$OMNIMASK_DATA_DIR` (or `~/.cache/omnimask`), shared by the runs that read it."""
-    base = os.environ.get("OMNIMASK_DATA_DIR") or Path.home() / ".cache" / "omnimask"
+    `default_data_dir("shards")`, shared by the runs that read it."""
+    from omnimask.data import default_data_dir  # imports torch: not when this module loads
+
     digest = hashlib.sha256(location.encode()).hexdigest()[:16]
-    return str(Path(base) / "shards" / digest)
+    return str(default_data_dir("shards") / digest)
 
 
 def fetch(location: str, name: str, local: Path) -> None:

@@ -63,8 +63,9 @@ class PointCloudRecipe(Recipe):
 
         shards = open_shard_set(config.data.path, POINTS_RECORD, config.data.shard_cache)
         if shards is not None:  # written by `omnimask prepare --out`
-            shards.require(clouds([]).shard_attributes())
-            return shards.dataset(clouds([]).sample)
+            sampler = clouds([])
+            shards.require(sampler.shard_attributes())
+            return shards.dataset(sampler.sample)
         return clouds(pretraining_files(config.data.path))
 
     def build_eval_datasets(

@@ -98,20 +98,21 @@ class ClipDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         """`sample(record(index))`, from the file through its reader: the stream index is
         built once per worker, not at every access."""
-        return clip_item(self.readers[index], self.spec, self.train, self.labels, index)
+        label = self.labels[index] if self.labels is not None else None
+        return clip_item(self.readers[index], self.spec, self.train, label)
 
 
 def clip_item(
     reader: VideoFileReader | FrameFolderReader,
     spec: ClipSpec,
     train: bool,
-    labels: Sequence[int] | None,
-    index: int,
+    label: int | None,
 ) -> dict[str, Tensor]:
+    """One clip of `reader`'s source as the training (or evaluation) sample."""
     clip = reader.read(spec.num_frames, spec.stride, spec.size, train, spec.short_clip)
     item = {"video": to_tensor(clip.frames, spec.mean, spec.std)}
-    if labels is not None:
-        item["label"] = torch.tensor(labels[index])
+    if label is not None:
+        item["label"] = torch.tensor(label)
     return item
 
 
@@ -129,8 +130,7 @@ def clip_sample(record: dict[str, Any], spec: ClipSpec, train: bool) -> dict[str
         reader = FrameFolderReader(source, frames)
     else:
         reader = VideoFileReader(Encoded(source, data))
-    labels = [record["label"]] if "label" in record else None
-    return clip_item(reader, spec, train, labels, 0)
+    return clip_item(reader, spec, train, record.get("label"))
 
 
 def to_tensor(frames: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> Tensor:
