@@ -24,9 +24,11 @@ import os
 import shutil
 import struct
 import tempfile
+from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from itertools import accumulate
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -114,7 +116,7 @@ class ShardSet:
     #: what the recipe's `sample` needs besides the records (normalisation statistics...),
     #: from the training set's `shard_attributes()` when the shards were written
     attributes: dict[str, Any] = field(default_factory=dict)
-    cache_dir: str | None = None  # where chunks read from object storage are kept
+    cache_dir: str | None = None  # a remote set's chunk cache (None: read from `location`)
     has_sizes: bool = False  # whether `sizes.npy` holds each record's `record_size`
 
     def require(self, settings: dict[str, Any]) -> None:
@@ -261,7 +263,7 @@ class ShardDataset:
         self.shards, self.sample = shards, sample
         self._reader: Any = None
         self._chunks: list[str] = []  # a remote set's chunk files, in index order
-        self._chunk_ends: Any = None  # the sample index each chunk ends before
+        self._chunk_ends: list[int] = []  # the sample index each chunk ends before
 
     def __len__(self) -> int:
         return self.shards.samples
@@ -271,14 +273,11 @@ class ShardDataset:
 
     @property
     def folder(self) -> Path:
-        """Where the chunks are read from: the set's folder, or a remote set's cache."""
-        if is_remote(self.shards.location):
-            return Path(self.shards.cache_dir or default_cache_dir(self.shards.location))
-        return Path(self.shards.location)
+        """Where the chunks are read from: a remote set's cache, or the set's folder."""
+        return Path(self.shards.cache_dir or self.shards.location)
 
     def reader(self) -> Any:
         if self._reader is None:
-            import numpy as np
             from litdata import StreamingDataset
 
             location = self.shards.location
@@ -286,7 +285,7 @@ class ShardDataset:
                 fetch(location, LITDATA_INDEX, self.folder / LITDATA_INDEX)
                 chunks = json.loads((self.folder / LITDATA_INDEX).read_text())["chunks"]
                 self._chunks = [chunk["filename"] for chunk in chunks]
-                self._chunk_ends = np.cumsum([chunk["chunk_size"] for chunk in chunks])
+                self._chunk_ends = list(accumulate(chunk["chunk_size"] for chunk in chunks))
             # batch_decode=0: one record per read. LitData's default decodes a window of the
             # records that follow, for readers that go through a chunk in order, not ours.
             self._reader = StreamingDataset(
@@ -311,9 +310,7 @@ class ShardDataset:
         source = f"{self.shards.location} (sample {index})"
         try:
             if self._chunks:
-                import numpy as np
-
-                name = self._chunks[int(np.searchsorted(self._chunk_ends, index, "right"))]
+                name = self._chunks[bisect_right(self._chunk_ends, index)]
                 if not (self.folder / name).is_file():
                     fetch(self.shards.location, name, self.folder / name)
             return reader[index]
