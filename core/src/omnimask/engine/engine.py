@@ -8,6 +8,7 @@ generators, atomic checkpoints with every RNG, and the non-finite loss guard.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
 import re
@@ -255,7 +256,10 @@ class Engine:
         model = self._build_model()  # so is a config the recipe cannot build a model from
         with self._run_dir_lock():
             self._prepare_run_dir()
-            return self._train(dataset, lengths, model)
+            result = self._train(dataset, lengths, model)
+        if self.accelerator.num_processes > 1:
+            atexit.register(_destroy_process_group)
+        return result
 
     @contextmanager
     def _run_dir_lock(self) -> Iterator[None]:
@@ -683,6 +687,16 @@ class _MetricWindow:
 
     def elapsed(self) -> float:
         return max(time.perf_counter() - self.start, 1e-9)
+
+
+def _destroy_process_group() -> None:
+    """Close the process group before the interpreter shuts down: a gloo group left to the
+    interpreter's teardown can abort the process (SIGABRT, "terminate called without an active
+    exception", pytorch/pytorch#190489), failing a run that finished. Registered only after a
+    run that ended well (a process group torn down while another process still waits in a
+    collective can hang), and at exit, so a script may still use the group after `pretrain`."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def pretrain(
