@@ -104,6 +104,13 @@ def check_forward_backward(s: Subject) -> None:
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
     assert grads, f"{s.name}: no parameter received a gradient"
+    # DDP waits for a gradient of every trainable parameter: one the loss never uses stops
+    # every multi-process run. Freeze (`requires_grad_(False)`) what pretraining does not run.
+    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not unused, (
+        f"{s.name}: trainable parameters unused by the loss ({', '.join(unused[:4])}): "
+        "multi-process (DDP) training fails on them; freeze them"
+    )
     assert all(torch.isfinite(g).all() for g in grads), f"{s.name}: non-finite gradients"
     assert any(g.abs().sum() > 0 for g in grads), f"{s.name}: all gradients are zero"
     features = model.embed(s.batch)

@@ -40,8 +40,24 @@ SPARK_CELL = 32
 
 
 def create_timm_model(config: TimmModelConfig) -> nn.Module:
-    """A randomly initialised timm model; `pretrained=False` always (nothing is downloaded)."""
-    return timm.create_model(config.name, pretrained=False, **dict(config.kwargs))
+    """A randomly initialised timm model; `pretrained=False` always (nothing is downloaded),
+    its classification head frozen (`freeze_classifier_head`)."""
+    model = timm.create_model(config.name, pretrained=False, **dict(config.kwargs))
+    freeze_classifier_head(model)
+    return model
+
+
+def freeze_classifier_head(model: nn.Module) -> None:
+    """Freeze what only timm's `forward_head` uses: the classifier (`get_classifier()`), a
+    `head` module around it (ConvNeXt's norm + fc) and `fc_norm`. The head stays in the model so
+    the timm export loads with no missing key, but pretraining never runs it: left trainable,
+    its missing gradients stop DDP ("parameters that were not used in producing loss") on
+    every multi-process run."""
+    head_modules = [model.get_classifier(), getattr(model, "head", None)]
+    head_modules.append(getattr(model, "fc_norm", None))
+    for module in head_modules:
+        if isinstance(module, nn.Module):
+            module.requires_grad_(False)
 
 
 class ImageRecipe(Recipe):
