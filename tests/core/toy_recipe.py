@@ -105,19 +105,39 @@ class RaggedMasker(nn.Module):
         return torch.stack(rows)
 
 
+class ToyBlock(nn.Module):
+    """A residual layer: `model.depth` of them make a stack of repeated layers, which FSDP
+    shards one by one (`omnimask.engine.fsdp`)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(width, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + torch.tanh(self.linear(x))
+
+
 class ToyEncoder(Encoder):
-    def __init__(self, width: int, dropout: float, activation: str = "gelu") -> None:
+    def __init__(
+        self, width: int, dropout: float, activation: str = "gelu", depth: int = 0
+    ) -> None:
         super().__init__()
         self.mask_token = nn.Parameter(torch.zeros(4))
         act = nn.ReLU() if activation == "relu" else nn.GELU()
         self.body = nn.Sequential(nn.Linear(4, width), act, nn.Dropout(dropout))
+        self.blocks = nn.ModuleList(ToyBlock(width) for _ in range(depth))
 
     def forward(self, tokens: Tokens, mask: Tensor) -> Tensor:
         values = torch.where(mask.unsqueeze(-1), self.mask_token, tokens.values)
-        return self.body(values)
+        return self.forward_blocks(self.body(values))
 
     def forward_features(self, tokens: Tokens) -> Tensor:
-        return self.body(tokens.values)
+        return self.forward_blocks(self.body(tokens.values))
+
+    def forward_blocks(self, x: Tensor) -> Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return x
 
 
 class ToyDecoder(Decoder):
@@ -152,6 +172,7 @@ class ToyModelConfig:
     activation: str = "gelu"  # gelu | relu (a large lr kills every ReLU: a collapsed encoder)
     ragged: bool = False  # hide a different number of tokens per sample (`RaggedMasker`)
     weighted: bool = False  # return the masked-token count as `LOSS_WEIGHT`
+    depth: int = 0  # residual layers after the first (`ToyBlock`)
 
 
 @dataclass
@@ -186,7 +207,7 @@ class ToyRecipe(Recipe):
         return MaskedModel(
             ToyTokenizer(),
             RaggedMasker() if config.model.ragged else HalfMasker(),
-            ToyEncoder(width, config.model.dropout, config.model.activation),
+            ToyEncoder(width, config.model.dropout, config.model.activation, config.model.depth),
             ToyDecoder(width),
             ToyTarget(config.model.weighted),
         )

@@ -84,6 +84,7 @@ CORE_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.min_lr_ratio": _in_range(0, 1, closed=True),
     "train.clip_grad": _at_least(0),
     "train.ema_decay": _in_range(0, 1),
+    "train.strategy": _one_of("ddp", "fsdp"),
     "train.mixed_precision": _one_of("bf16", "no"),
     "train.checkpoint_every": _at_least(1),
     "train.keep_last": _at_least(1),

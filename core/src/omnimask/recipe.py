@@ -40,6 +40,9 @@ class TrainConfig:
     clip_grad: float = 0.0  # max grad norm; 0 disables clipping
     ema_decay: float = 0.0  # 0 disables EMA
     compile: bool = False
+    # ddp: every process holds the whole model; fsdp: each holds a 1/N shard of the weights,
+    # gradients and optimizer state (`omnimask.engine.fsdp`), for models that do not fit one device
+    strategy: str = "ddp"
     mixed_precision: str = "bf16"  # bf16 autocast on CUDA ("no" to disable); always fp32 on CPU
     seed: int = 0
     checkpoint_every: int = 50

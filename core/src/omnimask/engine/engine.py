@@ -143,6 +143,11 @@ class Engine:
         # CPU-only machine form a gloo process group (Accelerate needs to be told).
         self.accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no", cpu=not cuda)
         self.is_main = self.accelerator.is_main_process
+        # FSDP shards over processes: with one there is nothing to shard, and no process group
+        self.sharded = self.train.strategy == "fsdp" and self.accelerator.num_processes > 1
+        #: unsharded CPU copies of the model and EMA on the main process, which sharded runs'
+        #: full weights are loaded into to be saved as a DDP run saves them (`_save`)
+        self.plain: dict[str, torch.nn.Module] = {}
         if run_dir is None:  # every process must write to the one directory the first names
             from omnimask.runs import new_run_dir
 
@@ -288,8 +293,6 @@ class Engine:
         """Resume from the newest usable checkpoint, then train to `train.steps`."""
         train = self.train
         accelerator = self.accelerator
-        optimizer = build_optimizer(model, train, accelerator.num_processes)
-        scheduler = build_scheduler(optimizer, train)
         ema = None
         if train.ema_decay > 0:
             from timm.utils import ModelEmaV3
@@ -306,19 +309,34 @@ class Engine:
         if loaded is not None and loaded.unusable and self.is_main:
             moved = ckpt.set_aside(loaded.unusable)
             logger.warning("moved unusable checkpoints to %s", ", ".join(map(str, moved)))
+        if self.sharded:  # after loading: the checkpoint's weights are full, not shards
+            from omnimask.engine import fsdp
+
+            units = {"model": model, **({"ema": ema.module} if ema is not None else {})}
+            for name, unit in units.items():
+                if self.is_main:
+                    self.plain[name] = fsdp.plain_copy(unit)
+                fsdp.shard(unit, accelerator.device, accelerator.num_processes)
+        # built over the sharded parameters when sharding: they replace the model's own
+        optimizer = build_optimizer(model, train, accelerator.num_processes)
+        scheduler = build_scheduler(optimizer, train)
         if loaded is not None:
-            optimizer.load_state_dict(loaded.state["optimizer"])
+            if self.sharded:
+                fsdp.load_optimizer_state(model, optimizer, loaded.state["optimizer"])
+            else:
+                optimizer.load_state_dict(loaded.state["optimizer"])
             scheduler.load_state_dict(loaded.state["scheduler"])
             start_step = int(loaded.state["step"])
             ckpt.restore_rng_state(loaded.rng)  # type: ignore[arg-type]  # checked by `expected`
             if self.is_main:
                 logger.info("resuming %s from %s (step %d)", self.run_dir, loaded.path, start_step)
 
-        model, optimizer = accelerator.prepare(model, optimizer)
+        if not self.sharded:  # DDP (several processes), or the model as it is (one)
+            model, optimizer = accelerator.prepare(model, optimizer)
+            if ema is not None:
+                ema.to(accelerator.device)
         if train.compile:
             model = torch.compile(model)
-        if ema is not None:
-            ema.to(accelerator.device)
 
         loader = self._loader(
             dataset, start_step * train.grad_accum, train.steps * train.grad_accum, lengths
@@ -375,7 +393,12 @@ class Engine:
                     sample_ids += batch["sample_id"].tolist()
                     batch = send_to_device(batch, accelerator.device, non_blocking=True)
                     last_micro = micro == train.grad_accum - 1
-                    context = accelerator.no_sync(model) if not last_micro else nullcontext()
+                    if self.sharded:  # gradients reduced once, after the last micro-batch
+                        plain = accelerator.unwrap_model(model, keep_torch_compile=False)
+                        plain.set_requires_gradient_sync(last_micro)
+                        context = nullcontext()
+                    else:
+                        context = accelerator.no_sync(model) if not last_micro else nullcontext()
                     with context, accelerator.autocast():
                         losses = model(batch, generator)
                     if LOSS_WEIGHT in losses:  # a sum now; divided by the global weight below
@@ -479,8 +502,9 @@ class Engine:
     def _health_monitor(
         self, dataset: EngineDataset, metrics: MetricsWriter | None, start_step: int
     ) -> HealthMonitor | None:
-        """The health monitor of the main process (None when `train.monitor_every` is 0)."""
-        if not self.is_main or self.train.monitor_every <= 0:
+        """The health monitor (None when `train.monitor_every` is 0): of the main process, or
+        of every process when the model is sharded, as its forward then needs them all."""
+        if self.train.monitor_every <= 0 or not (self.is_main or self.sharded):
             return None
         from omnimask.visualize import sample_batch
 
@@ -492,6 +516,7 @@ class Engine:
             self.accelerator,
             metrics,
             start_step,
+            speaks=self.is_main,
         )
 
     # ---------------------------------------------------------------- helpers
@@ -550,7 +575,7 @@ class Engine:
 
     def _weights_finite(self, model: torch.nn.Module) -> bool:
         """Whether every weight is finite on every process (one sync, at checkpoint steps)."""
-        checks = [torch.isfinite(p).all() for p in model.parameters()]
+        checks = [torch.isfinite(_local(p)).all() for p in model.parameters()]
         return self._all_processes(bool(torch.stack(checks).all()) if checks else True)
 
     def _save(
@@ -571,12 +596,29 @@ class Engine:
         accelerator = self.accelerator
         directory = self.run_dir / "checkpoints"
         temp = directory / f"{ckpt.TEMP_PREFIX}{ckpt.checkpoint_name(step)}"
+        # The plain module: a compiled one's state dict prefixes every key with `_orig_mod.`,
+        # which eval, export and resuming could not read.
+        weights = accelerator.unwrap_model(model, keep_torch_compile=False)
+        ema_weights = ema.module if ema is not None else None
+        if self.sharded:  # gathered by every process, written by the main one
+            from omnimask.engine import fsdp
+
+            full = {"model": fsdp.full_model_state(weights)}
+            if ema is not None:
+                full["ema"] = fsdp.full_model_state(ema.module)
+            optimizer_state = fsdp.full_optimizer_state(weights, optimizer)
+            if self.is_main:
+                for name, state_dict in full.items():
+                    self.plain[name].load_state_dict(state_dict)
+                weights, ema_weights = self.plain["model"], self.plain.get("ema")
+        else:
+            optimizer_state = optimizer.state_dict()
 
         def finish() -> None:
             state = {
                 "step": step,
                 "data_position": step * self.train.grad_accum,
-                "optimizer": optimizer.state_dict(),
+                "optimizer": optimizer_state,
                 "scheduler": scheduler.state_dict(),
                 "skipped_samples": skipped_total,
                 "num_processes": accelerator.num_processes,
@@ -584,10 +626,8 @@ class Engine:
             }
             ckpt.finish_checkpoint(
                 temp,
-                # The plain module: a compiled one's state dict prefixes every key with
-                # `_orig_mod.`, which eval, export and resuming could not read.
-                model=accelerator.unwrap_model(model, keep_torch_compile=False),
-                ema=ema.module if ema is not None else None,
+                model=weights,
+                ema=ema_weights,
                 state=state,
                 config_yaml=to_yaml(self.config),
                 keep_last=self.train.keep_last,
@@ -606,6 +646,11 @@ class Engine:
                 raise ckpt.RunWriteError(ckpt.write_problem(error, temp))
 
 
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's shard of a parameter sharded by FSDP (`DTensor`), else the tensor."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
 def _attempt(action: Callable[..., object], *args: Any) -> OSError | None:
     """Run `action(*args)`; the `OSError` it raised (a write that failed), or None."""
     try:
@@ -618,7 +663,8 @@ def _attempt(action: Callable[..., object], *args: Any) -> OSError | None:
 class HealthMonitor:
     """Scores a fixed probe batch (`omnimask.monitors`) at log steps at least `every` steps
     apart, and warns once per kind of collapse, in the log and as a `collapse` event in
-    `metrics.jsonl`. It runs on the main process only and draws no random numbers. The figures
+    `metrics.jsonl`. It runs on the main process (on every process of a sharded model, where
+    only the main one `speaks`: warns and logs) and draws no random numbers. The figures
     before training go with the first check's, as `health/<figure>_at_start`."""
 
     def __init__(
@@ -628,8 +674,10 @@ class HealthMonitor:
         accelerator: Accelerator,
         metrics: MetricsWriter | None,
         start_step: int,
+        speaks: bool = True,
     ) -> None:
         self.batch, self.every, self.accelerator, self.metrics = batch, every, accelerator, metrics
+        self.speaks = speaks
         self.last = start_step
         self.warnings = CollapseWarnings()
         self.start_std: float | None = None
@@ -656,7 +704,7 @@ class HealthMonitor:
         self.last = done
         plain = self.accelerator.unwrap_model(model, keep_torch_compile=False)
         report = probe_health(plain, self.batch, self.start_std)
-        for line in self.warnings(step, report.collapse):
+        for line in self.warnings(step, report.collapse) if self.speaks else ():
             if self.metrics is not None:
                 self.metrics.event("collapse", step=step, message=line)
         figures, self.unlogged_start = {**self.unlogged_start, **report.figures}, {}

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import copy
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -257,6 +258,59 @@ def check_compiles_like_eager(s: Subject) -> None:
         )
 
 
+@contextmanager
+def _single_process_group() -> Iterator[None]:
+    """A gloo process group of this process alone, in memory, for the length of the block."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def check_trains_sharded(s: Subject) -> None:
+    """`train.strategy=fsdp` (`omnimask.engine.fsdp`) computes what the plain model computes:
+    the same loss, gradients, embeddings and code ids. Run on a process group of one, whose
+    shards are whole tensors; sharding still turns the parameters into `DTensor`s, so a module
+    that uses a unit's parameters outside that unit's `forward` fails here as on N devices."""
+    from torch.distributed.tensor import DTensor
+
+    from omnimask.engine import fsdp
+
+    plain, sharded = s.fresh_model().train(), s.fresh_model().train()
+    with _single_process_group():
+        fsdp.shard(sharded, torch.device("cpu"), 1)
+        results = []
+        for model in (plain, sharded):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)  # the same dropout draws
+                loss = model(s.batch, _generator(3))["loss"]
+            loss.backward()
+            grads = {
+                n: p.grad.full_tensor() if isinstance(p.grad, DTensor) else p.grad
+                for n, p in model.named_parameters()
+                if p.grad is not None
+            }
+            model.eval()
+            with torch.no_grad():
+                features = model.embed(s.batch)
+                codes = {k: v.ids for k, v in model.code_ids(s.batch).items()}
+            results.append((loss.detach(), grads, features, codes))
+    (loss, grads, features, codes), (loss_s, grads_s, features_s, codes_s) = results
+    torch.testing.assert_close(loss_s, loss, msg=lambda m: f"{s.name} sharded loss: {m}")
+    assert grads_s.keys() == grads.keys(), f"{s.name}: sharded gradients of other parameters"
+    for name, grad in grads.items():
+        torch.testing.assert_close(
+            grads_s[name], grad, msg=lambda m, name=name: f"{s.name} sharded grad {name}: {m}"
+        )
+    torch.testing.assert_close(features_s, features, msg=lambda m: f"{s.name} sharded embed: {m}")
+    assert codes_s.keys() == codes.keys(), f"{s.name}: sharded code ids of other quantizers"
+    for name, ids in codes.items():
+        assert torch.equal(codes_s[name], ids), f"{s.name}: sharded code ids of {name} differ"
+
+
 #: samples of the embedded data that `check_shards_reproduce_the_data` writes and reads back
 SHARD_SAMPLES = 3
 
@@ -332,6 +386,7 @@ CHECKS: tuple[Callable[[Subject], None], ...] = (
     check_loss_independent_of_batch_split,
     check_draws_a_figure,
     check_compiles_like_eager,
+    check_trains_sharded,
     check_shards_reproduce_the_data,
 )
 

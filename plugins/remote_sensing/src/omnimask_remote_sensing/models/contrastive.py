@@ -45,7 +45,15 @@ class ContrastiveHead(nn.Module):
         super().__init__()
         self.radar_proj = nn.Linear(dim, dim)
         self.optical_proj = nn.Linear(dim, dim)
-        self.logit_scale = nn.Parameter(torch.tensor(1.0 / temperature).log())
+        # shape [1], not a scalar: FSDP shards no 0-dimensional parameter
+        self.logit_scale = nn.Parameter(torch.tensor([1.0 / temperature]).log())
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        """Also take a checkpoint written while `logit_scale` was a scalar (before 0.2.2)."""
+        key = f"{prefix}logit_scale"
+        if key in state_dict and state_dict[key].ndim == 0:
+            state_dict[key] = state_dict[key].reshape(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, optical_pooled: Tensor, radar_pooled: Tensor) -> Tensor:
         return symmetric_infonce(

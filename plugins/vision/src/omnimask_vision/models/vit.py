@@ -121,7 +121,12 @@ class MAEDecoder(Decoder):
 
     `forward` returns `[B, M, patch * patch * 3]`: each row's M hidden patches in increasing
     position (the order of `mask_to_indices`' hidden indices and of `tensor[mask]`).
+
+    Its last block runs by parts, not through its `forward`, so FSDP shards the decoder as one
+    unit (`fsdp_unit`, `omnimask.engine.fsdp`): the block's own unit would not be gathered.
     """
+
+    fsdp_unit = True
 
     def __init__(
         self,
