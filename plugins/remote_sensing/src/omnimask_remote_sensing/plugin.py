@@ -5,7 +5,7 @@ from omnimask.plugins import PluginSpec, RecipeEntry
 spec = PluginSpec(
     name="remote_sensing",
     modality="co-registered Sentinel-1 (SAR) and Sentinel-2 (optical) GeoTIFF scenes",
-    version="0.2.1",
+    version="0.2.2",
     core_api=">=0.2.1,<0.3",
     requires=("torch", "rasterio", "numpy", "matplotlib", "timm"),
     recipes={

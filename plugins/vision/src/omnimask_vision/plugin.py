@@ -5,7 +5,7 @@ from omnimask.plugins import PluginSpec, RecipeEntry
 spec = PluginSpec(
     name="vision",
     modality="images (JPEG/PNG/WebP folders, WebDataset tar shards)",
-    version="0.2.1",
+    version="0.2.2",
     core_api=">=0.2.1,<0.3",
     requires=("torch", "timm", "torchvision", "PIL", "sklearn", "matplotlib"),
     recipes={
