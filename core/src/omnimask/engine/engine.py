@@ -145,6 +145,8 @@ class Engine:
         self.is_main = self.accelerator.is_main_process
         # FSDP shards over processes: with one there is nothing to shard, and no process group
         self.sharded = self.train.strategy == "fsdp" and self.accelerator.num_processes > 1
+        if self.train.strategy == "fsdp" and not self.sharded:
+            logger.info("train.strategy=fsdp on one process: nothing to shard, the model is whole")
         #: unsharded CPU copies of the model and EMA on the main process, which sharded runs'
         #: full weights are loaded into to be saved as a DDP run saves them (`_save`)
         self.plain: dict[str, torch.nn.Module] = {}
