@@ -5,7 +5,7 @@ from omnimask.plugins import PluginSpec, RecipeEntry
 spec = PluginSpec(
     name="video",
     modality="video clips (MP4, WebM, AVI, MKV, MOV files; folders of frame images)",
-    version="0.2.1",
+    version="0.2.2",
     core_api=">=0.2.1,<0.3",
     requires=("torch", "av", "transformers", "timm", "matplotlib", "PIL"),
     recipes={

@@ -193,7 +193,15 @@ def decode_frames(
                         index.position.get(int(stamp), position) if stamp is not None else position
                     )
                     if position == target:
-                        rgb = frame.to_ndarray(format="rgb24", width=box.width, height=box.height)
+                        rgb = frame.to_ndarray(
+                            format="rgb24",
+                            width=box.width,
+                            height=box.height,
+                            # one thread, like the decoder: swscale's default pool of one
+                            # thread per core, set up for each frame, cost 5-500x the
+                            # conversion itself in DataLoader workers on a busy machine
+                            threads=1,
+                        )
                         out[target] = box.crop(rgb)
                         break
                     if position > target:
