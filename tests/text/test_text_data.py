@@ -16,12 +16,15 @@ from omnimask_text.corpus import (
     BACKWARDS,
     CHAIN_SUCCESSORS,
     CHAIN_WORDS,
+    COMMUNITIES,
     FORWARDS,
     IN_ORDER,
     PASSAGE_WORDS,
     SHUFFLED,
     chain_successors,
     chain_words,
+    community_halves,
+    community_successors,
     ensure_embedded_data,
     read_corpus,
     read_file,
@@ -322,9 +325,57 @@ def test_chain_direction_is_invisible_to_words_and_unordered_pairs() -> None:
     assert probe((2, 2)) > 0.95
 
 
+def community_language() -> tuple[dict[str, int], set[tuple[int, int]]]:
+    """The communities' words (word -> index) and allowed pairs, drawn as written."""
+    rng = random.Random(0)
+    words = chain_words(rng)
+    own, other = community_successors(rng)
+    allowed = {(w, v) for w in range(CHAIN_WORDS) for v in own[w] + other[w]}
+    return {word: index for index, word in enumerate(words)}, allowed
+
+
+def test_community_walks_stay_in_a_community_and_labelled_splits_share_no_word() -> None:
+    index, allowed = community_language()
+    community = {w: c for c, (a, b) in enumerate(community_halves()) for w in a + b}
+    first_half = {w for a, _ in community_halves() for w in a}
+    root = ensure_embedded_data("communities")
+    crossings = 0
+    for document in read_corpus(root / "corpus", "text")[:500]:
+        walk = [index[word] for word in document.text.split()]
+        assert all(pair in allowed for pair in zip(walk, walk[1:]))
+        assert len({community[w] for w in walk}) == 1
+        crossings += sum((a in first_half) != (b in first_half) for a, b in zip(walk, walk[1:]))
+    assert crossings > 0.4 * 500 * 29  # the halves follow each other: what MLM can learn
+    train, test = read_labelled(root / "labelled.jsonl", "text")
+    assert (len(train), len(test)) == (600, 200)
+    for passages, in_first in ((train, True), (test, False)):
+        for text, label in passages:
+            walk = [index[word] for word in text.split()]
+            assert all(pair in allowed for pair in zip(walk, walk[1:]))
+            assert {community[w] for w in walk} == {label}
+            assert all((w in first_half) == in_first for w in walk)
+    assert Counter(label for _, label in test).keys() == set(range(COMMUNITIES))
+
+
+def test_community_is_invisible_to_words_and_pairs_of_the_labelled_set() -> None:
+    """Why random init cannot read the communities' label: train and test passages share no
+    word, so counts of words and of (ordered) neighbour pairs score chance (0.25)."""
+    from sklearn.feature_extraction.text import CountVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    train, test = read_labelled(ensure_embedded_data("communities") / "labelled.jsonl", "text")
+    for ngrams in ((1, 1), (2, 2)):
+        counts = CountVectorizer(ngram_range=ngrams, token_pattern=r"\S+")
+        train_x = counts.fit_transform([text for text, _ in train])
+        model = LogisticRegression(max_iter=3000).fit(train_x, [label for _, label in train])
+        test_x = counts.transform([text for text, _ in test])
+        assert model.score(test_x, [label for _, label in test]) < 0.35
+
+
 def test_unknown_embedded_corpus_is_one_line_naming_the_setting(capsys) -> None:  # noqa: ANN001
     from omnimask.cli import main
 
     assert main(["prepare", "text/mlm", "--preset", "demo", "corpus.embedded=poems"]) == 2
     error = capsys.readouterr().err.strip()
-    assert error == "omnimask: error: corpus.embedded='poems': expected one of stdlib_docs, chains"
+    expected = "expected one of stdlib_docs, chains, communities"
+    assert error == f"omnimask: error: corpus.embedded='poems': {expected}"

@@ -36,6 +36,8 @@ class CorpusConfig:
     max_documents: int = 0  # 0 = all
     # without --data: stdlib_docs (docstrings of the standard library; labelled set: word order)
     # | chains (a generated word-chain language; labelled set: forwards or backwards)
+    # | communities (the chain words in communities; labelled set: which community, train and
+    # test passages over disjoint words)
     embedded: str = "stdlib_docs"
 
 

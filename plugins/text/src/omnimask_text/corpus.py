@@ -61,7 +61,7 @@ PASSAGE_WORDS = 40
 IN_ORDER, SHUFFLED = 0, 1
 MIN_DOC_CHARS = 40
 #: the embedded corpora (`corpus.embedded`).
-EMBEDDED = ("stdlib_docs", "chains")
+EMBEDDED = ("stdlib_docs", "chains", "communities")
 #: the made-up language's vocabulary: this many two-syllable words.
 CHAIN_WORDS = 64
 #: words that may follow each word.
@@ -74,6 +74,14 @@ CHAIN_LABELLED_PASSAGES = 800
 FORWARDS, BACKWARDS = 0, 1
 #: version of the generated chains (bump when the generator changes: a new cache folder).
 CHAINS_VERSION = 1
+#: `corpus.embedded=communities`: the chain words fall into this many communities of
+#: `2 * COMMUNITY_HALF` words; a word's successors lie in its community, half of them in its
+#: own half of it.
+COMMUNITIES = 4
+COMMUNITY_HALF = 8
+#: labelled passages of the communities' set: train ones from first halves, test from second.
+COMMUNITY_TRAIN_PASSAGES, COMMUNITY_TEST_PASSAGES = 600, 200
+COMMUNITIES_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -320,6 +328,9 @@ def ensure_embedded_data(name: str = "stdlib_docs") -> Path:
     if name == "chains":
         folder = default_data_dir("text") / f"chains-v{CHAINS_VERSION}"
         return generate_once(folder, write_chain_data)
+    if name == "communities":
+        folder = default_data_dir("text") / f"communities-v{COMMUNITIES_VERSION}"
+        return generate_once(folder, write_community_data)
     if name != "stdlib_docs":
         raise ConfigError(f"corpus.embedded={name!r}: expected one of {', '.join(EMBEDDED)}")
     return generate_once(embedded_dir(), write_embedded_data)
@@ -399,6 +410,78 @@ def write_chain_data(folder: Path) -> None:
             text = " ".join(words[w] for w in (walk[::-1] if label == BACKWARDS else walk))
             split = "test" if index % 4 == 3 else "train"
             labelled.write(json.dumps({"text": text, "label": label, "split": split}) + "\n")
+
+
+def community_halves() -> list[tuple[list[int], list[int]]]:
+    """(first half, second half) of each community's word indices."""
+    size = 2 * COMMUNITY_HALF
+    return [
+        (
+            list(range(c * size, c * size + COMMUNITY_HALF)),
+            list(range(c * size + COMMUNITY_HALF, (c + 1) * size)),
+        )
+        for c in range(COMMUNITIES)
+    ]
+
+
+def community_successors(rng: random.Random) -> tuple[list[list[int]], list[list[int]]]:
+    """(successors in the word's own half, successors in the other half of its community), four
+    of each per word, each one a random bijection between the halves: every word has as many
+    predecessors as successors, so walks visit the words of a community equally often."""
+    own: list[list[int]] = [[] for _ in range(CHAIN_WORDS)]
+    other: list[list[int]] = [[] for _ in range(CHAIN_WORDS)]
+    for first, second in community_halves():
+        pairs = ((first, first, own), (second, second, own))
+        pairs += ((first, second, other), (second, first, other))
+        for _ in range(CHAIN_SUCCESSORS // 2):
+            for source, target, into in pairs:
+                for word, follower in zip(source, rng.sample(target, len(target))):
+                    into[word].append(follower)
+    return own, other
+
+
+def write_community_data(folder: Path) -> None:
+    """`corpus/docs.jsonl`: `CHAIN_CORPUS_DOCUMENTS` walks over the chain words whose grammar
+    keeps every walk inside one community (a word's 8 successors: 4 in its own half of the
+    community, 4 in the other half), and `labelled.jsonl`: which community is a passage from?
+    Train passages walk the first halves only, test passages the second halves only.
+    Deterministic (seed 0).
+
+    Why this task: train and test passages share no word, so nothing read off the words
+    themselves carries over: counts, word pairs and a random-init encoder (random vectors of
+    words it never saw labelled) score chance (a test pins the first two). What carries over is
+    what the corpus teaches about the words: the two halves of a community follow each other in
+    every document, so masked language modelling, predicting a word from its neighbours, gives
+    the words of a community similar representations (the distributional hypothesis). Unlike
+    the chains' direction label, which is independent of the words by construction and so a
+    low-variance direction of MLM features, the community is what most sets a passage's
+    features apart, so the cosine kNN probe can read it too."""
+    rng = random.Random(0)
+    words = chain_words(rng)
+    own, other = community_successors(rng)
+    every = [a + b for a, b in zip(own, other)]
+
+    def walk(successors: list[list[int]], start: int) -> str:
+        path = [start]
+        for _ in range(CHAIN_PASSAGE_WORDS - 1):
+            path.append(rng.choice(successors[path[-1]]))
+        return " ".join(words[w] for w in path)
+
+    (folder / "corpus").mkdir()
+    with open(folder / "corpus" / "docs.jsonl", "w", encoding="utf-8") as corpus:
+        for _ in range(CHAIN_CORPUS_DOCUMENTS):
+            corpus.write(json.dumps({"text": walk(every, rng.randrange(CHAIN_WORDS))}) + "\n")
+    halves = community_halves()
+    with open(folder / "labelled.jsonl", "w", encoding="utf-8") as labelled:
+        for split, half, count in (
+            ("train", 0, COMMUNITY_TRAIN_PASSAGES),
+            ("test", 1, COMMUNITY_TEST_PASSAGES),
+        ):
+            for _ in range(count):
+                community = rng.randrange(COMMUNITIES)
+                text = walk(own, rng.choice(halves[community][half]))
+                record = {"text": text, "label": community, "split": split}
+                labelled.write(json.dumps(record) + "\n")
 
 
 def read_labelled(path: Path, field: str) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
