@@ -161,8 +161,12 @@ def _demo_dvae() -> DVAEArchitecture:
     - no normalisation in the decoder's DGCNN (`decoder_graph_groups=-1`): with any GroupNorm
       there the decoder predicted about the patch centre whatever the codes;
     - each patch alone in its DGCNN graph (`graph_neighbours=1`, i.e. per-patch MLPs): with 4
-      neighbours the 300-step demo learnt codes that mattered much less."""
-    return DVAEArchitecture(vocab_size=64, dim=64, token_dim=32, decoder_dim=64, pointnet_width=32,
+      neighbours the 300-step demo learnt codes that mattered much less.
+
+    256 codes (the paper's 8,192 scaled down): with 64, the codes mostly said which way a patch
+    faces (a kNN from the patch centre alone recovered 28% of them; 12% of 256), and stage 2
+    predicting them moved the `proof` kNN probe by 2 points instead of 5 (plugin README)."""
+    return DVAEArchitecture(vocab_size=256, dim=64, token_dim=32, decoder_dim=64, pointnet_width=32,
                             graph_input=32, graph_widths=(32, 64, 64, 128), graph_neighbours=1,
                             graph_groups=0, decoder_graph_groups=-1, logit_scale=8.0,
                             coarse_width=128, fold_width=64)  # fmt: skip
