@@ -163,6 +163,15 @@ def test_pointcloud_embedded_set_is_four_balanced_disjoint_classes() -> None:
     assert torch.equal(sample["points"], again["points"])  # evaluation samples are reproducible
 
 
+def test_pointcloud_embedded_test_split_measures_accuracy_to_a_quarter_of_the_target() -> None:
+    """The learning target is a gap of 10 points; with 32 test meshes per class one accuracy's
+    binomial standard error was up to 4.4 points (seed-to-seed swings of 13 points in the
+    random-init kNN figure), with 128 per class it is at most 2.2, a quarter of the target."""
+    _, (test, test_labels), _ = labelled_splits(None)
+    assert np.sqrt(0.25 / len(test)) <= 0.025
+    assert np.bincount(test_labels).tolist() == [DEFAULT_PER_CLASS["test"]] * 4
+
+
 def vertices(name: str, seed: int) -> np.ndarray:
     return np.asarray(relief_mesh(name, np.random.default_rng(seed)).vertices)
 

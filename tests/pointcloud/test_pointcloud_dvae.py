@@ -76,13 +76,22 @@ def test_pointcloud_dvae_code_ids_are_the_argmax_codes(fitted: tuple) -> None:
     reported = model.code_ids(batch)
     assert set(reported) == {"dvae"}
     codes = reported["dvae"]
-    assert isinstance(codes, CodeIds) and codes.vocab_size == 64
+    assert isinstance(codes, CodeIds) and codes.vocab_size == 256
     tokens = model.tokenizer(batch)
     with torch.no_grad():
         logits = model.encoder(tokens, torch.zeros(tokens.positions.shape[:2], dtype=torch.bool))
     assert torch.equal(codes.ids, logits.argmax(-1))
     assert codes.ids.shape == tokens.positions.shape[:2]
     assert torch.equal(codes.ids, model.predict(batch).prediction.logits.argmax(-1))
+
+
+def test_pointcloud_dvae_demo_codes_split_patches_finer_than_their_facing(fitted: tuple) -> None:
+    """The demo vocabulary was 64 codes, about one per direction a patch can face, so stage 2's
+    targets said little beyond the patch centre; the 256 patches of one batch now fall into
+    more than 64 distinct codes."""
+    model, batch = fitted
+    codes = model.code_ids(batch)["dvae"].ids
+    assert codes.numel() == 256 and len(codes.unique()) > 64
 
 
 def test_pointcloud_dvae_real_codes_beat_shuffled_codes(fitted: tuple) -> None:

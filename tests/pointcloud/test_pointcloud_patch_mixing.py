@@ -8,7 +8,12 @@ import torch
 import torch.nn.functional as F
 from omnimask.plugins import get_recipe
 from omnimask.visualize import sample_batch
-from omnimask_pointcloud.models.point_bert import PointBERTModel, mix_patches
+from omnimask_pointcloud.models.point_bert import (
+    MIXED_MASK_SALT,
+    PointBERTModel,
+    mix_patches,
+    salted,
+)
 
 
 @pytest.fixture(scope="module")
@@ -26,12 +31,14 @@ def test_pointcloud_patch_mixing_takes_whole_patches_of_the_mirrored_cloud(
     model, batch = model_and_batch
     tokens = model.tokenizer(batch)
     codes = model.target(batch, tokens)
-    mixed, mixed_codes, share = mix_patches(tokens, codes, torch.Generator().manual_seed(1))
+    generator = torch.Generator().manual_seed(1)
+    mixed, mixed_codes, share, keep = mix_patches(tokens, codes, generator)
     own, other = tokens.extras["neighbourhood"], tokens.extras["neighbourhood"].flip(0)
     points = mixed.extras["neighbourhood"]
     kept = (points == own).flatten(2).all(-1)
     taken = (points == other).flatten(2).all(-1)
     assert (kept | taken).all()  # every patch is one source's patch, whole
+    assert torch.equal(kept | ~taken, keep | ~taken)  # `keep` says which (where they differ)
     assert ((~kept) & taken).any() and (kept & ~taken).any()  # and both sources occur
     assert torch.equal(mixed.positions[kept], tokens.positions[kept])
     assert torch.equal(mixed.positions[~kept], tokens.positions.flip(0)[~kept])
@@ -113,3 +120,30 @@ def test_pointcloud_point_bert_keys_see_a_block_mask_of_their_own(
     hidden = key_mask.sum(1)
     assert ((hidden >= round(0.25 * groups)) & (hidden <= round(0.45 * groups))).all()
     assert not torch.equal(key_mask, output.mask)
+
+
+def test_pointcloud_point_bert_mixed_cloud_reuses_the_clean_patch_embeddings(
+    model_and_batch: tuple,
+) -> None:
+    """The mini-PointNet embeds each patch alone, so the query side embeds the batch once and
+    rearranges the embeddings for the mixed cloud; in eval mode (BatchNorm's running
+    statistics) its code loss is exactly that of encoding the mixed cloud from its points."""
+    model, batch = model_and_batch
+    model.eval()
+    calls = []
+    hook = model.encoder.patch_embed.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        with torch.no_grad():
+            losses = model(batch, torch.Generator().manual_seed(6))
+    finally:
+        hook.remove()
+    assert len(calls) == 1
+    with torch.no_grad():
+        tokens = model.tokenizer(batch)
+        codes = model.target(batch, tokens)
+        generator = torch.Generator().manual_seed(6)
+        mixed, mixed_codes, _, _ = mix_patches(tokens, codes, generator)
+        mask = model.draw_mask(mixed, batch, salted(generator, MIXED_MASK_SALT))
+        logits = model.decoder(model.encoder(mixed, mask), mixed, mask)
+        expected = model.target.loss(logits, mixed_codes, mask)["loss"]
+    torch.testing.assert_close(losses["mixed_code_loss"], expected)

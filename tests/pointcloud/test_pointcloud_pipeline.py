@@ -67,7 +67,7 @@ def test_pointcloud_mpm_refuses_a_mismatched_dvae_run(runs: dict[str, Path]) -> 
     config = recipe.config("demo")
     config.dvae_run = str(runs["dvae"])
     config.dvae.vocab_size = 99
-    with pytest.raises(ValueError, match="dvae.vocab_size: run has 64, config has 99"):
+    with pytest.raises(ValueError, match="dvae.vocab_size: run has 256, config has 99"):
         recipe.build_model(config)
 
 

@@ -39,10 +39,13 @@ from omnimask_pointcloud.readers import (
 )
 
 SPLITS = ("train", "test")
-DEFAULT_PER_CLASS = {"train": 48, "test": 32}
+#: 128 test meshes per class (v2 had 32, the first 32 of these: each mesh is seeded by its class,
+#: split and index): one accuracy's standard error is then at most 2.2 points, not 4.4, against
+#: the 10-point learning target (plugin README).
+DEFAULT_PER_CLASS = {"train": 48, "test": 128}
 DEFAULT_POINTS_PER_FILE = 2048
 #: bump when the generator changes, so an old cache is not reused.
-DEFAULT_DATA_VERSION = "v2"
+DEFAULT_DATA_VERSION = "v3"  # v2: 32 test meshes per class
 #: the record layout of `PointCloudDataset` in shards (`omnimask.shards`); bump when it changes
 POINTS_RECORD = "pointcloud.points/1"
 

@@ -47,7 +47,11 @@ class PointBERTEncoder(Encoder):
         self.transformer = PositionalTransformer(dim, depth, heads, drop_path)
 
     def encode(self, tokens: Tokens, mask: Tensor | None) -> Tensor:
-        x = self.patch_embed(tokens.extras["neighbourhood"])
+        return self.encode_embedded(self.patch_embed(tokens.extras["neighbourhood"]), tokens, mask)
+
+    def encode_embedded(self, x: Tensor, tokens: Tokens, mask: Tensor | None) -> Tensor:
+        """`encode` from patch embeddings `x` `[B, G, D]` already computed (the mixed cloud's
+        are the clean cloud's, rearranged: `PointBERTModel.predict`)."""
         if mask is not None:
             x = torch.where(mask.unsqueeze(-1), self.mask_token.to(x.dtype), x)
         batch = x.shape[0]
@@ -142,11 +146,11 @@ def salted(generator: torch.Generator, salt: int) -> torch.Generator:
 
 def mix_patches(
     tokens: Tokens, codes: Tensor, generator: torch.Generator
-) -> tuple[Tokens, Tensor, Tensor]:
+) -> tuple[Tokens, Tensor, Tensor, Tensor]:
     """Point-BERT's point-patch mixing (`_mixup_pc`): cloud i keeps each patch with probability
     `share_i ~ U(0, 1)` and otherwise takes the patch (points, centre and code) at the same index
-    of the cloud mirrored in the batch (`flip(0)`). Returns the mixed tokens, their codes and the
-    shares `[B]`."""
+    of the cloud mirrored in the batch (`flip(0)`). Returns the mixed tokens, their codes, the
+    shares `[B]` and which patches each cloud kept `[B, G]`."""
     batch, groups = codes.shape
     share = torch.rand(batch, generator=generator)
     keep = (torch.rand(batch, groups, generator=generator) < share.unsqueeze(1)).to(codes.device)
@@ -155,7 +159,8 @@ def mix_patches(
     centres = torch.where(keep[..., None], tokens.positions, tokens.positions.flip(0))
     mixed_tokens = Tokens(values=mixed.flatten(2), positions=centres, grid=None,
                           extras={"neighbourhood": mixed})  # fmt: skip
-    return mixed_tokens, torch.where(keep, codes, codes.flip(0)), share.to(codes.device)
+    mixed_codes = torch.where(keep, codes, codes.flip(0))
+    return mixed_tokens, mixed_codes, share.to(codes.device), keep
 
 
 def projection_head(dim: int, out_dim: int) -> nn.Sequential:
@@ -185,14 +190,20 @@ class PointBERTModel(MaskedModel):
         generator = generator if generator is not None else torch.Generator().manual_seed(0)
         tokens = self.tokenizer(batch)
         mask = self.draw_mask(tokens, batch, generator)
-        prediction = self.decoder(self.encoder(tokens, mask), tokens, mask)
+        embedded = self.encoder.patch_embed(tokens.extras["neighbourhood"])
+        features = self.encoder.encode_embedded(embedded, tokens, mask)[:, 1:]
+        prediction = self.decoder(features, tokens, mask)
         codes = self.target(batch, tokens)
         num_tokens = tokens.count_tensor()
         losses = self.target.loss(prediction, codes, mask)
         code_loss = losses["loss"]
-        mixed, mixed_codes, share = mix_patches(tokens, codes, generator)
+        mixed, mixed_codes, share, keep = mix_patches(tokens, codes, generator)
         mixed_mask = self.draw_mask(mixed, batch, salted(generator, MIXED_MASK_SALT))
-        mixed_features = self.encoder.encode(mixed, mixed_mask)
+        # the mini-PointNet embeds each patch alone, so the mixed cloud's embeddings are the
+        # clean ones rearranged: one pass instead of two (BatchNorm's batch statistics are the
+        # clean batch's, which holds every patch the mixed batch draws from)
+        mixed_embedded = torch.where(keep.unsqueeze(-1), embedded, embedded.flip(0))
+        mixed_features = self.encoder.encode_embedded(mixed_embedded, mixed, mixed_mask)
         mixed_loss = self.target.loss(
             self.decoder(mixed_features[:, 1:], mixed, mixed_mask), mixed_codes, mixed_mask
         )["loss"]
