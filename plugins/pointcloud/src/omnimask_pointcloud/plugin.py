@@ -5,7 +5,7 @@ from omnimask.plugins import PluginSpec, RecipeEntry
 spec = PluginSpec(
     name="pointcloud",
     modality="3D point clouds (PLY, PCD, XYZ, NPY/NPZ; OFF/OBJ/STL meshes sampled to points)",
-    version="0.2.1",
+    version="0.2.2",
     core_api=">=0.2.1,<0.3",
     requires=("torch", "open3d", "fpsample", "scipy", "matplotlib", "timm"),
     recipes={
