@@ -9,6 +9,7 @@ generators, atomic checkpoints with every RNG, and the non-finite loss guard.
 from __future__ import annotations
 
 import atexit
+import gc
 import logging
 import math
 import re
@@ -265,6 +266,7 @@ class Engine:
             self._prepare_run_dir()
             result = self._train(dataset, lengths, model)
         if self.accelerator.num_processes > 1:
+            self.accelerator.free_memory()  # its references to the prepared model and optimizer
             atexit.register(_destroy_process_group)
         return result
 
@@ -742,10 +744,14 @@ class _MetricWindow:
 def _destroy_process_group() -> None:
     """Close the process group before the interpreter shuts down: a gloo group left to the
     interpreter's teardown can abort the process (SIGABRT, "terminate called without an active
-    exception", pytorch/pytorch#190489), failing a run that finished. Registered only after a
-    run that ended well (a process group torn down while another process still waits in a
-    collective can hang), and at exit, so a script may still use the group after `pretrain`."""
+    exception", pytorch/pytorch#190489), failing a run that finished. The DDP or FSDP model that
+    still references the group sits in reference cycles (Accelerate's, the model's own), which
+    only a collection frees: collected first, while the interpreter is whole, so no gloo thread
+    is left to release tensors during teardown. Registered only after a run that ended well (a
+    process group torn down while another process still waits in a collective can hang), and
+    at exit, so a script may still use the group after `pretrain`."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
+        gc.collect()
         torch.distributed.destroy_process_group()
 
 
