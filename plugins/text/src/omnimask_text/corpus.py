@@ -372,10 +372,12 @@ def chain_successors(rng: random.Random) -> list[list[int]]:
     return [[p[w] for p in permutations] for w in range(CHAIN_WORDS)]
 
 
-def chain_walk(successors: list[list[int]], length: int, rng: random.Random) -> list[int]:
-    """`length` words: a uniform first word, then each next one drawn uniformly from the
-    current word's successors."""
-    walk = [rng.randrange(len(successors))]
+def chain_walk(
+    successors: list[list[int]], length: int, rng: random.Random, start: int | None = None
+) -> list[int]:
+    """`length` words: `start` (default a uniform first word), then each next one drawn
+    uniformly from the current word's successors."""
+    walk = [rng.randrange(len(successors)) if start is None else start]
     for _ in range(length - 1):
         walk.append(rng.choice(successors[walk[-1]]))
     return walk
@@ -461,16 +463,13 @@ def write_community_data(folder: Path) -> None:
     own, other = community_successors(rng)
     every = [a + b for a, b in zip(own, other)]
 
-    def walk(successors: list[list[int]], start: int) -> str:
-        path = [start]
-        for _ in range(CHAIN_PASSAGE_WORDS - 1):
-            path.append(rng.choice(successors[path[-1]]))
-        return " ".join(words[w] for w in path)
+    def walk(successors: list[list[int]], start: int | None = None) -> str:
+        return " ".join(words[w] for w in chain_walk(successors, CHAIN_PASSAGE_WORDS, rng, start))
 
     (folder / "corpus").mkdir()
     with open(folder / "corpus" / "docs.jsonl", "w", encoding="utf-8") as corpus:
         for _ in range(CHAIN_CORPUS_DOCUMENTS):
-            corpus.write(json.dumps({"text": walk(every, rng.randrange(CHAIN_WORDS))}) + "\n")
+            corpus.write(json.dumps({"text": walk(every)}) + "\n")
     halves = community_halves()
     with open(folder / "labelled.jsonl", "w", encoding="utf-8") as labelled:
         for split, half, count in (
