@@ -144,6 +144,12 @@ def salted(generator: torch.Generator, salt: int) -> torch.Generator:
     return torch.Generator().manual_seed(mix_seed(generator.initial_seed(), salt))
 
 
+def keep_or_mirror(keep: Tensor, x: Tensor) -> Tensor:
+    """Per patch, `x`'s own (where `keep` `[B, G]`) or the mirrored cloud's (`x.flip(0)`), for
+    any `x` `[B, G, ...]`."""
+    return torch.where(keep.view(*keep.shape, *[1] * (x.dim() - 2)), x, x.flip(0))
+
+
 def mix_patches(
     tokens: Tokens, codes: Tensor, generator: torch.Generator
 ) -> tuple[Tokens, Tensor, Tensor, Tensor]:
@@ -155,12 +161,10 @@ def mix_patches(
     share = torch.rand(batch, generator=generator)
     keep = (torch.rand(batch, groups, generator=generator) < share.unsqueeze(1)).to(codes.device)
     neighbourhood = tokens.extras["neighbourhood"]
-    mixed = torch.where(keep[..., None, None], neighbourhood, neighbourhood.flip(0))
-    centres = torch.where(keep[..., None], tokens.positions, tokens.positions.flip(0))
-    mixed_tokens = Tokens(values=mixed.flatten(2), positions=centres, grid=None,
-                          extras={"neighbourhood": mixed})  # fmt: skip
-    mixed_codes = torch.where(keep, codes, codes.flip(0))
-    return mixed_tokens, mixed_codes, share.to(codes.device), keep
+    mixed = keep_or_mirror(keep, neighbourhood)
+    mixed_tokens = Tokens(values=mixed.flatten(2), positions=keep_or_mirror(keep, tokens.positions),
+                          grid=None, extras={"neighbourhood": mixed})  # fmt: skip
+    return mixed_tokens, keep_or_mirror(keep, codes), share.to(codes.device), keep
 
 
 def projection_head(dim: int, out_dim: int) -> nn.Sequential:
@@ -202,7 +206,7 @@ class PointBERTModel(MaskedModel):
         # the mini-PointNet embeds each patch alone, so the mixed cloud's embeddings are the
         # clean ones rearranged: one pass instead of two (BatchNorm's batch statistics are the
         # clean batch's, which holds every patch the mixed batch draws from)
-        mixed_embedded = torch.where(keep.unsqueeze(-1), embedded, embedded.flip(0))
+        mixed_embedded = keep_or_mirror(keep, embedded)
         mixed_features = self.encoder.encode_embedded(mixed_embedded, mixed, mixed_mask)
         mixed_loss = self.target.loss(
             self.decoder(mixed_features[:, 1:], mixed, mixed_mask), mixed_codes, mixed_mask
