@@ -53,9 +53,11 @@ def freeze_classifier_head(model: nn.Module) -> None:
     the timm export loads with no missing key, but pretraining never runs it: left trainable,
     its missing gradients stop DDP ("parameters that were not used in producing loss") on
     every multi-process run."""
-    head_modules = [model.get_classifier(), getattr(model, "head", None)]
-    head_modules.append(getattr(model, "fc_norm", None))
-    for module in head_modules:
+    for module in (
+        model.get_classifier(),
+        getattr(model, "head", None),
+        getattr(model, "fc_norm", None),
+    ):
         if isinstance(module, nn.Module):
             module.requires_grad_(False)
 
