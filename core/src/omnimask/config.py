@@ -29,6 +29,7 @@ C = TypeVar("C", bound=RecipeConfig)
 RESUMABLE_KEYS = frozenset(
     {
         "train.steps",
+        "train.init_from",  # read at step 0 only
         "train.progress",
         "train.checkpoint_every",
         "train.keep_last",

@@ -45,6 +45,9 @@ class TrainConfig:
     strategy: str = "ddp"
     mixed_precision: str = "bf16"  # bf16 autocast on CUDA ("no" to disable); always fp32 on CPU
     seed: int = 0
+    # a run directory whose newest weights a fresh run starts from (`omnimask.engine.warm_start`:
+    # the encoder must fit whole; other parts where names and shapes match); "" = the recipe's init
+    init_from: str = ""
     checkpoint_every: int = 50
     keep_last: int = 3
     log_every: int = 10  # metrics are averaged over the steps between two log lines

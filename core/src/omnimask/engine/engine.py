@@ -43,6 +43,7 @@ from omnimask.engine.metrics import MetricsWriter
 from omnimask.engine.optim import build_optimizer, build_scheduler
 from omnimask.engine.runlock import RunLockedError, run_lock
 from omnimask.engine.sampler import BucketedBatchSampler, ResumableBatchSampler
+from omnimask.engine.warm_start import init_from_run
 from omnimask.model import LOSS_WEIGHT
 from omnimask.monitors import CollapseWarnings, probe_health
 from omnimask.recipe import Recipe, RecipeConfig
@@ -262,6 +263,10 @@ class Engine:
         lengths = self._sample_lengths(dataset)
         torch.manual_seed(mix_seed(train.seed, accelerator.process_index))
         model = self._build_model()  # so is a config the recipe cannot build a model from
+        if train.init_from:  # saved resolved; read on a fresh run only
+            train.init_from = str(Path(train.init_from).resolve())
+            if not ckpt.list_checkpoints(self.run_dir / "checkpoints"):
+                init_from_run(model, Path(train.init_from))
         with self._run_dir_lock():
             self._prepare_run_dir()
             result = self._train(dataset, lengths, model)
