@@ -109,6 +109,27 @@ def test_electra_pretrain_and_export(tmp_path) -> None:  # noqa: ANN001
         torch.testing.assert_close(mlm, theirs, rtol=0, atol=1e-6)
 
 
+def test_electra_starts_from_an_mlm_run(mlm_run, tmp_path) -> None:  # noqa: ANN001
+    """`train.init_from` a BERT MLM run: the discriminator's encoder starts as the BERT's (the
+    two share architecture and parameter names), and so do the embeddings the generator shares
+    with it. At lr 1e-12 the first checkpoint still computes the BERT's hidden states."""
+    run_dir = tmp_path / "warm"
+    args = ["pretrain", "text/electra", "--run-dir", str(run_dir), *SHORT, "train.lr=1e-12"]
+    assert main([*args, f"train.init_from={mlm_run}"]) == 0
+    mlm, electra = load_run(mlm_run).model, load_run(run_dir).model
+    ids = torch.tensor([[2, 50, 60, 70, 3, 0], [2, 80, 90, 3, 0, 0]])
+    batch = {"input_ids": ids, "sequence_ids": (ids != 0).long()}
+    with torch.no_grad():
+        tokens = mlm.tokenizer(batch)
+        real = ~tokens.padding
+        theirs = mlm.encoder.forward_features(tokens)[real]
+        ours = electra.encoder.forward_features(tokens)[real]
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+    word_embeddings = mlm.encoder.backbone.embeddings.word_embeddings.weight
+    shared = electra.decoder.generator.electra.embeddings.word_embeddings.weight
+    torch.testing.assert_close(shared, word_embeddings, rtol=0, atol=1e-9)
+
+
 def test_resume_with_another_vocabulary_fails_clearly(tmp_path, capsys) -> None:  # noqa: ANN001
     from omnimask_text.config import VocabConfig
     from omnimask_text.vocab import save_atomically, train_wordpiece

@@ -3,6 +3,8 @@ discriminator's targets say exactly which tokens changed."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 from omnimask.config import apply_overrides
 from omnimask.plugins import get_recipe
@@ -37,6 +39,30 @@ def test_replacements_are_masked_positions_only(embedded_tokenizer) -> None:  # 
     losses = first.losses
     expected = losses["mlm_loss"] + config.electra.discriminator_weight * losses["rtd_loss"]
     torch.testing.assert_close(losses["loss"], expected)
+
+
+def test_detection_starts_at_the_share_of_replaced_tokens(embedded_tokenizer) -> None:  # noqa: ANN001
+    """The detection bias starts at the logit of the mask ratio (`start_at_prior`): at init the
+    mean predicted probability of "replaced" is near the share actually replaced (about the mask
+    ratio: an untrained generator's samples almost never hit the original), and the detection
+    loss near that share's entropy, not ln 2 as with a bias of 0."""
+    recipe = get_recipe("text/electra")
+    config = recipe.config("demo")
+    torch.manual_seed(0)
+    model = recipe.build_model(config).eval()
+    text = " ".join(["Return the number of items in a container."] * 40)
+    rows = build_rows(config, embedded_tokenizer, [text] * 8)
+    batch = collate_rows([rows[i] for i in range(len(rows))])
+    batch["sample_id"] = torch.arange(len(rows))
+    with torch.no_grad():
+        output = model.predict(batch, torch.Generator().manual_seed(0))
+    real = output.target >= 0
+    share = float(output.target[real].mean())
+    predicted = float(output.prediction[real].sigmoid().mean())
+    assert abs(share - config.mask.ratio) < 0.03
+    assert abs(predicted - share) < 0.05
+    entropy = -(share * math.log(share) + (1 - share) * math.log(1 - share))
+    assert float(output.losses["rtd_loss"]) < entropy + 0.1 < math.log(2)
 
 
 def test_electra_masks_like_the_reference_implementation(embedded_tokenizer) -> None:  # noqa: ANN001

@@ -345,7 +345,7 @@ class ElectraRecipe(TextRecipe):
 
         text_tokenizer, masker, special, vocab_size = self.text_parts(config)
         discriminator, generator = build_electra_pair(
-            config.model, config.electra, vocab_size, special
+            config.model, config.electra, vocab_size, special, config.mask.ratio
         )
         return ElectraModel(
             text_tokenizer,
