@@ -15,6 +15,10 @@ then one summary line per recipe and protocol (means over seeds, and whether the
 pretrained beats random init by at least 10 points, or halves its error where random init is
 already above 80%). `minutes` is the pretraining wall time.
 
+`--stage1 text/mlm electra.generator_run` first pretrains that recipe (same preset, seed and
+`--stage1-set` overrides) per seed and passes its run directory to the recipe under test as that
+config key (ELECTRA's two-stage variant, Point-BERT's dVAE); `minutes` then counts both stages.
+
 `--steps-curve 100 200 400` trains one run per seed for the largest count, keeping a checkpoint
 at every listed count, and scores each of them: probe accuracy against pretraining steps (of
 one cosine schedule over the largest count), for recipes that miss the target in budget.
@@ -22,6 +26,7 @@ one cosine schedule over the largest count), for recipes that miss the target in
     .venv/bin/python benchmarks/learning.py [--recipe vision/spark ...] [--seeds 0 1]
         [--preset proof] [--protocols linear knn] [--steps-curve N ...] [--keep DIR]
         [--set train.steps=10 ...] [--eval-set finetune.epochs=5 ...] [--limit N]
+        [--stage1 RECIPE KEY] [--stage1-set KEY=VALUE ...]
 
 Runs go in a temporary directory unless `--keep DIR`. Use one torch thread on a shared CPU
 (`OMP_NUM_THREADS=1`).
@@ -150,6 +155,18 @@ def run_recipe(args: argparse.Namespace, recipe_name: str, root: Path) -> list[d
     lines = []
     for seed in args.seeds:
         overrides = ["train.progress=false", *args.set, f"train.seed={seed}"]
+        run_dir = root / recipe_name.replace("/", "_") / f"seed{seed}"
+        stage1_minutes = 0.0
+        if args.stage1:
+            first_recipe, key = args.stage1
+            first_overrides = ["train.progress=false", *args.stage1_set, f"train.seed={seed}"]
+            first_dir = run_dir.with_name(f"seed{seed}_stage1")
+            started = time.perf_counter()
+            pretrain(
+                *build_config(first_recipe, args.preset, args.data, first_overrides), first_dir
+            )
+            stage1_minutes = (time.perf_counter() - started) / 60
+            overrides.append(f"{key}={first_dir}")
         recipe, config = build_config(recipe_name, args.preset, args.data, overrides)
         curve = sorted(set(args.steps_curve or []) - {0})
         if curve:
@@ -158,7 +175,6 @@ def run_recipe(args: argparse.Namespace, recipe_name: str, root: Path) -> list[d
             config.train.keep_last = config.train.steps // config.train.checkpoint_every + 1
         else:
             config.train.checkpoint_every = config.train.steps
-        run_dir = root / recipe_name.replace("/", "_") / f"seed{seed}"
         started = time.perf_counter()
         pretrain(recipe, config, run_dir)
         minutes = (time.perf_counter() - started) / 60
@@ -173,13 +189,15 @@ def run_recipe(args: argparse.Namespace, recipe_name: str, root: Path) -> list[d
                 "preset": args.preset,
                 "seed": seed,
                 "steps": steps,
-                "minutes": round(minutes * steps / config.train.steps, 2),
+                "minutes": round(stage1_minutes + minutes * steps / config.train.steps, 2),
                 "eval_minutes": round((time.perf_counter() - started) / 60, 2),
             }
             if curve:
                 base["curve_of_steps"] = config.train.steps
             if args.set:
                 base["overrides"] = list(args.set)
+            if args.stage1:
+                base["stage1"] = [*args.stage1, *args.stage1_set]
             for line in figures(result, base, args.protocols):
                 print(json.dumps(line), flush=True)
                 lines.append(line)
@@ -231,6 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--eval-set", nargs="+", default=[], metavar="KEY=VALUE", help="eval overrides (finetune.*)"
     )
+    parser.add_argument(
+        "--stage1", nargs=2, metavar=("RECIPE", "KEY"), help="pretrain RECIPE first, pass as KEY"
+    )
+    parser.add_argument("--stage1-set", nargs="+", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     root = args.keep or Path(tempfile.mkdtemp(prefix="omnimask-learning-"))
     try:
