@@ -31,9 +31,9 @@ if TYPE_CHECKING:
     from omnimask.recipe import DataConfig, Recipe, RecipeConfig, TrainConfig
     from omnimask.tokens import Tokens
 
-__version__ = "0.2.2"
+__version__ = "0.2.3"
 #: The plugin API version; plugins declare the range they support (`PluginSpec.core_api`).
-API_VERSION = "0.2.2"
+API_VERSION = "0.2.3"
 
 #: public name -> the module that defines it, imported on first use.
 _LAZY = {

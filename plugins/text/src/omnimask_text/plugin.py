@@ -5,7 +5,7 @@ from omnimask.plugins import PluginSpec, RecipeEntry
 spec = PluginSpec(
     name="text",
     modality="text (plain-text folders, JSONL, Parquet) with WordPiece tokenization",
-    version="0.2.2",
+    version="0.2.3",
     core_api=">=0.2.1,<0.3",
     requires=("torch", "transformers", "tokenizers", "pyarrow", "matplotlib"),
     recipes={

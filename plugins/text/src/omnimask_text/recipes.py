@@ -188,10 +188,11 @@ def electra_demo() -> ElectraRecipeConfig:
 
 def electra_proof() -> ElectraRecipeConfig:
     """The demo ELECTRA on the generated word communities, 3000 steps at ELECTRA-Small's lr
-    5e-4, for `benchmarks/learning.py`. Its probes beat random init there, but its
-    discriminator stays at the base rate (see the plugin README), as on the word chains, where
-    its pooled features collapse within ~100 steps, at lr 1e-3 too, with a detection weight of
-    1, and with a generator as large as the discriminator (which then learns the grammar)."""
+    5e-4, for `benchmarks/learning.py`. From scratch its probes beat random init there, but its
+    discriminator stays at the base rate and its pooled features collapse (plugin README), at
+    lr 1e-3 too, with a detection weight of 1, and with a generator as large as the
+    discriminator. With `train.init_from` a `text/mlm` `proof` run (the same model and data) the
+    discriminator learns detection and stays healthy."""
     config = electra_demo()
     _proof_data_and_train(config, steps=3000, lr=5e-4)
     return config

@@ -153,9 +153,10 @@ def start_at_prior(detector: nn.Module, replaced_share: float) -> None:
     At the start the generator's samples almost never hit the original, so that share is about
     the mask ratio. Not in the reference implementation (bias 0). Why: started from a BERT
     (`train.init_from`), the discriminator's first steps with bias 0 pulled every token's
-    features along the head's direction and its pooled features collapsed within 250 steps
-    (RankMe 21 -> 1.9 on the communities; plugin README) before recovering; with the prior they
-    stay spread (RankMe >= 12)."""
+    features along the head's direction, and its pooled features collapsed within 250 steps
+    (RankMe 21 -> 1.9 on the communities; plugin README) before detection was learnt; with the
+    prior their lowest RankMe was 8.8 and 3.7 (seeds 0, 1), no collapse warning, and detection
+    left the base rate within 300 steps."""
     with torch.no_grad():
         detector.dense_prediction.bias.fill_(math.log(replaced_share / (1 - replaced_share)))
 
