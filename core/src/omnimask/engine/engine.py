@@ -119,6 +119,11 @@ def set_progress(model: torch.nn.Module, progress: float) -> None:
         receiver.set_progress(progress)
 
 
+def weight_units(model: torch.nn.Module, ema: Any) -> dict[str, torch.nn.Module]:  # noqa: ANN401
+    """The modules whose weights a checkpoint holds, by name: the model, and the EMA's copy."""
+    return {"model": model, **({"ema": ema.module} if ema is not None else {})}
+
+
 def step_generator(seed: int, step: int) -> torch.Generator:
     """The mask generator of one optimiser step, the same for every micro-batch and process:
     masks are then drawn per sample id (`MaskedModel.draw_mask`), so splitting a batch into
@@ -321,8 +326,7 @@ class Engine:
         if self.sharded:  # after loading: the checkpoint's weights are full, not shards
             from omnimask.engine import fsdp
 
-            units = {"model": model, **({"ema": ema.module} if ema is not None else {})}
-            for name, unit in units.items():
+            for name, unit in weight_units(model, ema).items():
                 if self.is_main:
                     self.plain[name] = fsdp.plain_copy(unit)
                 fsdp.shard(unit, accelerator.device, accelerator.num_processes)
@@ -612,9 +616,8 @@ class Engine:
         if self.sharded:  # gathered by every process, written by the main one
             from omnimask.engine import fsdp
 
-            full = {"model": fsdp.full_model_state(weights)}
-            if ema is not None:
-                full["ema"] = fsdp.full_model_state(ema.module)
+            units = weight_units(weights, ema).items()
+            full = {name: fsdp.full_model_state(unit) for name, unit in units}
             optimizer_state = fsdp.full_optimizer_state(weights, optimizer)
             if self.is_main:
                 for name, state_dict in full.items():
