@@ -61,5 +61,5 @@ def init_from_run(model: torch.nn.Module, source: Path) -> None:
         len(copied),
         len(ours),
         source,
-        f" (left at their initialisation: {', '.join(left)})" if left else "",
+        f" (tensors left at their initialisation, in: {', '.join(left)})" if left else "",
     )
