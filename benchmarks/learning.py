@@ -15,9 +15,10 @@ then one summary line per recipe and protocol (means over seeds, and whether the
 pretrained beats random init by at least 10 points, or halves its error where random init is
 already above 80%). `minutes` is the pretraining wall time.
 
-`--stage1 text/mlm electra.generator_run` first pretrains that recipe (same preset, seed and
+`--stage1 text/mlm train.init_from` first pretrains that recipe (same preset, seed and
 `--stage1-set` overrides) per seed and passes its run directory to the recipe under test as that
-config key (ELECTRA's two-stage variant, Point-BERT's dVAE); `minutes` then counts both stages.
+config key (ELECTRA started from a BERT; Point-BERT's dVAE with `dvae_run`); `minutes` then
+counts both stages.
 
 `--steps-curve 100 200 400` trains one run per seed for the largest count, keeping a checkpoint
 at every listed count, and scores each of them: probe accuracy against pretraining steps (of

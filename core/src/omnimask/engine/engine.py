@@ -611,18 +611,16 @@ class Engine:
         temp = directory / f"{ckpt.TEMP_PREFIX}{ckpt.checkpoint_name(step)}"
         # The plain module: a compiled one's state dict prefixes every key with `_orig_mod.`,
         # which eval, export and resuming could not read.
-        weights = accelerator.unwrap_model(model, keep_torch_compile=False)
-        ema_weights = ema.module if ema is not None else None
+        units = weight_units(accelerator.unwrap_model(model, keep_torch_compile=False), ema)
         if self.sharded:  # gathered by every process, written by the main one
             from omnimask.engine import fsdp
 
-            units = weight_units(weights, ema).items()
-            full = {name: fsdp.full_model_state(unit) for name, unit in units}
-            optimizer_state = fsdp.full_optimizer_state(weights, optimizer)
+            full = {name: fsdp.full_model_state(unit) for name, unit in units.items()}
+            optimizer_state = fsdp.full_optimizer_state(units["model"], optimizer)
             if self.is_main:
                 for name, state_dict in full.items():
                     self.plain[name].load_state_dict(state_dict)
-                weights, ema_weights = self.plain["model"], self.plain.get("ema")
+                units = self.plain
         else:
             optimizer_state = optimizer.state_dict()
 
@@ -638,8 +636,8 @@ class Engine:
             }
             ckpt.finish_checkpoint(
                 temp,
-                model=weights,
-                ema=ema_weights,
+                model=units["model"],
+                ema=units.get("ema"),
                 state=state,
                 config_yaml=to_yaml(self.config),
                 keep_last=self.train.keep_last,
